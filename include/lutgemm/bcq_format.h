@@ -1,0 +1,73 @@
+// The packed BCQ weight format: the C++ twin of lutgemm_jax/format.py (keep them in sync).
+//
+// A dense kernel W: [K, N] (y = x @ W) is approximated as
+//
+//   W_hat[k, n] = sum_{i<q} alpha[k / g][i][n] * s_i[k][n] + offset[k / g][n],   s_i = +-1
+//
+//   bits   uint32 [Kp/32][q][N]   bit t (LSB = 0) of word [kw][i][n] is 1 where s_i[32*kw+t][n] = +1;
+//                                 byte j of a word is the 8-activation table index for
+//                                 k = 32*kw + 8j .. 32*kw + 8j + 7.
+//   alpha  [G][q][N]              float32, bfloat16 or float16 (G = Kp / g)
+//   offset [G][N]                 alpha's dtype, optional (G = 0 rows when absent)
+//
+// Kp is K rounded up to a multiple of g; g is a positive multiple of 32. Rows K <= k < Kp are
+// padding: consumers treat the activations there as zero, so they contribute nothing.
+// This header holds only host/device-neutral constants and index arithmetic; it is included by
+// the CPU kernel, the CUDA kernel and their FFI handlers.
+#ifndef LUTGEMM_BCQ_FORMAT_H_
+#define LUTGEMM_BCQ_FORMAT_H_
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define LUTGEMM_HD __host__ __device__ __forceinline__
+#else
+#define LUTGEMM_HD inline
+#endif
+
+namespace lutgemm {
+
+constexpr int kWordBits = 32;      // sign bits per packed word, along K
+constexpr int kTableBits = 8;      // mu: activations per lookup table (one byte of a word)
+constexpr int kTableSize = 1 << kTableBits;
+constexpr int kBytesPerWord = kWordBits / kTableBits;
+constexpr int kMaxBits = 8;        // largest q
+
+// Shape of one packed weight, as the FFI attributes describe it.
+struct BcqShape {
+  int64_t k;           // logical in_features
+  int64_t n;           // out_features
+  int64_t q;           // bit-planes
+  int64_t group_size;  // g, multiple of 32
+  bool has_offset;
+
+  LUTGEMM_HD int64_t padded_k() const { return (k + group_size - 1) / group_size * group_size; }
+  LUTGEMM_HD int64_t num_words() const { return padded_k() / kWordBits; }
+  LUTGEMM_HD int64_t num_groups() const { return padded_k() / group_size; }
+  LUTGEMM_HD int64_t words_per_group() const { return group_size / kWordBits; }
+};
+
+// Flat indices into the three arrays.
+LUTGEMM_HD int64_t BitsIndex(const BcqShape& s, int64_t word, int64_t plane, int64_t col) {
+  return (word * s.q + plane) * s.n + col;
+}
+LUTGEMM_HD int64_t AlphaIndex(const BcqShape& s, int64_t group, int64_t plane, int64_t col) {
+  return (group * s.q + plane) * s.n + col;
+}
+LUTGEMM_HD int64_t OffsetIndex(const BcqShape& s, int64_t group, int64_t col) {
+  return group * s.n + col;
+}
+
+// Returns nullptr when the shape is a valid format instance, or a message saying what is wrong.
+inline const char* CheckShape(const BcqShape& s) {
+  if (s.k <= 0) return "K (in_features) must be positive";
+  if (s.n <= 0) return "N (out_features) must be positive";
+  if (s.q < 1 || s.q > kMaxBits) return "q (num_bits) must be in 1..8";
+  if (s.group_size <= 0 || s.group_size % kWordBits != 0)
+    return "group_size must be a positive multiple of 32";
+  return nullptr;
+}
+
+}  // namespace lutgemm
+
+#endif  // LUTGEMM_BCQ_FORMAT_H_

@@ -1,0 +1,30 @@
+"""lutgemm_jax: LUT-GEMM for JAX.
+
+Matrix products with weights quantized to 1-8 bits in binary-coding quantization (BCQ), computed
+with lookup tables over the packed sign bits, so no weight is ever turned back into a float.
+
+Public API:
+  BCQWeight            the packed ``[K, N]`` weight (a pytree)
+  quantize             dense ``W: [K, N]`` -> BCQWeight (greedy, alternating, rtn)
+  dequantize           BCQWeight -> dense ``[K, N]``
+  lut_gemm             ``x: [..., K]`` @ BCQWeight -> ``[..., N]``
+  build_info           which native backends are compiled in
+"""
+
+from lutgemm_jax._native import build_info
+from lutgemm_jax.format import PER_COLUMN, BCQWeight, dequantize, pack_signs, unpack_signs
+from lutgemm_jax.ops import lut_gemm, lut_gemm_p
+
+
+__all__ = [
+    "PER_COLUMN",
+    "BCQWeight",
+    "build_info",
+    "dequantize",
+    "lut_gemm",
+    "lut_gemm_p",
+    "pack_signs",
+    "quantize",
+    "unpack_signs",
+]
+__version__ = "0.1.0"

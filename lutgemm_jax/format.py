@@ -1,0 +1,246 @@
+"""The packed binary-coding-quantization (BCQ) weight format.
+
+This module is the single Python definition of the format; ``include/lutgemm/bcq_format.h``
+is its C++ twin and the two must agree. A dense kernel ``W: [K, N]`` (Flax convention,
+``y = x @ W``) is approximated as::
+
+    W_hat[k, n] = sum_{i<q} alpha[k // g, i, n] * s_i[k, n] + offset[k // g, n],   s_i = +-1
+
+Arrays (``Kp`` = K rounded up to a multiple of ``g``, ``G = Kp // g``):
+
+* ``bits``:   uint32 ``[Kp/32, q, N]``. Bit ``t`` (LSB = 0) of word ``[kw, i, n]`` is 1 where
+  ``s_i[32*kw + t, n] = +1``. Byte ``j`` of a word holds k = 32*kw + 8j .. 32*kw + 8j + 7, which
+  is exactly one 8-activation lookup-table index. This is the original LUT-GEMM layout.
+* ``alpha``:  ``[G, q, N]``, float32 (default), bfloat16 or float16.
+* ``offset``: ``[G, N]`` in alpha's dtype, or ``None`` (pure BCQ has no offset).
+
+Rows ``K <= k < Kp`` are padding: their sign bits are 0 (s = -1) and they contribute nothing,
+because every consumer treats the activations there as zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+WORD_BITS = 32
+"""Sign bits per packed uint32 word (along K)."""
+MAX_BITS = 8
+"""Largest supported number of bit-planes ``q``."""
+ALPHA_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+"""Storage dtypes accepted for ``alpha`` and ``offset``."""
+PER_COLUMN = -1
+"""``group_size`` value meaning one group spanning all of K for each output column."""
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def resolve_group_size(in_features: int, group_size: int | None) -> int:
+    """Returns the concrete group size ``g`` for ``K = in_features``.
+
+    ``None`` or ``PER_COLUMN`` (-1) means one group per output column spanning all of K, i.e.
+    ``g = K`` rounded up to a multiple of 32. Otherwise ``g`` must be a positive multiple of 32.
+    """
+    if in_features <= 0:
+        raise ValueError(f"in_features must be positive, got {in_features}")
+    if group_size is None or group_size == PER_COLUMN:
+        return round_up(in_features, WORD_BITS)
+    if not isinstance(group_size, (int, np.integer)) or group_size <= 0 or group_size % WORD_BITS:
+        raise ValueError(
+            f"group_size must be a positive multiple of {WORD_BITS}, None or {PER_COLUMN} "
+            f"(per output column), got {group_size!r}"
+        )
+    return int(group_size)
+
+
+def padded_in_features(in_features: int, group_size: int) -> int:
+    """``Kp``: K rounded up to a whole number of groups."""
+    return round_up(in_features, group_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class BCQWeight:
+    """A ``[K, N]`` weight in packed BCQ form; a pytree whose leaves are the arrays.
+
+    Attributes:
+      bits: uint32 ``[Kp/32, q, N]`` packed sign bits (bit = 1 means +1).
+      alpha: ``[Kp/g, q, N]`` scales, float32/bfloat16/float16.
+      offset: ``[Kp/g, N]`` per-group offsets in alpha's dtype, or ``None``.
+      in_features: K (static).
+      out_features: N (static).
+      num_bits: q, the number of bit-planes, 1..8 (static).
+      group_size: g, a positive multiple of 32 (static; per-column weights have ``g = Kp``).
+
+    Static fields travel as pytree metadata, so a ``BCQWeight`` passes through ``jax.jit``,
+    ``jax.vmap`` (stacked weights get extra leading axes on every array), ``jax.tree`` utilities
+    and Flax parameter trees.
+    """
+
+    bits: Any
+    alpha: Any
+    offset: Any
+    in_features: int
+    out_features: int
+    num_bits: int
+    group_size: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The logical dense shape ``(K, N)``."""
+        return (self.in_features, self.out_features)
+
+    @property
+    def has_offset(self) -> bool:
+        return self.offset is not None
+
+    @property
+    def padded_in_features(self) -> int:
+        return padded_in_features(self.in_features, self.group_size)
+
+    @property
+    def num_groups(self) -> int:
+        return self.padded_in_features // self.group_size
+
+    @property
+    def dtype(self):
+        """The storage dtype of alpha (and offset)."""
+        return self.alpha.dtype
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The unbatched array shapes this metadata implies."""
+        kp, q, n, groups = self.padded_in_features, self.num_bits, self.out_features, self.num_groups
+        shapes = {"bits": (kp // WORD_BITS, q, n), "alpha": (groups, q, n)}
+        if self.has_offset:
+            shapes["offset"] = (groups, n)
+        return shapes
+
+    def validate(self) -> None:
+        """Raises ``ValueError``/``TypeError`` if arrays and metadata disagree.
+
+        Leading batch axes (from ``vmap`` over stacked weights) are allowed as long as all arrays
+        share them.
+        """
+        if not 1 <= self.num_bits <= MAX_BITS:
+            raise ValueError(f"BCQWeight.num_bits must be in 1..{MAX_BITS}, got {self.num_bits}")
+        resolve_group_size(self.in_features, self.group_size)
+        if self.out_features <= 0:
+            raise ValueError(f"BCQWeight.out_features must be positive, got {self.out_features}")
+        if jnp.dtype(self.bits.dtype) != jnp.uint32:
+            raise TypeError(f"BCQWeight.bits must be uint32, got {self.bits.dtype}")
+        if jnp.dtype(self.alpha.dtype) not in [jnp.dtype(d) for d in ALPHA_DTYPES]:
+            raise TypeError(
+                f"BCQWeight.alpha must be float32, bfloat16 or float16, got {self.alpha.dtype}"
+            )
+        if self.has_offset and jnp.dtype(self.offset.dtype) != jnp.dtype(self.alpha.dtype):
+            raise TypeError(
+                f"BCQWeight.offset dtype {self.offset.dtype} must equal alpha's {self.alpha.dtype}"
+            )
+        batch = None
+        for name, want in self.expected_shapes().items():
+            got = tuple(getattr(self, name).shape)
+            lead = got[: len(got) - len(want)]
+            if got[len(lead):] != want or (batch is not None and lead != batch):
+                raise ValueError(
+                    f"BCQWeight.{name} has shape {got}, expected [...]{want} for K="
+                    f"{self.in_features}, N={self.out_features}, q={self.num_bits}, "
+                    f"g={self.group_size}"
+                )
+            batch = lead
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """Leading axes shared by all arrays (non-empty only for stacked weights)."""
+        return tuple(self.alpha.shape[:-3])
+
+    def nbytes(self) -> int:
+        """Bytes of packed storage (bits + alpha + offset)."""
+        leaves = [self.bits, self.alpha] + ([self.offset] if self.has_offset else [])
+        return int(sum(np.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in leaves))
+
+    def dequantize(self, dtype=jnp.float32) -> jax.Array:
+        """Returns the dense ``[K, N]`` weight (``[..., K, N]`` for stacked weights)."""
+        return dequantize(self, dtype)
+
+
+jax.tree_util.register_dataclass(
+    BCQWeight,
+    data_fields=["bits", "alpha", "offset"],
+    meta_fields=["in_features", "out_features", "num_bits", "group_size"],
+)
+
+
+def pack_signs(signs: jax.Array) -> jax.Array:
+    """Packs sign bits ``[..., Kp, q, N]`` (bool, True = +1) into uint32 ``[..., Kp/32, q, N]``.
+
+    ``Kp`` must be a multiple of 32.
+    """
+    *lead, kp, q, n = signs.shape
+    if kp % WORD_BITS:
+        raise ValueError(f"pack_signs needs the K axis to be a multiple of 32, got {kp}")
+    words = signs.reshape(*lead, kp // WORD_BITS, WORD_BITS, q, n).astype(jnp.uint32)
+    shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)[:, None, None]
+    return jnp.sum(words << shifts, axis=-3, dtype=jnp.uint32)
+
+
+def unpack_signs(bits: jax.Array) -> jax.Array:
+    """Inverse of `pack_signs`: uint32 ``[..., Kp/32, q, N]`` -> bool ``[..., Kp, q, N]``."""
+    *lead, kw, q, n = bits.shape
+    shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)[:, None, None]
+    planes = (bits[..., :, None, :, :] >> shifts) & jnp.uint32(1)
+    return planes.reshape(*lead, kw * WORD_BITS, q, n).astype(jnp.bool_)
+
+
+def dequantize(w: BCQWeight, dtype=jnp.float32) -> jax.Array:
+    """Dense ``[K, N]`` weight of ``w`` (``[..., K, N]`` for stacked weights), in ``dtype``.
+
+    Unpacks with shifts and masks so that XLA fuses unpacking, scaling and the sum over planes
+    into one loop that writes ``[K, N]`` once (no ``32x`` float intermediate).
+    """
+    *lead, kw, q, n = w.bits.shape
+    g = w.group_size
+    shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)[:, None, None]
+    # [..., Kp/32, 32, q, N] -> [..., G, g, q, N]
+    planes = (w.bits[..., :, None, :, :] >> shifts) & jnp.uint32(1)
+    signs = planes.reshape(*lead, kw * WORD_BITS // g, g, q, n).astype(jnp.float32) * 2.0 - 1.0
+    alpha = w.alpha.astype(jnp.float32)[..., :, None, :, :]
+    dense = jnp.sum(signs * alpha, axis=-2)  # [..., G, g, N]
+    if w.has_offset:
+        dense = dense + w.offset.astype(jnp.float32)[..., :, None, :]
+    dense = dense.reshape(*lead, kw * WORD_BITS, n)[..., : w.in_features, :]
+    return dense.astype(dtype)
+
+
+def from_signs(
+    signs: jax.Array,
+    alpha: jax.Array,
+    offset: jax.Array | None,
+    *,
+    in_features: int,
+    group_size: int,
+) -> BCQWeight:
+    """Builds a `BCQWeight` from unpacked signs ``[Kp, q, N]`` (bool or +-1) and scales.
+
+    ``signs`` may have K = ``in_features`` rows; they are padded with -1 (bit 0) up to ``Kp``.
+    """
+    g = resolve_group_size(in_features, group_size)
+    kp = padded_in_features(in_features, g)
+    signs = signs > 0 if signs.dtype != jnp.bool_ else signs
+    if signs.shape[0] < kp:
+        signs = jnp.pad(signs, ((0, kp - signs.shape[0]), (0, 0), (0, 0)))
+    w = BCQWeight(
+        bits=pack_signs(signs),
+        alpha=alpha,
+        offset=offset,
+        in_features=in_features,
+        out_features=signs.shape[-1],
+        num_bits=signs.shape[-2],
+        group_size=g,
+    )
+    w.validate()
+    return w

@@ -1,0 +1,223 @@
+"""The ``lut_gemm`` primitive: ``y = x @ W_hat`` for a packed `BCQWeight`.
+
+One `jax.extend.core.Primitive` serves every platform:
+
+* ``cpu``: the native XLA FFI handler ``lutgemm_cpu`` (lookup tables, no dequantization);
+* ``cuda``: the CUDA handlers, when the CUDA extension is built (see ``cuda/``);
+* any other platform (and builds without a native backend): a pure-jnp lowering that unpacks the
+  bits with shifts, lets XLA fuse the dequantization, and calls ``dot``. It is also the reference
+  that the native kernels are tested against.
+
+Differentiation: ``y`` is bilinear in ``x`` and in ``(alpha, offset)``; both have JVP and
+transpose rules, so ``jax.grad`` flows into activations (LoRA on a frozen quantized base) and into
+the scales. The packed sign bits are integers and get no gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+from lutgemm_jax import _native
+from lutgemm_jax.format import WORD_BITS, BCQWeight, dequantize
+
+ACTIVATION_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+
+lut_gemm_p = Primitive("lut_gemm")
+
+
+def lut_gemm(x: jax.Array, w: BCQWeight) -> jax.Array:
+    """Computes ``x @ W_hat`` with lookup tables over the packed weight ``w``.
+
+    Args:
+      x: activations ``[..., K]``, float32, bfloat16 or float16.
+      w: a `BCQWeight` for a ``[K, N]`` kernel.
+
+    Returns:
+      ``[..., N]`` in ``x.dtype``; products are accumulated in float32.
+
+    Raises:
+      TypeError / ValueError: naming the argument, if dtypes or shapes do not match ``w``.
+    """
+    x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
+    w.validate()
+    _check_x(x.shape, x.dtype, w.in_features)
+    if w.batch_shape:
+        raise ValueError(
+            f"lut_gemm: w is a stack of weights with leading axes {w.batch_shape}; map over "
+            "them with jax.vmap (or lax.map) and pass one weight per call"
+        )
+    offset = w.offset if w.has_offset else jnp.zeros((0, w.out_features), w.alpha.dtype)
+    return lut_gemm_p.bind(x, w.bits, w.alpha, offset, **_params(w))
+
+
+def _params(w: BCQWeight) -> dict[str, int]:
+    return dict(
+        in_features=w.in_features,
+        out_features=w.out_features,
+        num_bits=w.num_bits,
+        group_size=w.group_size,
+    )
+
+
+def _weight(bits, alpha, offset, *, in_features, out_features, num_bits, group_size) -> BCQWeight:
+    return BCQWeight(
+        bits=bits,
+        alpha=alpha,
+        offset=offset if offset.shape[-2] else None,
+        in_features=in_features,
+        out_features=out_features,
+        num_bits=num_bits,
+        group_size=group_size,
+    )
+
+
+def _check_x(shape, dtype, in_features: int) -> None:
+    if jnp.dtype(dtype) not in [jnp.dtype(d) for d in ACTIVATION_DTYPES]:
+        raise TypeError(f"lut_gemm: x must be float32, bfloat16 or float16, got dtype {dtype}")
+    if len(shape) < 1 or shape[-1] != in_features:
+        raise ValueError(
+            f"lut_gemm: x has shape {tuple(shape)}, expected [..., K] with K = {in_features} "
+            "(the weight's in_features)"
+        )
+
+
+# ---- abstract evaluation -------------------------------------------------------------------
+
+
+def _abstract_eval(x, bits, alpha, offset, **params):
+    w = _weight(bits, alpha, offset, **params)
+    _check_x(x.shape, x.dtype, params["in_features"])
+    w.validate()
+    # Derived from x's aval so that shard_map's varying manual axes carry over to the result.
+    return x.update(shape=(*x.shape[:-1], params["out_features"]), dtype=x.dtype)
+
+
+lut_gemm_p.def_abstract_eval(_abstract_eval)
+
+
+# ---- the pure-jnp path (reference; default lowering) ---------------------------------------
+
+
+def lut_gemm_reference(x, bits, alpha, offset, **params):
+    """Pure-jnp ``x @ dequantize(w)`` with float32 accumulation; costs about dequantize + dot."""
+    dense = dequantize(_weight(bits, alpha, offset, **params), jnp.float32)
+    y = jnp.matmul(x.astype(jnp.float32), dense, precision=jax.lax.Precision.HIGHEST)
+    return y.astype(x.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_bind(**params):
+    return jax.jit(functools.partial(lut_gemm_p.bind, **params))
+
+
+def _impl(*args, **params):
+    return _jitted_bind(**params)(*args)
+
+
+lut_gemm_p.def_impl(_impl)
+mlir.register_lowering(lut_gemm_p, mlir.lower_fun(lut_gemm_reference, multiple_results=False))
+
+
+# ---- native lowerings ----------------------------------------------------------------------
+
+
+def _ffi_attributes(params) -> dict[str, np.int64]:
+    return {name: np.int64(value) for name, value in params.items()}
+
+
+def _cpu_lowering(ctx, x, bits, alpha, offset, **params):
+    return jax.ffi.ffi_lowering(_native.CPU_TARGET)(
+        ctx, x, bits, alpha, offset, **_ffi_attributes(params)
+    )
+
+
+if _native.HAS_CPU:
+    mlir.register_lowering(lut_gemm_p, _cpu_lowering, platform="cpu")
+
+
+# ---- batching ------------------------------------------------------------------------------
+
+
+def _batch(args, dims, **params):
+    x, bits, alpha, offset = args
+    xd, bd, ad_, od = dims
+    if bd is None and ad_ is None and od is None:
+        # Only x is batched: one more leading axis of x.
+        x = jnp.moveaxis(x, xd, 0)
+        return lut_gemm_p.bind(x, bits, alpha, offset, **params), 0
+    # Stacked weights: one native call per weight, in sequence.
+    size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+    x, bits, alpha, offset = (
+        jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0)
+        for a, d in zip(args, dims, strict=True)
+    )
+    y = jax.lax.map(lambda a: lut_gemm_p.bind(*a, **params), (x, bits, alpha, offset))
+    return y, 0
+
+
+batching.primitive_batchers[lut_gemm_p] = _batch
+
+
+# ---- differentiation -----------------------------------------------------------------------
+
+
+def _jvp(primals, tangents, **params):
+    x, bits, alpha, offset = primals
+    tx, _, talpha, toffset = tangents
+    y = lut_gemm_p.bind(x, bits, alpha, offset, **params)
+    ty = None
+    if type(tx) is not ad.Zero:
+        ty = lut_gemm_p.bind(tx, bits, alpha, offset, **params)
+    if type(talpha) is not ad.Zero or type(toffset) is not ad.Zero:
+        talpha = ad.instantiate_zeros(talpha)
+        toffset = ad.instantiate_zeros(toffset)
+        term = lut_gemm_p.bind(x, bits, talpha, toffset, **params)
+        ty = term if ty is None else ty + term
+    return y, jnp.zeros_like(y) if ty is None else ty
+
+
+def _transpose(ct, x, bits, alpha, offset, **params):
+    if type(ct) is ad.Zero:
+        return None, None, None, None
+    ct_x = ct_alpha = ct_offset = None
+    if ad.is_undefined_primal(x):
+        w = _weight(bits, alpha, offset, **params)
+        dense = dequantize(w, jnp.float32)
+        ct_x = jnp.matmul(
+            ct.astype(jnp.float32), dense.T, precision=jax.lax.Precision.HIGHEST
+        ).astype(x.aval.dtype)
+    if ad.is_undefined_primal(alpha) or ad.is_undefined_primal(offset):
+        alpha_aval = alpha.aval if ad.is_undefined_primal(alpha) else alpha
+        offset_aval = offset.aval if ad.is_undefined_primal(offset) else offset
+        ct_alpha, ct_offset = _scale_cotangents(x, bits, ct, alpha_aval, offset_aval, params)
+        ct_alpha = ct_alpha if ad.is_undefined_primal(alpha) else None
+        ct_offset = ct_offset if ad.is_undefined_primal(offset) else None
+    return ct_x, None, ct_alpha, ct_offset
+
+
+def _scale_cotangents(x, bits, ct, alpha_aval, offset_aval, params):
+    """Cotangents of alpha ``[G, q, N]`` and offset ``[G, N]`` for ``y = x @ W_hat(alpha, offset)``."""
+    k, n, g = params["in_features"], params["out_features"], params["group_size"]
+    kp = bits.shape[0] * WORD_BITS
+    x2 = jnp.pad(x.reshape(-1, k).astype(jnp.float32), ((0, 0), (0, kp - k)))
+    ct2 = ct.reshape(-1, n).astype(jnp.float32)
+    # outer[G, g, N] = sum_m x[m, k] ct[m, n]: the cotangent of the dense weight.
+    outer = jnp.matmul(x2.T, ct2, precision=jax.lax.Precision.HIGHEST).reshape(kp // g, g, n)
+    shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)[:, None, None]
+    planes = (bits[:, None] >> shifts) & jnp.uint32(1)
+    signs = planes.reshape(kp // g, g, *bits.shape[1:]).astype(jnp.float32) * 2.0 - 1.0
+    ct_alpha = jnp.einsum("gkn,gkqn->gqn", outer, signs, precision=jax.lax.Precision.HIGHEST)
+    ct_offset = jnp.sum(outer, axis=1)
+    if offset_aval.shape[0] == 0:
+        ct_offset = jnp.zeros(offset_aval.shape, offset_aval.dtype)
+    return ct_alpha.astype(alpha_aval.dtype), ct_offset.astype(offset_aval.dtype)
+
+
+ad.primitive_jvps[lut_gemm_p] = _jvp
+ad.primitive_transposes[lut_gemm_p] = _transpose

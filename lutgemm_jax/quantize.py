@@ -1,0 +1,1 @@
+"""BCQ quantizers (placeholder during bring-up; replaced by the quantizer module)."""
