@@ -13,6 +13,10 @@ CPU_TARGET = "lutgemm_cpu"
 """FFI target name of the CPU LUT-GEMM handler."""
 
 
+TARGETS: list[str] = []
+"""Names of every FFI target registered by the compiled extensions."""
+
+
 def _register(module_name: str, platform: str) -> bool:
     try:
         module = importlib.import_module(f"lutgemm_jax.{module_name}")
@@ -20,6 +24,7 @@ def _register(module_name: str, platform: str) -> bool:
         return False
     for name, capsule in module.registrations().items():
         jax.ffi.register_ffi_target(name, capsule, platform=platform)
+        TARGETS.append(name)
     return True
 
 
@@ -37,3 +42,15 @@ def build_info() -> dict[str, Any]:
     config_path = Path(__file__).with_name("_build_config.json")
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     return {**config, "cpu": HAS_CPU, "cuda": HAS_CUDA, "jax": jax.__version__}
+
+
+def export_disabled_checks() -> list:
+    """The ``disabled_checks`` that ``jax.export.export`` needs for functions using lut_gemm.
+
+    The LUT-GEMM custom calls are this library's own FFI targets, not ones with XLA's
+    compatibility guarantee: an exported artifact runs where the same lutgemm_jax version is
+    installed (and imported, so the targets are registered). Usage::
+
+        jax.export.export(jax.jit(f), disabled_checks=lutgemm_jax.export_disabled_checks())
+    """
+    return [jax.export.DisabledSafetyCheck.custom_call(name) for name in TARGETS]

@@ -21,6 +21,7 @@ because every consumer treats the activations there as zero.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import jax
@@ -114,8 +115,8 @@ class BCQWeight:
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """The unbatched array shapes this metadata implies."""
-        kp, q, n, groups = self.padded_in_features, self.num_bits, self.out_features, self.num_groups
-        shapes = {"bits": (kp // WORD_BITS, q, n), "alpha": (groups, q, n)}
+        q, n, groups = self.num_bits, self.out_features, self.num_groups
+        shapes = {"bits": (self.padded_in_features // WORD_BITS, q, n), "alpha": (groups, q, n)}
         if self.has_offset:
             shapes["offset"] = (groups, n)
         return shapes
@@ -145,7 +146,7 @@ class BCQWeight:
         for name, want in self.expected_shapes().items():
             got = tuple(getattr(self, name).shape)
             lead = got[: len(got) - len(want)]
-            if got[len(lead):] != want or (batch is not None and lead != batch):
+            if got[len(lead) :] != want or (batch is not None and lead != batch):
                 raise ValueError(
                     f"BCQWeight.{name} has shape {got}, expected [...]{want} for K="
                     f"{self.in_features}, N={self.out_features}, q={self.num_bits}, "
@@ -172,6 +173,14 @@ jax.tree_util.register_dataclass(
     BCQWeight,
     data_fields=["bits", "alpha", "offset"],
     meta_fields=["in_features", "out_features", "num_bits", "group_size"],
+)
+# Lets jax.export serialize functions that take or return a BCQWeight; the static metadata
+# (K, N, q, g) travels as JSON.
+jax.export.register_pytree_node_serialization(
+    BCQWeight,
+    serialized_name="lutgemm_jax.BCQWeight",
+    serialize_auxdata=lambda meta: json.dumps(list(meta)).encode(),
+    deserialize_auxdata=lambda data: tuple(json.loads(data)),
 )
 
 

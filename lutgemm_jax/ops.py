@@ -111,7 +111,7 @@ def lut_gemm_reference(x, bits, alpha, offset, **params):
     return y.astype(x.dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_bind(**params):
     return jax.jit(functools.partial(lut_gemm_p.bind, **params))
 
@@ -202,7 +202,7 @@ def _transpose(ct, x, bits, alpha, offset, **params):
 
 
 def _scale_cotangents(x, bits, ct, alpha_aval, offset_aval, params):
-    """Cotangents of alpha ``[G, q, N]`` and offset ``[G, N]`` for ``y = x @ W_hat(alpha, offset)``."""
+    """Cotangents of alpha ``[G, q, N]`` and offset ``[G, N]`` of ``y = x @ W_hat``."""
     k, n, g = params["in_features"], params["out_features"], params["group_size"]
     kp = bits.shape[0] * WORD_BITS
     x2 = jnp.pad(x.reshape(-1, k).astype(jnp.float32), ((0, 0), (0, kp - k)))
