@@ -1,0 +1,290 @@
+"""Flax linen integration: `LutDense`, `quantize_params`, `intercept_dense`.
+
+Three ways to run a linen model on packed BCQ weights:
+
+* write it with `LutDense` (a drop-in for `flax.linen.Dense` whose ``'kernel'`` param is a
+  `BCQWeight`), optionally with a LoRA adapter (``lora_rank > 0``) for fine-tuning;
+* keep an existing model written with `flax.linen.Dense` unchanged: convert its trained params
+  with `quantize_params` and apply it inside ``with intercept_dense():``, which routes every
+  ``nn.Dense`` whose kernel is a `BCQWeight` through `lut_gemm`;
+* ``nn.Dense`` modules whose kernel is still dense (excluded from conversion) run as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+from flax.core import FrozenDict
+
+from lutgemm_jax.convert import (
+    ConversionSummary,
+    PathFilter,
+    alpha_dtype_for,
+    dense_apply,
+    layer_summary,
+    path_matches,
+    progress_iter,
+    quantize_kernel,
+    tree_nbytes,
+)
+from lutgemm_jax.format import BCQWeight, padded_in_features, resolve_group_size
+
+__all__ = ["LutDense", "intercept_dense", "quantize_params", "ConversionSummary"]
+
+INIT_METHODS = ("greedy", "alternating", "rtn", "zeros")
+
+
+def init_bcq_weight(
+    key: jax.Array,
+    shape: tuple[int, int],
+    *,
+    kernel_init: Any,
+    param_dtype: Any,
+    bits: int,
+    group_size: int | None,
+    has_offset: bool,
+    init_method: str,
+) -> BCQWeight:
+    """A `BCQWeight` for a ``[K, N]`` kernel: ``kernel_init``'s dense sample, quantized.
+
+    ``init_method="zeros"`` skips sampling and quantizing and returns all-zero arrays of the
+    right shapes (for models whose weights are loaded from a checkpoint right after init).
+    """
+    if init_method not in INIT_METHODS:
+        raise ValueError(f"init_method must be one of {INIT_METHODS}, got {init_method!r}")
+    if init_method == "rtn" and not has_offset:
+        raise ValueError("init_method='rtn' always fits an offset: set has_offset=True")
+    k, n = shape
+    alpha_dtype = alpha_dtype_for(param_dtype)
+    if init_method == "zeros":
+        g = resolve_group_size(k, group_size)
+        groups = padded_in_features(k, g) // g
+        return BCQWeight(
+            bits=jnp.zeros((padded_in_features(k, g) // 32, bits, n), jnp.uint32),
+            alpha=jnp.zeros((groups, bits, n), alpha_dtype),
+            offset=jnp.zeros((groups, n), alpha_dtype) if has_offset else None,
+            in_features=k,
+            out_features=n,
+            num_bits=bits,
+            group_size=g,
+        )
+    dense = kernel_init(key, shape, param_dtype)
+    extra = {} if init_method == "rtn" else {"fit_offset": has_offset}
+    return quantize_kernel(
+        dense,
+        bits=bits,
+        group_size=group_size,
+        method=init_method,
+        alpha_dtype=alpha_dtype,
+        **extra,
+    )
+
+
+class LutDense(nn.Module):
+    """A drop-in for `flax.linen.Dense` whose kernel is a packed `BCQWeight`.
+
+    ``y = lut_gemm(x, kernel) + (x @ lora_a) @ lora_b * scale + bias`` for ``x: [..., K]``,
+    ``y: [..., features]``. Params: ``'kernel'`` (a `BCQWeight` for ``[K, features]``),
+    ``'bias'`` ``[features]`` (when ``use_bias``), and with ``lora_rank = r > 0`` ``'lora_a'``
+    ``[K, r]`` and ``'lora_b'`` ``[r, features]`` (zero-initialised, so the adapter starts as
+    the identity). ``scale = lora_alpha / lora_rank`` (1 when ``lora_alpha`` is ``None``).
+
+    Attributes:
+      features, use_bias, dtype, param_dtype, precision, kernel_init, bias_init: as in
+        `flax.linen.Dense`. ``precision`` applies to the LoRA products (``lut_gemm`` always
+        accumulates in float32). The kernel's ``alpha`` is stored in ``param_dtype`` (float32
+        when that is not float32/bfloat16/float16).
+      dot_general: accepted for signature compatibility with `flax.linen.Dense`; the packed
+        product never uses it.
+      bits: ``q``, bit-planes of the kernel (1..8).
+      group_size: ``g``, a multiple of 32, or ``None`` (one group per output column).
+      has_offset: whether the kernel has a per-group offset.
+      init_method: how the kernel is initialised: ``kernel_init``'s dense sample quantized with
+        ``"greedy"`` (default, fast), ``"alternating"`` or ``"rtn"``; or ``"zeros"`` (no
+        sampling: right shapes, for weights loaded afterwards).
+      lora_rank: rank ``r`` of the LoRA adapter; 0 = none.
+      lora_alpha: LoRA scale numerator (``scale = lora_alpha / r``); ``None`` = scale 1.
+      lora_a_init: initializer of ``lora_a``.
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros_init()
+    dot_general: Any = None
+    bits: int = 3
+    group_size: int | None = 128
+    has_offset: bool = False
+    init_method: str = "greedy"
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    lora_a_init: Any = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """``inputs: [..., K]`` -> ``[..., features]``."""
+        k = jnp.shape(inputs)[-1]
+
+        def kernel_init(key: jax.Array, shape: tuple[int, int]) -> BCQWeight:
+            return init_bcq_weight(
+                key,
+                shape,
+                kernel_init=self.kernel_init,
+                param_dtype=self.param_dtype,
+                bits=self.bits,
+                group_size=self.group_size,
+                has_offset=self.has_offset,
+                init_method=self.init_method,
+            )
+
+        kernel = self.param("kernel", kernel_init, (k, self.features))
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        lora = None
+        if self.lora_rank:
+            a = self.param("lora_a", self.lora_a_init, (k, self.lora_rank), self.param_dtype)
+            b = self.param(
+                "lora_b",
+                nn.initializers.zeros_init(),
+                (self.lora_rank, self.features),
+                self.param_dtype,
+            )
+            scale = 1.0 if self.lora_alpha is None else self.lora_alpha / self.lora_rank
+            lora = (a, b, scale)
+        return dense_apply(
+            inputs, kernel, bias, dtype=self.dtype, precision=self.precision, lora=lora
+        )
+
+
+# ---- conversion of trained params ----------------------------------------------------------
+
+
+def quantize_params(
+    params: Mapping[str, Any],
+    *,
+    bits: int = 3,
+    group_size: int | None = 128,
+    method: str = "alternating",
+    include: PathFilter = None,
+    exclude: PathFilter = None,
+    stacked: bool = False,
+    progress: bool = False,
+    return_summary: bool = False,
+    **quantize_kwargs: Any,
+) -> Any:
+    """Quantizes the Dense kernels of a linen params tree; everything else is kept as is.
+
+    A kernel is a leaf named ``'kernel'`` that is a 2-D floating array ``[K, N]`` (or, with
+    ``stacked=True``, ``[..., K, N]``: the stacked kernels of ``nn.scan``/``nn.vmap``-ed layers,
+    quantized slice by slice). Kernels whose ``/``-joined path (e.g. ``"Dense_0/kernel"`` or
+    ``"params/decoder/layers_3/mlp/fc1/kernel"``) is selected by ``include`` and not by
+    ``exclude`` become `BCQWeight` leaves; biases, embeddings, norms and unselected kernels are
+    returned unchanged. Run the converted params with `LutDense` models or, for an unmodified
+    ``nn.Dense`` model, inside `intercept_dense`.
+
+    Args:
+      params: a nested mapping (``dict`` or ``FrozenDict``; the ``{'params': ...}`` wrapper is
+        allowed) of arrays.
+      bits, group_size, method: passed to `lutgemm_jax.quantize.quantize`.
+      include: regex (``re.search``) or predicate on the kernel's path; ``None`` = all.
+      exclude: regex or predicate; matching kernels are skipped (e.g. ``r"lm_head|embed"``).
+      stacked: also convert kernels with leading stack axes (``ndim > 2``). Off by default:
+        ``DenseGeneral``/``Conv`` kernels also have more than two axes.
+      progress: show a tqdm progress bar over the layers.
+      return_summary: also return a `ConversionSummary`.
+      **quantize_kwargs: more keywords for ``quantize`` (``rounds``, ``fit_offset``, ...).
+        ``alpha_dtype`` defaults to the kernel's dtype when that is float32/bfloat16/float16.
+
+    Returns:
+      The converted params (same container types), or ``(params, summary)``.
+    """
+    frozen = isinstance(params, FrozenDict)
+    flat = traverse_util.flatten_dict(
+        params.unfreeze() if frozen else dict(params), keep_empty_nodes=True
+    )
+    targets = [
+        (key, value)
+        for key, value in flat.items()
+        if _is_kernel(key, value, stacked)
+        and path_matches("/".join(map(str, key)), include, exclude)
+    ]
+    layers = []
+    for key, value in progress_iter(targets, len(targets), progress, "quantize"):
+        kwargs = {"alpha_dtype": alpha_dtype_for(value.dtype), **quantize_kwargs}
+        packed = quantize_kernel(value, bits=bits, group_size=group_size, method=method, **kwargs)
+        layers.append(layer_summary("/".join(map(str, key)), value, packed))
+        flat[key] = packed
+    out = traverse_util.unflatten_dict(flat)
+    out = FrozenDict(out) if frozen else out
+    if not return_summary:
+        return out
+    summary = ConversionSummary(
+        layers=tuple(layers),
+        total_bytes_before=tree_nbytes(params),
+        total_bytes_after=tree_nbytes(out),
+    )
+    return out, summary
+
+
+def _is_kernel(key: tuple[Any, ...], value: Any, stacked: bool) -> bool:
+    if key[-1] != "kernel" or isinstance(value, BCQWeight) or not hasattr(value, "ndim"):
+        return False
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        return False
+    return value.ndim == 2 or (stacked and value.ndim > 2)
+
+
+# ---- running unmodified nn.Dense models ----------------------------------------------------
+
+
+def _dense_interceptor(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
+    module = context.module
+    if (
+        context.method_name != "__call__"
+        or not isinstance(module, nn.Dense)
+        or type(module).__call__ is not nn.Dense.__call__
+        or module.scope is None
+        or not module.has_variable("params", "kernel")
+    ):
+        return next_fun(*args, **kwargs)
+    kernel = module.get_variable("params", "kernel")
+    if not isinstance(kernel, BCQWeight):
+        return next_fun(*args, **kwargs)
+    bias = None
+    if module.use_bias:
+        bias = module.get_variable("params", "bias")
+        if bias is None:
+            raise ValueError(f"nn.Dense at {'/'.join(module.path)} has use_bias=True but no bias")
+    (inputs,) = args
+    return dense_apply(inputs, kernel, bias, dtype=module.dtype, precision=module.precision)
+
+
+@contextlib.contextmanager
+def intercept_dense() -> Iterator[None]:
+    """Routes ``flax.linen.Dense.__call__`` through `lut_gemm` when its kernel is a `BCQWeight`.
+
+    Inside the ``with`` block, every ``nn.Dense`` (created in ``setup`` or ``@compact``, at any
+    depth, also under ``jax.jit``, ``nn.scan``/``lax.scan`` and ``vmap``) whose ``'kernel'``
+    param is a `BCQWeight` computes ``y = lut_gemm(x, kernel) + bias`` with Dense's dtype rules
+    (``dtype``, ``use_bias``; a custom ``dot_general`` is not used for packed kernels). Dense
+    layers with dense kernels, and subclasses that override ``__call__``, are left untouched.
+    Only module *application* is affected; the model code needs no edit::
+
+        qparams = quantize_params(params, bits=4, exclude=r"head")
+        with intercept_dense():
+            y = model.apply({"params": qparams}, x)
+
+    Tracing happens inside the block: call ``jax.jit``-compiled functions (first call) there.
+    """
+    with nn.intercept_methods(_dense_interceptor):
+        yield
