@@ -1,0 +1,116 @@
+// Host-side preparation of the CUDA FFI calls: operand validation (lutgemm::CheckOperands and its
+// helpers) and kernel arguments. No CUDA runtime calls here, so the CPU tests build this file
+// with the emulation header and check every InvalidArgument path without a GPU.
+#ifndef LUTGEMM_CUDA_LUT_GEMM_HANDLER_H_
+#define LUTGEMM_CUDA_LUT_GEMM_HANDLER_H_
+
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "lut_gemm_launch.h"
+#include "lutgemm/ffi_checks.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace lutgemm::cuda {
+
+namespace ffi = xla::ffi;
+
+inline int ToElemType(ffi::DataType t) {
+  return t == ffi::DataType::F32 ? kF32 : t == ffi::DataType::BF16 ? kBF16 : kF16;
+}
+
+constexpr int64_t kMaxGridYZ = 65535;
+constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
+
+// Validates a LUT-GEMM call and fills the kernel arguments and launch plan. m == 0 is valid
+// (nothing to launch: plan->col_blocks == 0).
+inline ffi::Error PrepareLutGemm(ffi::AnyBuffer x, ffi::AnyBuffer bits, ffi::AnyBuffer alpha,
+                                 ffi::AnyBuffer offset, ffi::AnyBuffer y, int64_t in_features,
+                                 int64_t out_features, int64_t num_bits, int64_t group_size,
+                                 int num_sms, LutGemmArgs* args, LutPlan* plan) {
+  GemmProblem p;
+  if (ffi::Error err = CheckOperands(x, bits, alpha, offset, y, in_features, out_features,
+                                     num_bits, group_size, &p);
+      err.failure())
+    return err;
+  const BcqShape& s = p.shape;
+  // The kernels index rows, columns and K in int; the grid's y/z extents are limited.
+  if (s.padded_k() > kMaxInt || s.n > kMaxInt || p.m > kMaxInt / 2)
+    return ffi::Error::InvalidArgument("lut_gemm: shape too large for the CUDA kernels");
+  *args = LutGemmArgs{};
+  args->x = x.untyped_data();
+  args->bits = static_cast<const uint32_t*>(bits.untyped_data());
+  args->alpha = alpha.untyped_data();
+  args->offset = s.has_offset ? offset.untyped_data() : nullptr;
+  args->y = y.untyped_data();
+  args->partial = nullptr;
+  args->m = static_cast<int>(p.m);
+  args->k = static_cast<int>(s.k);
+  args->n = static_cast<int>(s.n);
+  args->q = static_cast<int>(s.q);
+  args->num_words = static_cast<int>(s.num_words());
+  args->words_per_group = static_cast<int>(s.words_per_group());
+  args->x_type = ToElemType(x.element_type());
+  args->a_type = ToElemType(alpha.element_type());
+  if (p.m == 0) {
+    *plan = LutPlan{1, 0, 0, 1, 1};
+    return ffi::Error::Success();
+  }
+  *plan = PlanLut(p.m, s.n, s.num_words(), num_sms);
+  if (plan->row_blocks > kMaxGridYZ)
+    return ffi::Error::InvalidArgument(
+        "lut_gemm: too many rows of x for the CUDA LUT kernel (M > 524280); the lowering uses "
+        "the dequantize + dot path for M > 8");
+  return ffi::Error::Success();
+}
+
+// Validates a dequantization call: bits, alpha, offset as for lut_gemm, result w [K, N] float.
+inline ffi::Error PrepareDequant(ffi::AnyBuffer bits, ffi::AnyBuffer alpha, ffi::AnyBuffer offset,
+                                 ffi::AnyBuffer w, int64_t in_features, int64_t out_features,
+                                 int64_t num_bits, int64_t group_size, DequantArgs* args) {
+  BcqShape s{in_features, out_features, num_bits, group_size, false};
+  if (const char* msg = CheckShape(s))
+    return ffi::Error::InvalidArgument(std::string("lut_gemm dequantize: bad attributes: ") + msg);
+  if (bits.element_type() != ffi::DataType::U32)
+    return ffi::Error::InvalidArgument("lut_gemm dequantize: bits must be uint32");
+  if (!IsFloatType(alpha.element_type()))
+    return ffi::Error::InvalidArgument(
+        "lut_gemm dequantize: alpha must be float32, bfloat16 or float16");
+  if (offset.element_type() != alpha.element_type())
+    return ffi::Error::InvalidArgument("lut_gemm dequantize: offset must have alpha's dtype");
+  if (!IsFloatType(w.element_type()))
+    return ffi::Error::InvalidArgument(
+        "lut_gemm dequantize: output must be float32, bfloat16 or float16");
+  const int64_t q = s.q, n = s.n, g = s.num_groups();
+  auto bd = bits.dimensions();
+  if (bd.size() != 3 || bd[0] != s.num_words() || bd[1] != q || bd[2] != n)
+    return ShapeError("bits", bd, "[Kp/32, q, N] = " + DimsToString({s.num_words(), q, n}));
+  auto ad = alpha.dimensions();
+  if (ad.size() != 3 || ad[0] != g || ad[1] != q || ad[2] != n)
+    return ShapeError("alpha", ad, "[G, q, N] = " + DimsToString({g, q, n}));
+  auto od = offset.dimensions();
+  if (od.size() != 2 || (od[0] != g && od[0] != 0) || od[1] != n)
+    return ShapeError("offset", od, "[G, N] = " + DimsToString({g, n}) + " or [0, N]");
+  auto wd = w.dimensions();
+  if (wd.size() != 2 || wd[0] != s.k || wd[1] != n)
+    return ShapeError("output", wd, "[K, N] = " + DimsToString({s.k, n}));
+  if (s.num_words() > kMaxGridYZ || n > kMaxInt)
+    return ffi::Error::InvalidArgument("lut_gemm dequantize: K too large (K/32 > 65535)");
+  *args = DequantArgs{static_cast<const uint32_t*>(bits.untyped_data()),
+                      alpha.untyped_data(),
+                      od[0] == g ? offset.untyped_data() : nullptr,
+                      w.untyped_data(),
+                      static_cast<int>(s.k),
+                      static_cast<int>(n),
+                      static_cast<int>(q),
+                      static_cast<int>(s.num_words()),
+                      static_cast<int>(s.words_per_group()),
+                      ToElemType(alpha.element_type()),
+                      ToElemType(w.element_type())};
+  return ffi::Error::Success();
+}
+
+}  // namespace lutgemm::cuda
+
+#endif  // LUTGEMM_CUDA_LUT_GEMM_HANDLER_H_
