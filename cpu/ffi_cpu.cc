@@ -1,9 +1,21 @@
 // XLA FFI handler for the CPU LUT-GEMM kernel and the nanobind module that exports it.
+//
+// Attributes: in_features, out_features, num_bits, group_size (validated by CheckOperands) and
+// mode (0 = exact float32 tables, 1 = fast int8 tables). Work is spread over XLA's intra-op
+// thread pool (ffi::ThreadPool); the calling thread works too.
+// Environment (read per call, for tests and benchmarks):
+//   LUTGEMM_CPU_ISA=portable|avx2   force the code path (default: best the CPU supports)
+//   LUTGEMM_CPU_THREADS=<n>         use at most n threads (default: the pool's size)
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
-#include <vector>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <mutex>
 
 #include "lut_gemm_cpu.h"
-#include "lutgemm/dtypes.h"
 #include "lutgemm/ffi_checks.h"
 #include "nanobind/nanobind.h"
 #include "xla/ffi/api/ffi.h"
@@ -14,65 +26,83 @@ namespace ffi = xla::ffi;
 namespace lutgemm::cpu {
 namespace {
 
-// Widens a float32/bfloat16/float16 buffer to float32.
-std::vector<float> ToFloat(ffi::AnyBuffer buf) {
-  const size_t count = buf.element_count();
-  std::vector<float> out(count);
-  switch (buf.element_type()) {
-    case ffi::DataType::F32: {
-      const float* p = static_cast<const float*>(buf.untyped_data());
-      out.assign(p, p + count);
-      break;
-    }
-    case ffi::DataType::BF16: {
-      const uint16_t* p = static_cast<const uint16_t*>(buf.untyped_data());
-      for (size_t i = 0; i < count; ++i) out[i] = Bf16ToFloat(p[i]);
-      break;
-    }
-    default: {
-      const uint16_t* p = static_cast<const uint16_t*>(buf.untyped_data());
-      for (size_t i = 0; i < count; ++i) out[i] = F16ToFloat(p[i]);
-      break;
-    }
-  }
-  return out;
-}
-
-void FromFloat(const std::vector<float>& src, ffi::Result<ffi::AnyBuffer> dst) {
-  switch (dst->element_type()) {
-    case ffi::DataType::F32: {
-      float* p = static_cast<float*>(dst->untyped_data());
-      for (size_t i = 0; i < src.size(); ++i) p[i] = src[i];
-      break;
-    }
-    case ffi::DataType::BF16: {
-      uint16_t* p = static_cast<uint16_t*>(dst->untyped_data());
-      for (size_t i = 0; i < src.size(); ++i) p[i] = FloatToBf16(src[i]);
-      break;
-    }
-    default: {
-      uint16_t* p = static_cast<uint16_t*>(dst->untyped_data());
-      for (size_t i = 0; i < src.size(); ++i) p[i] = FloatToF16(src[i]);
-      break;
-    }
+DType ToDType(ffi::DataType t) {
+  switch (t) {
+    case ffi::DataType::F32:
+      return DType::kF32;
+    case ffi::DataType::BF16:
+      return DType::kBF16;
+    default:
+      return DType::kF16;
   }
 }
 
-ffi::Error LutGemmCpuImpl(ffi::AnyBuffer x, ffi::AnyBuffer bits, ffi::AnyBuffer alpha,
-                          ffi::AnyBuffer offset, ffi::Result<ffi::AnyBuffer> y,
-                          int64_t in_features, int64_t out_features, int64_t num_bits,
-                          int64_t group_size) {
+// Claims indices from a shared counter on the caller and on up to `helpers` pool threads; returns
+// once every index has run. Helpers that start late find nothing left and only touch the shared
+// state, which they keep alive.
+struct ForState {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::mutex mu;
+  std::condition_variable cv;
+};
+
+void PoolParallelFor(ffi::ThreadPool& pool, int64_t helpers, int64_t count,
+                     const std::function<void(int64_t)>& fn) {
+  auto st = std::make_shared<ForState>();
+  const std::function<void(int64_t)>* fp = &fn;
+  auto work = [st, fp, count]() {
+    for (int64_t i; (i = st->next.fetch_add(1)) < count;) {
+      (*fp)(i);
+      if (st->done.fetch_add(1) + 1 == count) {
+        std::lock_guard<std::mutex> lock(st->mu);
+        st->cv.notify_all();
+      }
+    }
+  };
+  for (int64_t h = 0; h < helpers; ++h) {
+    auto copy = work;
+    pool.Schedule(std::move(copy));
+  }
+  work();
+  std::unique_lock<std::mutex> lock(st->mu);
+  st->cv.wait(lock, [&] { return st->done.load() == count; });
+}
+
+ffi::Error LutGemmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer bits,
+                          ffi::AnyBuffer alpha, ffi::AnyBuffer offset,
+                          ffi::Result<ffi::AnyBuffer> y, int64_t in_features,
+                          int64_t out_features, int64_t num_bits, int64_t group_size,
+                          int64_t mode) {
   GemmProblem p;
   if (ffi::Error err = CheckOperands(x, bits, alpha, offset, *y, in_features, out_features,
                                      num_bits, group_size, &p);
       err.failure())
     return err;
+  if (mode != static_cast<int64_t>(Mode::kExact) && mode != static_cast<int64_t>(Mode::kFast))
+    return ffi::Error::InvalidArgument("lut_gemm: mode must be 0 (exact) or 1 (fast)");
   if (p.m == 0) return ffi::Error::Success();
-  const std::vector<float> xf = ToFloat(x), af = ToFloat(alpha), of = ToFloat(offset);
-  std::vector<float> yf(p.m * p.shape.n);
-  LutGemm(p.shape, p.m, xf.data(), static_cast<const uint32_t*>(bits.untyped_data()), af.data(),
-          p.shape.has_offset ? of.data() : nullptr, yf.data());
-  FromFloat(yf, y);
+
+  Operands op;
+  op.shape = p.shape;
+  op.m = p.m;
+  op.x = x.untyped_data();
+  op.x_type = ToDType(x.element_type());
+  op.bits = static_cast<const uint32_t*>(bits.untyped_data());
+  op.alpha = alpha.untyped_data();
+  op.offset = p.shape.has_offset ? offset.untyped_data() : nullptr;
+  op.alpha_type = ToDType(alpha.element_type());
+  op.y = y->untyped_data();
+
+  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  if (const char* env = std::getenv("LUTGEMM_CPU_THREADS")) {
+    const long v = std::atol(env);
+    if (v > 0) threads = v;
+  }
+  ParallelFor pf = [&pool, threads](int64_t count, const std::function<void(int64_t)>& fn) {
+    PoolParallelFor(pool, std::min(threads, count) - 1, count, fn);
+  };
+  LutGemm(op, static_cast<Mode>(mode), SelectIsa(), threads, pf);
   return ffi::Error::Success();
 }
 
@@ -80,6 +110,7 @@ ffi::Error LutGemmCpuImpl(ffi::AnyBuffer x, ffi::AnyBuffer bits, ffi::AnyBuffer 
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LutGemmCpu, LutGemmCpuImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()  // x
                                   .Arg<ffi::AnyBuffer>()  // bits
                                   .Arg<ffi::AnyBuffer>()  // alpha
@@ -88,7 +119,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LutGemmCpu, LutGemmCpuImpl,
                                   .Attr<int64_t>("in_features")
                                   .Attr<int64_t>("out_features")
                                   .Attr<int64_t>("num_bits")
-                                  .Attr<int64_t>("group_size"));
+                                  .Attr<int64_t>("group_size")
+                                  .Attr<int64_t>("mode"));
 
 }  // namespace lutgemm::cpu
 
@@ -99,4 +131,10 @@ NB_MODULE(_lutgemm_cpu, m) {
     d["lutgemm_cpu"] = nb::capsule(reinterpret_cast<void*>(lutgemm::cpu::LutGemmCpu));
     return d;
   });
+  m.def("avx2_supported", []() { return lutgemm::cpu::IsaSupported(lutgemm::cpu::Isa::kAvx2); },
+        "Whether this CPU has AVX2 + FMA + F16C (the fast code path).");
+  m.def(
+      "selected_isa",
+      []() { return lutgemm::cpu::SelectIsa() == lutgemm::cpu::Isa::kAvx2 ? "avx2" : "portable"; },
+      "The code path the next call will take (honours LUTGEMM_CPU_ISA).");
 }

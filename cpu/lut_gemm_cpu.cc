@@ -1,67 +1,494 @@
-// Reference-structured LUT-GEMM kernel for the CPU.
+// Fast LUT-GEMM CPU kernels: a portable path and an AVX2 + FMA + F16C path (compiled with target
+// attributes, selected at run time), each in an exact (float tables) and a fast (int8 tables)
+// mode. See lut_gemm_cpu.h for the method.
 //
-// For each row of x: pad to Kp with zeros and build one table per 8 activations (mu = 8),
-// T[p] = sum_j (2*bit_j(p) - 1) * x[j], with one add per entry. Then every byte of a sign word
-// is a table index: one lookup replaces 8 multiply-adds. Per (group, plane, column) the lookups
-// are summed in float32, scaled by alpha, and the offset term is offset * (sum of x over the
-// group) = offset * sum of the group's T[255] entries.
+// Loop structure (per task = a range of output columns, per block of up to 4 rows of x):
+//   for each scale block of S activations (S | g, S <= 128):
+//     for each block of W columns (W = 32 fast / 16 exact on AVX2, 1 portable):
+//       for each plane i: sum the lookups of the block's S/32 words  -> per-column plane sums
+//                         tot += plane_sum * alpha[group, i, col]
+//       facc[row, col] += tot (* table scale in fast mode)
+// so the sign words of each (word, plane) row are streamed sequentially over columns (hardware
+// prefetch friendly) and every weight byte is read once per block of 4 rows. For more than 4
+// rows, columns are tiled so that a tile of the weight stays in L2 across row blocks.
 #include "lut_gemm_cpu.h"
 
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
 #include <vector>
+
+#include "lutgemm/dtypes.h"
+
+#define LUTGEMM_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 namespace lutgemm::cpu {
 namespace {
 
-// tables: [Kp/8][256]. Entry 0 is -sum(x); setting bit j adds 2*x[j].
-void BuildTables(const float* x_padded, int64_t num_tables, float* tables) {
-  for (int64_t c = 0; c < num_tables; ++c) {
-    const float* xc = x_padded + c * kTableBits;
-    float* t = tables + c * kTableSize;
-    float neg_sum = 0.f;
-    for (int j = 0; j < kTableBits; ++j) neg_sum -= xc[j];
-    t[0] = neg_sum;
-    for (int j = 0; j < kTableBits; ++j) {
-      const int half = 1 << j;
-      const float twice = 2.f * xc[j];
-      for (int p = 0; p < half; ++p) t[half + p] = t[p] + twice;
+constexpr int kMu = 4;                      // activations per table
+constexpr int kEntries = 1 << kMu;          // 16 entries per table
+constexpr int kChunksPerWord = kWordBits / kMu;  // 8 nibbles per sign word
+constexpr int kMaxRows = 4;                 // rows of x per pass over the weight
+
+int64_t ScaleBlock(int64_t g) {
+  for (int64_t s : {128, 96, 64, 32})
+    if (g % s == 0) return s;
+  return 32;
+}
+
+inline float ToF32(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::kF32:
+      return static_cast<const float*>(p)[i];
+    case DType::kBF16:
+      return Bf16ToFloat(static_cast<const uint16_t*>(p)[i]);
+    default:
+      return F16ToFloat(static_cast<const uint16_t*>(p)[i]);
+  }
+}
+
+// Everything a block kernel reads. Tables are per row of x.
+struct Prep {
+  BcqShape s;
+  int64_t m, kp, g, ngroups, S, nsb, wps, nchunks;
+  const uint32_t* bits;
+  const void* alpha;
+  const void* offset;
+  DType at;
+  std::vector<float> ft;      // exact: [m][nchunks][16]
+  std::vector<int8_t> qt;     // fast:  [m][nchunks][16]
+  std::vector<float> qscale;  // fast:  [m][nsb]
+  std::vector<float> gsum;    // [m][ngroups]: sum of x over each group (offset term)
+};
+
+// Signs of table entry p for activation j: +1 where bit j of p is set.
+struct SignTable {
+  float v[kMu][kEntries];
+  SignTable() {
+    for (int j = 0; j < kMu; ++j)
+      for (int p = 0; p < kEntries; ++p) v[j][p] = (p >> j) & 1 ? 1.f : -1.f;
+  }
+};
+const SignTable kSigns;
+
+// Float tables for one chunk: t[p] = ((s0 x0 + s1 x1) + s2 x2) + s3 x3 (products are exact, so
+// a fused or unfused evaluation rounds identically).
+inline void ChunkTable(const float* x4, float* t) {
+  for (int p = 0; p < kEntries; ++p) {
+    float v = kSigns.v[0][p] * x4[0];
+    v += kSigns.v[1][p] * x4[1];
+    v += kSigns.v[2][p] * x4[2];
+    v += kSigns.v[3][p] * x4[3];
+    t[p] = v;
+  }
+}
+
+void BuildTables(const float* xrow, Prep& p, int64_t row, bool fast) {
+  if (!fast) {
+    float* ft = p.ft.data() + row * p.nchunks * kEntries;
+    for (int64_t c = 0; c < p.nchunks; ++c) ChunkTable(xrow + c * kMu, ft + c * kEntries);
+    return;
+  }
+  int8_t* qt = p.qt.data() + row * p.nchunks * kEntries;
+  const int64_t cpb = p.S / kMu;  // chunks per scale block
+  for (int64_t b = 0; b < p.nsb; ++b) {
+    float amax = 0.f;
+    bool finite = true;
+    for (int64_t c = b * cpb; c < (b + 1) * cpb; ++c) {
+      const float* x4 = xrow + c * kMu;
+      const float a = ((std::fabs(x4[0]) + std::fabs(x4[1])) + std::fabs(x4[2])) + std::fabs(x4[3]);
+      if (!std::isfinite(a)) finite = false;
+      else amax = std::max(amax, a);
+    }
+    float scale, inv;
+    if (!finite) {  // NaN/Inf activations: the whole row becomes NaN
+      scale = std::numeric_limits<float>::quiet_NaN();
+      inv = 0.f;
+    } else if (amax == 0.f) {
+      scale = 0.f;
+      inv = 0.f;
+    } else {
+      scale = amax / 127.f;
+      inv = 127.f / amax;
+    }
+    p.qscale[row * p.nsb + b] = scale;
+    float t[kEntries];
+    for (int64_t c = b * cpb; c < (b + 1) * cpb; ++c) {
+      ChunkTable(xrow + c * kMu, t);
+      for (int e = 0; e < kEntries; ++e) {
+        float v = std::nearbyint(t[e] * inv);
+        v = std::min(127.f, std::max(-127.f, v));
+        qt[c * kEntries + e] = static_cast<int8_t>(v);
+      }
+    }
+  }
+}
+
+// ---- portable kernels: one column -------------------------------------------------------------
+
+template <int R>
+void ExactScalar(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc, int64_t ld) {
+  const int64_t n = p.s.n, q = p.s.q, kw0 = sb * p.wps, grp = kw0 * kWordBits / p.g;
+  float tot[R] = {};
+  for (int64_t i = 0; i < q; ++i) {
+    float acc[R] = {};
+    for (int64_t w = 0; w < p.wps; ++w) {
+      const uint32_t word = p.bits[((kw0 + w) * q + i) * n + col];
+      const int64_t c0 = (kw0 + w) * kChunksPerWord;
+      for (int nib = 0; nib < kChunksPerWord; ++nib) {
+        const uint32_t idx = (word >> (kMu * nib)) & (kEntries - 1);
+        for (int r = 0; r < R; ++r)
+          acc[r] += p.ft[((r0 + r) * p.nchunks + c0 + nib) * kEntries + idx];
+      }
+    }
+    const float a = ToF32(p.alpha, p.at, (grp * q + i) * n + col);
+    for (int r = 0; r < R; ++r) tot[r] += acc[r] * a;
+  }
+  for (int r = 0; r < R; ++r) facc[r * ld] += tot[r];
+}
+
+template <int R>
+void FastScalar(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc, int64_t ld) {
+  const int64_t n = p.s.n, q = p.s.q, kw0 = sb * p.wps, grp = kw0 * kWordBits / p.g;
+  float tot[R] = {};
+  for (int64_t i = 0; i < q; ++i) {
+    int32_t acc[R] = {};
+    for (int64_t w = 0; w < p.wps; ++w) {
+      const uint32_t word = p.bits[((kw0 + w) * q + i) * n + col];
+      const int64_t c0 = (kw0 + w) * kChunksPerWord;
+      for (int nib = 0; nib < kChunksPerWord; ++nib) {
+        const uint32_t idx = (word >> (kMu * nib)) & (kEntries - 1);
+        for (int r = 0; r < R; ++r)
+          acc[r] += p.qt[((r0 + r) * p.nchunks + c0 + nib) * kEntries + idx];
+      }
+    }
+    const float a = ToF32(p.alpha, p.at, (grp * q + i) * n + col);
+    for (int r = 0; r < R; ++r) tot[r] += static_cast<float>(acc[r]) * a;
+  }
+  for (int r = 0; r < R; ++r) facc[r * ld] += tot[r] * p.qscale[(r0 + r) * p.nsb + sb];
+}
+
+// ---- AVX2 kernels -----------------------------------------------------------------------------
+
+template <DType AT>
+LUTGEMM_AVX2 inline __m256 LoadAlpha8(const void* base, int64_t i) {
+  if constexpr (AT == DType::kF32) {
+    return _mm256_loadu_ps(static_cast<const float*>(base) + i);
+  } else if constexpr (AT == DType::kBF16) {
+    const __m128i h = _mm_loadu_si128(
+        reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    const __m128i h = _mm_loadu_si128(
+        reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i));
+    return _mm256_cvtph_ps(h);
+  }
+}
+
+// 16 columns: two vectors of 8 sign words; per nibble, vpermps into the low and high halves of the
+// 16-entry float table (index = low 3 bits) and a blend on bit 3 (moved to the sign bit).
+template <int R, DType AT>
+LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc,
+                            int64_t ld) {
+  const int64_t n = p.s.n, q = p.s.q, kw0 = sb * p.wps, grp = kw0 * kWordBits / p.g;
+  const float* ft[R];
+  for (int r = 0; r < R; ++r) ft[r] = p.ft.data() + (r0 + r) * p.nchunks * kEntries;
+  __m256 tot[R][2];
+  for (int r = 0; r < R; ++r) tot[r][0] = tot[r][1] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < q; ++i) {
+    __m256 acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int64_t w = 0; w < p.wps; ++w) {
+      const uint32_t* src = p.bits + ((kw0 + w) * q + i) * n + col;
+      __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+      __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 8));
+      const int64_t c0 = (kw0 + w) * kChunksPerWord;
+#pragma GCC unroll 8
+      for (int nib = 0; nib < kChunksPerWord; ++nib) {
+        const __m256 s0 = _mm256_castsi256_ps(_mm256_slli_epi32(v0, 28));
+        const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(v1, 28));
+        for (int r = 0; r < R; ++r) {
+          const float* t = ft[r] + (c0 + nib) * kEntries;
+          const __m256 tlo = _mm256_loadu_ps(t), thi = _mm256_loadu_ps(t + 8);
+          const __m256 a0 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo, v0),
+                                             _mm256_permutevar8x32_ps(thi, v0), s0);
+          const __m256 a1 = _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo, v1),
+                                             _mm256_permutevar8x32_ps(thi, v1), s1);
+          acc[r][0] = _mm256_add_ps(acc[r][0], a0);
+          acc[r][1] = _mm256_add_ps(acc[r][1], a1);
+        }
+        v0 = _mm256_srli_epi32(v0, kMu);
+        v1 = _mm256_srli_epi32(v1, kMu);
+      }
+    }
+    const int64_t ai = (grp * q + i) * n + col;
+    const __m256 al0 = LoadAlpha8<AT>(p.alpha, ai), al1 = LoadAlpha8<AT>(p.alpha, ai + 8);
+    for (int r = 0; r < R; ++r) {
+      tot[r][0] = _mm256_fmadd_ps(acc[r][0], al0, tot[r][0]);
+      tot[r][1] = _mm256_fmadd_ps(acc[r][1], al1, tot[r][1]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float* f = facc + r * ld;
+    _mm256_storeu_ps(f, _mm256_add_ps(_mm256_loadu_ps(f), tot[r][0]));
+    _mm256_storeu_ps(f + 8, _mm256_add_ps(_mm256_loadu_ps(f + 8), tot[r][1]));
+  }
+}
+
+// 32 columns: four vectors of 8 sign words are transposed in registers into four vectors that
+// each hold byte j of all 32 words; the low and high nibbles index int8 tables with vpshufb; the
+// two lookups are summed pairwise into int16 by vpmaddubsw. Lane/column order after the transpose:
+// int16 accumulator 0 holds columns [0-3, 8-11 | 4-7, 12-15], accumulator 1 [16-19, 24-27 |
+// 20-23, 28-31]; the epilogue restores natural order.
+template <int R, DType AT>
+LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc,
+                           int64_t ld) {
+  const int64_t n = p.s.n, q = p.s.q, kw0 = sb * p.wps, grp = kw0 * kWordBits / p.g;
+  const int8_t* qt[R];
+  for (int r = 0; r < R; ++r) qt[r] = p.qt.data() + (r0 + r) * p.nchunks * kEntries;
+  const __m256i by_byte = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                           0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi8(1);
+  __m256 tot[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < 4; ++v) tot[r][v] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < q; ++i) {
+    __m256i acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    for (int64_t w = 0; w < p.wps; ++w) {
+      const __m256i* src =
+          reinterpret_cast<const __m256i*>(p.bits + ((kw0 + w) * q + i) * n + col);
+      const __m256i a = _mm256_shuffle_epi8(_mm256_loadu_si256(src), by_byte);
+      const __m256i b = _mm256_shuffle_epi8(_mm256_loadu_si256(src + 1), by_byte);
+      const __m256i c = _mm256_shuffle_epi8(_mm256_loadu_si256(src + 2), by_byte);
+      const __m256i d = _mm256_shuffle_epi8(_mm256_loadu_si256(src + 3), by_byte);
+      const __m256i ab_lo = _mm256_unpacklo_epi32(a, b), ab_hi = _mm256_unpackhi_epi32(a, b);
+      const __m256i cd_lo = _mm256_unpacklo_epi32(c, d), cd_hi = _mm256_unpackhi_epi32(c, d);
+      __m256i bj[4];
+      bj[0] = _mm256_unpacklo_epi64(ab_lo, cd_lo);
+      bj[1] = _mm256_unpackhi_epi64(ab_lo, cd_lo);
+      bj[2] = _mm256_unpacklo_epi64(ab_hi, cd_hi);
+      bj[3] = _mm256_unpackhi_epi64(ab_hi, cd_hi);
+      const int64_t c0 = (kw0 + w) * kChunksPerWord;
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        const __m256i lo = _mm256_and_si256(bj[j], low4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bj[j], 4), low4);
+        for (int r = 0; r < R; ++r) {
+          const int8_t* t = qt[r] + (c0 + 2 * j) * kEntries;
+          const __m256i tlo =
+              _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t)));
+          const __m256i thi = _mm256_broadcastsi128_si256(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(t + kEntries)));
+          const __m256i l = _mm256_shuffle_epi8(tlo, lo);
+          const __m256i h = _mm256_shuffle_epi8(thi, hi);
+          acc[r][0] = _mm256_add_epi16(acc[r][0],
+                                       _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(l, h)));
+          acc[r][1] = _mm256_add_epi16(acc[r][1],
+                                       _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(l, h)));
+        }
+      }
+    }
+    const int64_t ai = (grp * q + i) * n + col;
+    for (int h = 0; h < 2; ++h) {
+      const __m256 al0 = LoadAlpha8<AT>(p.alpha, ai + 16 * h);
+      const __m256 al1 = LoadAlpha8<AT>(p.alpha, ai + 16 * h + 8);
+      for (int r = 0; r < R; ++r) {
+        const __m256 f0 =
+            _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[r][h])));
+        const __m256 f1 =
+            _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[r][h], 1)));
+        // f0 = [c0-3 | c8-11], f1 = [c4-7 | c12-15] (relative to 16 * h).
+        const __m256 x0 = _mm256_permute2f128_ps(f0, f1, 0x20);
+        const __m256 x1 = _mm256_permute2f128_ps(f0, f1, 0x31);
+        tot[r][2 * h] = _mm256_fmadd_ps(x0, al0, tot[r][2 * h]);
+        tot[r][2 * h + 1] = _mm256_fmadd_ps(x1, al1, tot[r][2 * h + 1]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m256 sc = _mm256_set1_ps(p.qscale[(r0 + r) * p.nsb + sb]);
+    float* f = facc + r * ld;
+    for (int v = 0; v < 4; ++v)
+      _mm256_storeu_ps(f + 8 * v, _mm256_fmadd_ps(tot[r][v], sc, _mm256_loadu_ps(f + 8 * v)));
+  }
+}
+
+// ---- dispatch and driver ----------------------------------------------------------------------
+
+using BlockFn = void (*)(const Prep&, int64_t, int64_t, int64_t, float*, int64_t);
+
+struct Kernels {
+  int width;             // columns per vector block call
+  BlockFn vec[kMaxRows];  // R = 1..4
+  BlockFn tail[kMaxRows];  // single-column kernels for the last n % width columns
+};
+
+#define LUTGEMM_ROWS(F, ...) {F<1 __VA_ARGS__>, F<2 __VA_ARGS__>, F<3 __VA_ARGS__>, F<4 __VA_ARGS__>}
+
+template <DType AT>
+Kernels Avx2Kernels(bool fast) {
+  if (fast)
+    return {32, LUTGEMM_ROWS(FastAvx2, , AT), LUTGEMM_ROWS(FastScalar)};
+  return {16, LUTGEMM_ROWS(ExactAvx2, , AT), LUTGEMM_ROWS(ExactScalar)};
+}
+
+Kernels GetKernels(Isa isa, bool fast, DType at) {
+  if (isa == Isa::kAvx2) {
+    switch (at) {
+      case DType::kF32:
+        return Avx2Kernels<DType::kF32>(fast);
+      case DType::kBF16:
+        return Avx2Kernels<DType::kBF16>(fast);
+      default:
+        return Avx2Kernels<DType::kF16>(fast);
+    }
+  }
+  if (fast) return {1, LUTGEMM_ROWS(FastScalar), LUTGEMM_ROWS(FastScalar)};
+  return {1, LUTGEMM_ROWS(ExactScalar), LUTGEMM_ROWS(ExactScalar)};
+}
+
+void StoreRow(const float* src, DType t, void* y, int64_t offset, int64_t count) {
+  switch (t) {
+    case DType::kF32:
+      std::memcpy(static_cast<float*>(y) + offset, src, count * sizeof(float));
+      break;
+    case DType::kBF16: {
+      uint16_t* d = static_cast<uint16_t*>(y) + offset;
+      for (int64_t i = 0; i < count; ++i) d[i] = FloatToBf16(src[i]);
+      break;
+    }
+    default: {
+      uint16_t* d = static_cast<uint16_t*>(y) + offset;
+      for (int64_t i = 0; i < count; ++i) d[i] = FloatToF16(src[i]);
+      break;
+    }
+  }
+}
+
+// Computes columns [c_begin, c_end) of every row. c_begin is a multiple of 32.
+void RunColumns(const Prep& p, const Kernels& kr, const Operands& op, int64_t c_begin,
+                int64_t c_end) {
+  const int64_t n = p.s.n, q = p.s.q, m = p.m;
+  // Column tile: all of the range for <= 4 rows (one pass over the weight); otherwise a tile whose
+  // sign words (Kp * q / 8 bytes per column) fit in about half of L2, reused by every row block.
+  int64_t tile = c_end - c_begin;
+  if (m > kMaxRows) {
+    const int64_t bytes_per_col = p.kp * q / 8;
+    tile = std::max<int64_t>(32, (512 * 1024 / bytes_per_col) / 32 * 32);
+  }
+  std::vector<float> facc(static_cast<size_t>(kMaxRows) * std::min(tile, c_end - c_begin));
+  for (int64_t t0 = c_begin; t0 < c_end; t0 += tile) {
+    const int64_t t1 = std::min(t0 + tile, c_end), ld = t1 - t0;
+    const int64_t vec_end = t0 + (t1 - t0) / kr.width * kr.width;
+    for (int64_t r0 = 0; r0 < m; r0 += kMaxRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, m - r0));
+      std::fill(facc.begin(), facc.begin() + rows * ld, 0.f);
+      for (int64_t sb = 0; sb < p.nsb; ++sb) {
+        if (p.offset != nullptr && (sb * p.S) % p.g == 0) {
+          const int64_t grp = sb * p.S / p.g;
+          for (int r = 0; r < rows; ++r) {
+            const float gs = p.gsum[(r0 + r) * p.ngroups + grp];
+            float* f = facc.data() + r * ld;
+            for (int64_t c = t0; c < t1; ++c) f[c - t0] += ToF32(p.offset, p.at, grp * n + c) * gs;
+          }
+        }
+        for (int64_t c = t0; c < vec_end; c += kr.width)
+          kr.vec[rows - 1](p, r0, sb, c, facc.data() + (c - t0), ld);
+        for (int64_t c = vec_end; c < t1; ++c)
+          kr.tail[rows - 1](p, r0, sb, c, facc.data() + (c - t0), ld);
+      }
+      for (int r = 0; r < rows; ++r) StoreRow(facc.data() + r * ld, op.x_type, op.y, (r0 + r) * n + t0, ld);
     }
   }
 }
 
 }  // namespace
 
-void LutGemm(const BcqShape& s, int64_t m, const float* x, const uint32_t* bits,
-             const float* alpha, const float* offset, float* y) {
-  const int64_t kp = s.padded_k(), n = s.n, q = s.q;
-  const int64_t num_tables = kp / kTableBits, wpg = s.words_per_group();
-  std::vector<float> x_padded(kp, 0.f), tables(num_tables * kTableSize);
-  std::vector<float> group_sum(s.num_groups());
-  for (int64_t row = 0; row < m; ++row) {
-    for (int64_t k = 0; k < s.k; ++k) x_padded[k] = x[row * s.k + k];
-    BuildTables(x_padded.data(), num_tables, tables.data());
-    for (int64_t grp = 0; grp < s.num_groups(); ++grp) {
-      float sum = 0.f;
-      for (int64_t c = grp * wpg * kBytesPerWord; c < (grp + 1) * wpg * kBytesPerWord; ++c)
-        sum += tables[c * kTableSize + kTableSize - 1];
-      group_sum[grp] = sum;
+bool IsaSupported(Isa isa) {
+  if (isa == Isa::kPortable) return true;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+Isa SelectIsa() {
+  static const bool avx2 = IsaSupported(Isa::kAvx2);
+  const char* env = std::getenv("LUTGEMM_CPU_ISA");
+  if (env != nullptr && std::string(env) == "portable") return Isa::kPortable;
+  return avx2 ? Isa::kAvx2 : Isa::kPortable;
+}
+
+void LutGemm(const Operands& op, Mode mode, Isa isa, int64_t max_tasks,
+             const ParallelFor& parallel_for) {
+  const bool fast = mode == Mode::kFast;
+  if (isa == Isa::kAvx2 && !IsaSupported(Isa::kAvx2)) isa = Isa::kPortable;
+  Prep p;
+  p.s = op.shape;
+  p.m = op.m;
+  p.kp = p.s.padded_k();
+  p.g = p.s.group_size;
+  p.ngroups = p.s.num_groups();
+  p.S = ScaleBlock(p.g);
+  p.nsb = p.kp / p.S;
+  p.wps = p.S / kWordBits;
+  p.nchunks = p.kp / kMu;
+  p.bits = op.bits;
+  p.alpha = op.alpha;
+  p.offset = op.offset;
+  p.at = op.alpha_type;
+
+  // Activations as float32, zero-padded to Kp; tables and group sums per row.
+  const int64_t k = p.s.k;
+  std::vector<float> xrow(p.kp, 0.f);
+  if (fast) {
+    p.qt.resize(p.m * p.nchunks * kEntries);
+    p.qscale.resize(p.m * p.nsb);
+  } else {
+    p.ft.resize(p.m * p.nchunks * kEntries);
+  }
+  p.gsum.resize(p.m * p.ngroups);
+  for (int64_t r = 0; r < p.m; ++r) {
+    if (op.x_type == DType::kF32) {
+      std::memcpy(xrow.data(), static_cast<const float*>(op.x) + r * k, k * sizeof(float));
+    } else {
+      for (int64_t i = 0; i < k; ++i) xrow[i] = ToF32(op.x, op.x_type, r * k + i);
     }
-    for (int64_t col = 0; col < n; ++col) {
-      float acc = 0.f;
-      for (int64_t grp = 0; grp < s.num_groups(); ++grp) {
-        for (int64_t i = 0; i < q; ++i) {
-          float plane = 0.f;
-          for (int64_t w = grp * wpg; w < (grp + 1) * wpg; ++w) {
-            const uint32_t word = bits[BitsIndex(s, w, i, col)];
-            const float* t = tables.data() + w * kBytesPerWord * kTableSize;
-            for (int b = 0; b < kBytesPerWord; ++b)
-              plane += t[b * kTableSize + ((word >> (8 * b)) & 0xffu)];
-          }
-          acc += alpha[AlphaIndex(s, grp, i, col)] * plane;
-        }
-        if (offset != nullptr) acc += offset[OffsetIndex(s, grp, col)] * group_sum[grp];
+    BuildTables(xrow.data(), p, r, fast);
+    if (p.offset != nullptr) {
+      for (int64_t grp = 0; grp < p.ngroups; ++grp) {
+        double sum = 0.0;
+        for (int64_t i = grp * p.g; i < (grp + 1) * p.g; ++i) sum += xrow[i];
+        p.gsum[r * p.ngroups + grp] = static_cast<float>(sum);
       }
-      y[row * n + col] = acc;
     }
+  }
+
+  const Kernels kr = GetKernels(isa, fast, p.at);
+  // Column chunks: multiples of 32 columns (no two tasks share a 128-byte line of y or of a sign
+  // word row), about 4 per task for load balance, at least 256 columns each.
+  const int64_t n = p.s.n;
+  const int64_t tasks = std::max<int64_t>(1, max_tasks);
+  int64_t chunk = (n + tasks * 4 - 1) / (tasks * 4);
+  chunk = std::max<int64_t>(256, (chunk + 31) / 32 * 32);
+  const int64_t nchunk = (n + chunk - 1) / chunk;
+  auto run = [&](int64_t i) {
+    RunColumns(p, kr, op, i * chunk, std::min(n, (i + 1) * chunk));
+  };
+  if (nchunk == 1 || tasks == 1) {
+    for (int64_t i = 0; i < nchunk; ++i) run(i);
+  } else {
+    parallel_for(nchunk, run);
   }
 }
 

@@ -1,17 +1,58 @@
-// LUT-GEMM on the CPU: y[m, :] = x[m, :] @ W_hat for a packed BCQ weight (see bcq_format.h).
+// LUT-GEMM on the CPU: y[m, :] = x[m, :] @ W_hat for a packed BCQ weight (see bcq_format.h),
+// straight from the canonical packed format (no weight re-layout, no dequantization).
+//
+// Both modes split K into chunks of mu = 4 activations; chunk c (k = 4c .. 4c+3) is exactly nibble
+// (c % 8) of sign word c / 8, so each nibble of a word indexes a 16-entry table
+//   T_c[p] = sum_{j<4} (2*bit_j(p) - 1) * x[4c + j].
+// * exact: float32 tables; on AVX2 looked up 8 columns at a time with two vpermps + a blend.
+// * fast:  int8 tables, one scale per "scale block" of S activations (S = the largest of
+//          128/96/64/32 dividing g), T_q = round(T * 127 / max_c sum_j |x[4c+j]|); on AVX2 looked
+//          up 32 columns at a time with vpshufb (the T-MAC technique) after an in-register
+//          transpose of the sign bytes, summed exactly in int16.
+// Per (scale block, plane, column) the lookups are summed, scaled by alpha (and, in fast mode, by
+// the block's table scale) and accumulated in float32; the offset adds offset * sum(x over group).
+// Every column is computed by one thread with a fixed operation order, so results do not depend
+// on the number of threads.
 #ifndef LUTGEMM_CPU_LUT_GEMM_CPU_H_
 #define LUTGEMM_CPU_LUT_GEMM_CPU_H_
 
 #include <cstdint>
+#include <functional>
 
 #include "lutgemm/bcq_format.h"
 
 namespace lutgemm::cpu {
 
-// x: [m, k] float32 rows; bits/alpha/offset in the packed format with alpha and offset already
-// widened to float32 (offset == nullptr when the weight has none); y: [m, n] float32.
-void LutGemm(const BcqShape& s, int64_t m, const float* x, const uint32_t* bits,
-             const float* alpha, const float* offset, float* y);
+enum class Mode : int64_t { kExact = 0, kFast = 1 };
+enum class Isa : int { kPortable = 0, kAvx2 = 1 };
+enum class DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
+
+struct Operands {
+  BcqShape shape;
+  int64_t m;              // rows of x
+  const void* x;          // [m, k] in x_type
+  DType x_type;
+  const uint32_t* bits;   // [Kp/32, q, n]
+  const void* alpha;      // [G, q, n] in alpha_type
+  const void* offset;     // [G, n] in alpha_type, or nullptr
+  DType alpha_type;
+  void* y;                // [m, n] in x_type
+};
+
+// Runs fn(i) for every i in [0, count), possibly concurrently, and returns when all have run.
+using ParallelFor =
+    std::function<void(int64_t count, const std::function<void(int64_t)>& fn)>;
+
+// Whether this CPU can run `isa` (checked with CPUID).
+bool IsaSupported(Isa isa);
+
+// The ISA to use: LUTGEMM_CPU_ISA=portable|avx2 forces one (avx2 on a CPU without it falls back
+// to portable); otherwise the best supported.
+Isa SelectIsa();
+
+// Computes y. `max_tasks` bounds the number of concurrent tasks handed to `parallel_for`.
+void LutGemm(const Operands& op, Mode mode, Isa isa, int64_t max_tasks,
+             const ParallelFor& parallel_for);
 
 }  // namespace lutgemm::cpu
 

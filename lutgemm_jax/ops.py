@@ -30,13 +30,22 @@ ACTIVATION_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 lut_gemm_p = Primitive("lut_gemm")
 
+MODES = ("exact", "fast")
+"""Accuracy modes of the native CPU kernel (a static primitive parameter ``mode``)."""
+DEFAULT_MODE = "exact"
+"""The mode `lut_gemm` uses when none is given (see BENCHMARKS.md for why)."""
 
-def lut_gemm(x: jax.Array, w: BCQWeight) -> jax.Array:
+
+def lut_gemm(x: jax.Array, w: BCQWeight, *, mode: str | None = None) -> jax.Array:
     """Computes ``x @ W_hat`` with lookup tables over the packed weight ``w``.
 
     Args:
       x: activations ``[..., K]``, float32, bfloat16 or float16.
       w: a `BCQWeight` for a ``[K, N]`` kernel.
+      mode: accuracy mode of the native CPU kernel (other lowerings ignore it): ``"exact"``
+        (float32 lookup tables) or ``"fast"`` (int8 lookup tables with one scale per block of up
+        to 128 activations; see ``cpu/lut_gemm_cpu.h`` and BENCHMARKS.md for its error bound).
+        ``None`` means `DEFAULT_MODE`.
 
     Returns:
       ``[..., N]`` in ``x.dtype``; products are accumulated in float32.
@@ -52,8 +61,11 @@ def lut_gemm(x: jax.Array, w: BCQWeight) -> jax.Array:
             f"lut_gemm: w is a stack of weights with leading axes {w.batch_shape}; map over "
             "them with jax.vmap (or lax.map) and pass one weight per call"
         )
+    mode = DEFAULT_MODE if mode is None else mode
+    if mode not in MODES:
+        raise ValueError(f"lut_gemm: mode must be one of {MODES} or None, got {mode!r}")
     offset = w.offset if w.has_offset else jnp.zeros((0, w.out_features), w.alpha.dtype)
-    return lut_gemm_p.bind(x, w.bits, w.alpha, offset, **_params(w))
+    return lut_gemm_p.bind(x, w.bits, w.alpha, offset, **_params(w), mode=mode)
 
 
 def _params(w: BCQWeight) -> dict[str, int]:
@@ -65,7 +77,10 @@ def _params(w: BCQWeight) -> dict[str, int]:
     )
 
 
-def _weight(bits, alpha, offset, *, in_features, out_features, num_bits, group_size) -> BCQWeight:
+def _weight(
+    bits, alpha, offset, *, in_features, out_features, num_bits, group_size, mode=None
+) -> BCQWeight:
+    del mode  # a kernel option, not part of the weight
     return BCQWeight(
         bits=bits,
         alpha=alpha,
@@ -128,12 +143,25 @@ mlir.register_lowering(lut_gemm_p, mlir.lower_fun(lut_gemm_reference, multiple_r
 
 
 def _ffi_attributes(params) -> dict[str, np.int64]:
-    return {name: np.int64(value) for name, value in params.items()}
+    """The weight-layout attributes (``mode`` is a CPU-kernel option, dropped here)."""
+    return {name: np.int64(value) for name, value in params.items() if name != "mode"}
+
+
+CPU_CROSSOVER = {"exact": 1 << 62, "fast": 1 << 62}
+"""Per mode: the number of rows M (product of x's leading dims) from which the CPU lowering
+uses dequantize + dense matmul (`lut_gemm_reference`) instead of the LUT kernel. Measured with
+``python -m lutgemm_jax.bench --sweep`` (BENCHMARKS.md)."""
 
 
 def _cpu_lowering(ctx, x, bits, alpha, offset, **params):
+    mode = params.get("mode", DEFAULT_MODE)
+    rows = int(np.prod(ctx.avals_in[0].shape[:-1], dtype=np.int64))
+    if rows >= CPU_CROSSOVER[mode]:
+        return mlir.lower_fun(lut_gemm_reference, multiple_results=False)(
+            ctx, x, bits, alpha, offset, **params
+        )
     return jax.ffi.ffi_lowering(_native.CPU_TARGET)(
-        ctx, x, bits, alpha, offset, **_ffi_attributes(params)
+        ctx, x, bits, alpha, offset, **_ffi_attributes(params), mode=np.int64(MODES.index(mode))
     )
 
 
