@@ -472,11 +472,16 @@ def decode(
     sampling: Sampling,
     return_logits: bool = False,
     stop_at_eos: bool = True,
+    forced_tokens=None,
 ):
     """``num_steps`` decode steps in one `lax.scan`: feeds ``state.token``, picks the next one.
 
     Returns ``(state, tokens [B, num_steps], logits [B, num_steps, V] or None)``. After a row
     has produced ``eos_token_id`` (with ``stop_at_eos``) it emits ``pad_token_id``.
+
+    ``forced_tokens``: optional ``(tokens [B, num_steps], force: bool scalar)``; where ``force``
+    is true, step ``i`` feeds ``tokens[:, i]`` onward instead of the token it picked (teacher
+    forcing), while still returning the picked tokens and their logits.
     """
     config = model.config
     b = state.token.shape[0]
@@ -496,12 +501,16 @@ def decode(
         )
         logits = logits[:, 0]
         token = sample_token(logits, jax.random.fold_in(rng, i + 1), sampling)
+        picked = token
+        if forced_tokens is not None:
+            token = jnp.where(forced_tokens[1], forced_tokens[0][:, i], token)
         done = state.done
         if stop_at_eos:
             token = jnp.where(done, config.pad_token_id, token)
             done = done | (token == config.eos_token_id)
+            picked = jnp.where(state.done, config.pad_token_id, picked)
         new = DecodeState(cache, key_mask, token, state.position + 1, state.index + 1, done)
-        return new, (token, logits if return_logits else None)
+        return new, (picked, logits if return_logits else None)
 
     state, (tokens, logits) = jax.lax.scan(step, state, jnp.arange(num_steps))
     tokens = tokens.T
@@ -524,6 +533,8 @@ def _generate(
     input_ids,
     attention_mask,
     rng,
+    forced_tokens,
+    force,
     *,
     max_new_tokens,
     sampling,
@@ -533,8 +544,17 @@ def _generate(
     cache_len = input_ids.shape[1] + max_new_tokens
     state, first = prefill(model, params, input_ids, attention_mask, cache_len, rng, sampling)
     first_token = state.token
+    state = state._replace(token=jnp.where(force, forced_tokens[:, 0], state.token))
     _, tokens, logits = decode(
-        model, params, state, max_new_tokens - 1, rng, sampling, return_logits, stop_at_eos
+        model,
+        params,
+        state,
+        max_new_tokens - 1,
+        rng,
+        sampling,
+        return_logits,
+        stop_at_eos,
+        (forced_tokens[:, 1:], force),
     )
     tokens = jnp.concatenate([first_token[:, None], tokens], axis=1)
     if return_logits:
@@ -553,6 +573,7 @@ def generate(
     seed: int = 0,
     return_logits: bool = False,
     stop_at_eos: bool = True,
+    forced_tokens=None,
 ) -> Generation:
     """Generates ``max_new_tokens`` tokens after each prompt row, in one compiled call.
 
@@ -560,6 +581,10 @@ def generate(
     Prefill and a `lax.scan` over the new tokens run inside one ``jax.jit``; it compiles once per
     (model, shapes, max_new_tokens, sampling) and never per token. Params holding `BCQWeight`s
     run their Dense layers through `lut_gemm`.
+
+    ``forced_tokens [B, max_new_tokens]`` (teacher forcing): feed these tokens instead of the
+    picked ones; the result still holds what the model picked (and, with ``return_logits``, its
+    logits) at each step given the forced prefix. Forced or not, it is the same compiled code.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -574,12 +599,23 @@ def generate(
             f"prompt + new tokens = {total} exceeds max_position_embeddings "
             f"{model.config.max_position_embeddings}"
         )
+    force = forced_tokens is not None
+    if forced_tokens is None:
+        forced_tokens = jnp.zeros((input_ids.shape[0], max_new_tokens), jnp.int32)
+    forced_tokens = jnp.asarray(forced_tokens, jnp.int32)
+    if forced_tokens.shape != (input_ids.shape[0], max_new_tokens):
+        raise ValueError(
+            f"forced_tokens has shape {forced_tokens.shape}, expected "
+            f"{(input_ids.shape[0], max_new_tokens)}"
+        )
     return _generate(
         model,
         params,
         input_ids,
         jnp.asarray(attention_mask, jnp.int32),
         jax.random.PRNGKey(seed),
+        forced_tokens,
+        jnp.asarray(force),
         max_new_tokens=max_new_tokens,
         sampling=sampling,
         return_logits=return_logits,

@@ -1,0 +1,349 @@
+"""OPT text generation with LUT-GEMM: float32 vs 1-8 bit BCQ weights, side by side.
+
+Default (no --model): an OPT-125M-shaped model with deterministic RANDOM weights, quantized to
+3 bits (group size 128), then both models generate from the same prompt and the script prints
+per-token latency, tokens/s, top-1 agreement and the max logit difference::
+
+    python examples/opt_decode.py
+    python examples/opt_decode.py --model ~/models/opt-1.3b --prompt "The capital of France is"
+    python examples/opt_decode.py --benchmark --preset 1.3b --method rtn
+    python examples/opt_decode.py --model ~/models/opt-125m --eval-ppl wiki.test.raw
+
+A --model directory is a local Hugging Face OPT checkpoint (config.json, *.safetensors, and
+tokenizer.json for text); nothing is ever downloaded. See docs/opt.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from lutgemm_jax.models import opt
+
+DEFAULT_PROMPT = "Lookup tables replace"
+RANDOM_DEFAULT_METHOD = "greedy"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    src = p.add_argument_group("model")
+    src.add_argument("--model", help="local Hugging Face OPT checkpoint directory")
+    src.add_argument(
+        "--preset",
+        default="125m",
+        help="shape of the random-weight model when no --model is given "
+        f"({', '.join(opt.PRESETS)}; default 125m)",
+    )
+    src.add_argument(
+        "--config", help="config.json giving the random model's shape (overrides --preset)"
+    )
+    src.add_argument("--seed", type=int, default=0, help="seed of random weights and sampling")
+
+    q = p.add_argument_group("quantization")
+    q.add_argument("--bits", type=int, default=3)
+    q.add_argument("--group-size", type=int, default=128, help="-1: one group per column")
+    q.add_argument(
+        "--method",
+        choices=["alternating", "greedy", "rtn"],
+        help="BCQ quantizer (default: alternating for --model, "
+        f"{RANDOM_DEFAULT_METHOD} for random weights, whose quality is moot)",
+    )
+    q.add_argument("--rounds", type=int, help="alternating rounds (quantizer default: 15)")
+    q.add_argument("--quantize-lm-head", action="store_true", help="also quantize the lm_head")
+    q.add_argument("--save-quantized", metavar="PATH", help="write the quantized params here")
+    q.add_argument("--load-quantized", metavar="PATH", help="read quantized params (no quantizer)")
+
+    g = p.add_argument_group("generation")
+    g.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
+    g.add_argument("--max-new-tokens", type=int, default=16)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument(
+        "--compare",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the float32 model and compare (default on)",
+    )
+
+    m = p.add_argument_group("measurements")
+    m.add_argument("--benchmark", action="store_true", help="decode latency table, then exit")
+    m.add_argument("--batch-sizes", default="1,4,16", help="batch sizes for --benchmark")
+    m.add_argument("--bench-steps", type=int, default=8, help="decode steps per timed call")
+    m.add_argument("--bench-repeats", type=int, default=5, help="timed calls (median is shown)")
+    m.add_argument("--eval-ppl", metavar="FILE", help="perplexity on a local text file, then exit")
+    m.add_argument("--ppl-seq-len", type=int, default=512)
+    m.add_argument("--ppl-max-windows", type=int, help="only the first N windows")
+    return p.parse_args(argv)
+
+
+def log(*args) -> None:
+    print(*args, flush=True)
+
+
+# ---- model loading and quantization ----------------------------------------------------------
+
+
+def load_float_model(args):
+    """(config, float params, tokenizer, is_random)."""
+    if args.model:
+        t0 = time.perf_counter()
+        try:
+            config, params = opt.load_hf_checkpoint(args.model)
+        except opt.CheckpointError as e:
+            sys.exit(f"error: {e}")
+        tokenizer = opt.load_tokenizer(args.model, config)
+        log(
+            f"loaded {args.model}: {config.num_params() / 1e6:.0f}M params "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
+        if tokenizer is None:
+            log(
+                "  no tokenizer.json there: prompts are encoded as UTF-8 bytes, output shown as ids"
+            )
+        return config, params, tokenizer, False
+    config = (
+        opt.OPTConfig.from_json(args.config) if args.config else opt.OPTConfig.preset(args.preset)
+    )
+    t0 = time.perf_counter()
+    params = opt.init_params(config, args.seed)
+    jax.block_until_ready(params)
+    shape = os.path.basename(args.config) if args.config else f"OPT-{args.preset}"
+    log(
+        f"RANDOM WEIGHTS (seed {args.seed}): {shape}-shaped model, "
+        f"{config.num_params() / 1e6:.0f}M params, no checkpoint "
+        f"({time.perf_counter() - t0:.1f} s)."
+        "\n  Text is meaningless; latency and float-vs-quantized agreement are the point."
+    )
+    return config, params, None, True
+
+
+def quantize_or_load(args, config, params, is_random):
+    """Quantized params: from --load-quantized, else quantized now (and saved if asked)."""
+    from lutgemm_jax import checkpoint
+
+    if args.load_quantized:
+        t0 = time.perf_counter()
+        meta = checkpoint.read_metadata(args.load_quantized)
+        saved = json.loads(meta.get("opt_config", "null"))
+        if saved is not None and opt.OPTConfig.from_dict(saved) != config:
+            sys.exit(f"error: {args.load_quantized} was saved for a different OPT config")
+        qparams = checkpoint.load(args.load_quantized)
+        log(
+            f"loaded quantized params from {args.load_quantized} "
+            f"({meta.get('quantization', '?')}; {time.perf_counter() - t0:.1f} s)"
+        )
+        return qparams
+    method = args.method or (RANDOM_DEFAULT_METHOD if is_random else "alternating")
+    kwargs = {} if args.rounds is None else {"rounds": args.rounds}
+    group = None if args.group_size == -1 else args.group_size
+    t0 = time.perf_counter()
+    qparams = opt.quantize_model(
+        params,
+        bits=args.bits,
+        group_size=group,
+        method=method,
+        quantize_lm_head=args.quantize_lm_head,
+        progress=True,
+        **kwargs,
+    )
+    jax.block_until_ready(qparams)
+    head = " + lm_head" if args.quantize_lm_head else " (lm_head kept float32)"
+    desc = f"{args.bits}-bit g{args.group_size} {method}"
+    log(
+        f"quantized {count_bcq(qparams)} Linears to {desc}{head} "
+        f"in {time.perf_counter() - t0:.1f} s: weights {opt.param_bytes(params) / 2**20:.0f} MiB "
+        f"-> {opt.param_bytes(qparams) / 2**20:.0f} MiB"
+    )
+    if args.save_quantized:
+        checkpoint.save(
+            args.save_quantized,
+            qparams,
+            metadata={
+                "opt_config": json.dumps(config.to_dict()),
+                "quantization": desc + head,
+            },
+        )
+        log(f"saved quantized params to {args.save_quantized}")
+    return qparams
+
+
+def count_bcq(params) -> int:
+    from lutgemm_jax.format import BCQWeight
+
+    leaves = jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, BCQWeight))
+    return sum(isinstance(x, BCQWeight) for x in leaves)
+
+
+# ---- the demo --------------------------------------------------------------------------------
+
+
+def encode_prompts(args, config, tokenizer):
+    prompts = args.prompt or [DEFAULT_PROMPT]
+    enc = tokenizer or opt.ByteTokenizer(config)
+    ids, mask = opt.pad_batch([enc.encode(p) for p in prompts], config.pad_token_id)
+    return prompts, ids, mask
+
+
+def show(tokenizer, tokens) -> str:
+    if tokenizer is None:
+        return " ".join(str(int(t)) for t in tokens)
+    return repr(tokenizer.decode(tokens))
+
+
+def timed_generate(model, params, ids, mask, args, **kw):
+    """(Generation, compile+first-call seconds, steady-state seconds of one call)."""
+    sampling = opt.Sampling(args.temperature, args.top_k, args.top_p)
+
+    def call(**extra):
+        out = opt.generate(
+            model,
+            params,
+            ids,
+            mask,
+            max_new_tokens=args.max_new_tokens,
+            sampling=sampling,
+            seed=args.seed,
+            return_logits=True,
+            **{**kw, **extra},
+        )
+        return jax.block_until_ready(out)
+
+    t0 = time.perf_counter()
+    call()
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = call()
+    return out, first, time.perf_counter() - t0
+
+
+def demo(args, config, params, qparams, tokenizer) -> None:
+    model = opt.OPT(config)
+    prompts, ids, mask = encode_prompts(args, config, tokenizer)
+    b, n = ids.shape[0], args.max_new_tokens
+    log(
+        f"\nprompt{'s' if b > 1 else ''} ({b} x {ids.shape[1]} tokens, left-padded), "
+        f"{n} new tokens, {'greedy' if args.temperature == 0 else 'sampling'}"
+    )
+    rows = []
+    if args.compare:
+        gf, cf, tf = timed_generate(model, params, ids, mask, args)
+        rows.append(("float32 (XLA dot)", gf, cf, tf))
+    gq, cq, tq = timed_generate(model, qparams, ids, mask, args)
+    rows.append(("LUT-GEMM", gq, cq, tq))
+    for i, prompt in enumerate(prompts):
+        log(f"\n[{i}] {prompt!r}")
+        for name, g, _, _ in rows:
+            log(f"  {name:18s}: {show(tokenizer, np.asarray(g.tokens[i]))}")
+    log(f"\n{'model':18s} {'compile+1st s':>13s} {'ms/token':>9s} {'tokens/s':>9s}")
+    for name, _, c, t in rows:
+        log(f"{name:18s} {c:13.1f} {1e3 * t / n:9.1f} {b * n / t:9.1f}")
+    log(f"(one call = prefill of the prompt + {n} tokens, after compilation; batch {b})")
+    if args.compare:
+        gf = rows[0][1]
+        forced, _, _ = timed_generate(model, qparams, ids, mask, args, forced_tokens=gf.tokens)
+        live = np.asarray(forced.tokens) != config.pad_token_id
+        agree = np.asarray(forced.tokens) == np.asarray(gf.tokens)
+        diff = np.abs(np.asarray(forced.logits) - np.asarray(gf.logits)).max()
+        same = np.mean(np.all(np.asarray(gq.tokens) == np.asarray(gf.tokens), axis=1))
+        log(
+            f"\ntop-1 agreement, LUT-GEMM vs float32 (teacher-forced on the float32 tokens): "
+            f"{agree[live].mean():.1%} of {live.sum()} tokens"
+        )
+        log(
+            f"max |logit difference|: {diff:.3f}   (float32 logits std "
+            f"{np.asarray(gf.logits).std():.2f})"
+        )
+        log(f"identical free-running generations: {same:.0%} of {b} prompt(s)")
+
+
+# ---- benchmark and perplexity ----------------------------------------------------------------
+
+
+def benchmark(args, config, params, qparams) -> None:
+    model = opt.OPT(config)
+    variants = [("float32", params)]
+    if "lm_head" in qparams:  # --quantize-lm-head: show the float-head variant too
+        float_head = {k: v for k, v in qparams.items() if k != "lm_head"}
+        variants += [("LUT, f32 lm_head", float_head), ("LUT, LUT lm_head", qparams)]
+    else:
+        variants += [("LUT, f32 lm_head", qparams)]
+    sizes = [int(s) for s in args.batch_sizes.split(",")]
+    d, v = config.word_embed_proj_dim, config.vocab_size
+    log(
+        f"\nweights read per token: float32 {opt.param_bytes(params) / 2**20:.0f} MiB; "
+        f"LUT {opt.param_bytes(qparams) / 2**20:.0f} MiB, of which the float32 lm_head/embedding "
+        f"{d * v * 4 / 2**20:.0f} MiB"
+    )
+    log(
+        f"decode latency per token (median of {args.bench_repeats} x {args.bench_steps} steps, "
+        f"after warm-up), {jax.devices()[0].platform.upper()}, {os.cpu_count()} cores"
+    )
+    header = f"{'batch':>5s}"
+    for name, _ in variants:
+        header += f" | {name + ' ms':>22s} {'tok/s':>8s}"
+    header += " | speedup"
+    log(header)
+    log("-" * len(header))
+    for b in sizes:
+        results = []
+        for _, p in variants:
+            r = opt.benchmark_decode(
+                model,
+                p,
+                batch=b,
+                steps=args.bench_steps,
+                repeats=args.bench_repeats,
+                seed=args.seed,
+            )
+            results.append(r)
+        line = f"{b:5d}"
+        for r in results:
+            line += f" | {1e3 * r['median']:22.2f} {r['tokens_per_s']:8.1f}"
+        line += " | " + ", ".join(f"{results[0]['median'] / r['median']:.2f}x" for r in results[1:])
+        log(line)
+
+
+def eval_ppl(args, config, params, qparams, tokenizer) -> None:
+    model = opt.OPT(config)
+    with open(args.eval_ppl, encoding="utf-8") as f:
+        text = f.read()
+    enc = tokenizer or opt.ByteTokenizer(config)
+    if tokenizer is None:
+        log("no tokenizer: perplexity over UTF-8 byte tokens (only comparable between models)")
+    ids = enc.encode(text)
+    log(f"\n{args.eval_ppl}: {len(ids)} tokens, windows of {args.ppl_seq_len}")
+    for name, p in (("float32", params), ("LUT-GEMM", qparams)):
+        t0 = time.perf_counter()
+        ppl, count = opt.perplexity(
+            model, p, ids, seq_len=args.ppl_seq_len, max_windows=args.ppl_max_windows, progress=True
+        )
+        log(
+            f"  {name:9s} perplexity {ppl:10.3f} over {count} tokens "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    log(f"jax {jax.__version__} on {jax.devices()[0].platform}")
+    config, params, tokenizer, is_random = load_float_model(args)
+    qparams = quantize_or_load(args, config, params, is_random)
+    if args.benchmark:
+        benchmark(args, config, params, qparams)
+    elif args.eval_ppl:
+        eval_ppl(args, config, params, qparams, tokenizer)
+    else:
+        demo(args, config, params, qparams, tokenizer)
+    log(f"\ntotal wall time {time.perf_counter() - t_start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
