@@ -8,7 +8,7 @@
 #include <limits>
 #include <string>
 
-#include "lut_gemm_launch.h"
+#include "lut_gemm_plan.h"
 #include "lutgemm/ffi_checks.h"
 #include "xla/ffi/api/ffi.h"
 

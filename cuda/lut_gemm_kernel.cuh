@@ -51,6 +51,7 @@
 
 #include <cstdint>
 
+#include "lut_gemm_types.h"
 #include "lutgemm/bcq_format.h"
 
 #if defined(__CUDACC__)
@@ -59,42 +60,6 @@
 #endif
 
 namespace lutgemm::cuda {
-
-// Element types of x, y, alpha, offset and the dequantized weight.
-enum ElemType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
-
-constexpr int kThreads = 128;                         // threads per LUT block
-constexpr int kColsPerThread = 4;                     // one uint4 of bits words
-constexpr int kColsPerBlock = kThreads * kColsPerThread;
-constexpr int kTileRowWords = 8;                      // TW * MT: words per tile times rows
-constexpr int kTableFloats = kTileRowWords * kBytesPerWord * kTableSize;  // 32 KiB
-constexpr int kStageFloats = kTileRowWords * kWordBits;                   // 1 KiB
-constexpr int kReduceThreads = 256;
-constexpr int kDequantThreads = 256;
-
-// Everything the LUT kernel needs; passed by value.
-struct LutGemmArgs {
-  const void* x;          // [M, K], x_type
-  const uint32_t* bits;   // [Kp/32, q, N]
-  const void* alpha;      // [G, q, N], a_type
-  const void* offset;     // [G, N], a_type, or nullptr
-  void* y;                // [M, N], x_type (written when num_splits == 1)
-  float* partial;         // [S, M, N] float32 scratch (when num_splits > 1)
-  int m, k, n, q;
-  int num_words;          // Kp / 32
-  int words_per_group;    // g / 32
-  int words_per_split;    // K slice per blockIdx.y, in words
-  int x_type, a_type;
-};
-
-struct DequantArgs {
-  const uint32_t* bits;
-  const void* alpha;
-  const void* offset;     // or nullptr
-  void* w;                // [K, N], w_type
-  int k, n, q, num_words, words_per_group;
-  int a_type, w_type;
-};
 
 __device__ __forceinline__ float LoadAsFloat(const void* p, int64_t i, int type) {
   if (type == kF32) return static_cast<const float*>(p)[i];
@@ -151,7 +116,7 @@ __device__ __forceinline__ void AddRows(const float* p, float (&s)[MT]) {
 }
 
 template <int QMAX, int MT>
-__global__ void __launch_bounds__(kThreads) LutGemmKernel(const LutGemmArgs a) {
+__global__ void __launch_bounds__(kThreads, 1) LutGemmKernel(const LutGemmArgs a) {
   constexpr int TW = kTileRowWords / MT;  // words per K tile
   constexpr int kTileK = TW * kWordBits;
   __shared__ __align__(16) float tables[kTableFloats];  // [TW*4][256][MT]

@@ -11,6 +11,10 @@ import jax
 
 CPU_TARGET = "lutgemm_cpu"
 """FFI target name of the CPU LUT-GEMM handler."""
+CUDA_TARGET = "lutgemm_cuda"
+"""FFI target name of the CUDA LUT-GEMM handler (lookup-table path, small M)."""
+CUDA_DEQUANT_TARGET = "lutgemm_cuda_dequant"
+"""FFI target name of the CUDA dequantization handler (large-M path: dequantize + XLA dot)."""
 
 
 TARGETS: list[str] = []

@@ -169,6 +169,38 @@ if _native.HAS_CPU:
     mlir.register_lowering(lut_gemm_p, _cpu_lowering, platform="cpu")
 
 
+# CUDA (cuda/): the lookup-table kernel for M <= CUDA_LUT_MAX_ROWS rows of x; above, the CUDA
+# dequantization kernel writes W_hat [K, N] in x's dtype and XLA's dot (tensor cores, float32
+# accumulation) does the product. The choice is static, from x's shape. See docs/cuda.md.
+CUDA_LUT_MAX_ROWS = 8
+"""Largest M (product of x's leading dims) lowered to the CUDA LUT kernel."""
+
+
+def _cuda_dequant_dot(x, bits, alpha, offset, **params):
+    k, n = params["in_features"], params["out_features"]
+    dense = jax.ffi.ffi_call(_native.CUDA_DEQUANT_TARGET, jax.ShapeDtypeStruct((k, n), x.dtype))(
+        bits, alpha, offset, **_ffi_attributes(params)
+    )
+    precision = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+    y = jnp.matmul(x, dense, precision=precision, preferred_element_type=jnp.float32)
+    return y.astype(x.dtype)
+
+
+def _cuda_lowering(ctx, x, bits, alpha, offset, **params):
+    rows = int(np.prod(ctx.avals_in[0].shape[:-1], dtype=np.int64))
+    if rows > CUDA_LUT_MAX_ROWS:
+        return mlir.lower_fun(_cuda_dequant_dot, multiple_results=False)(
+            ctx, x, bits, alpha, offset, **params
+        )
+    return jax.ffi.ffi_lowering(_native.CUDA_TARGET)(
+        ctx, x, bits, alpha, offset, **_ffi_attributes(params)
+    )
+
+
+if _native.HAS_CUDA:
+    mlir.register_lowering(lut_gemm_p, _cuda_lowering, platform="cuda")
+
+
 # ---- batching ------------------------------------------------------------------------------
 
 

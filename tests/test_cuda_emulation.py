@@ -243,7 +243,7 @@ def test_nonfinite_inputs_propagate(emu):
 
 
 def test_plan():
-    """Split-K planning: about 2 blocks per SM (at least 1), slices of whole tiles, at least 8 words each."""
+    """Split-K planning: about 2 blocks per SM (at least 1), slices of >= 8 words, whole tiles."""
     lib = _bind(_compile_once())
     out = (ctypes.c_int * 5)()
     lib.emu_plan(1, 12288, 12288 // 32, 132, out)  # 24 column tiles

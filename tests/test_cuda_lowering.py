@@ -1,0 +1,154 @@
+"""The CUDA lowering of `lut_gemm` (no GPU needed): custom calls, attributes, path choice, export.
+
+Needs the CUDA extension (`lutgemm_jax._lutgemm_cuda`, statically linked against cudart so it
+imports without a GPU). Skipped only when the build did not compile CUDA; a build that compiled
+it but cannot import it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lutgemm_jax import _native, ops
+from lutgemm_jax.format import BCQWeight
+from lutgemm_jax.ops import lut_gemm
+
+
+def _cuda_compiled() -> bool:
+    config = Path(_native.__file__).with_name("_build_config.json")
+    if config.exists():
+        return bool(json.loads(config.read_text()).get("cuda"))
+    return shutil.which("nvcc") is not None
+
+
+if not _native.HAS_CUDA and not _cuda_compiled():
+    pytest.skip("the CUDA extension was not built (no nvcc)", allow_module_level=True)
+
+
+def test_cuda_extension_registered():
+    assert _native.HAS_CUDA, "CUDA was compiled but lutgemm_jax._lutgemm_cuda does not import"
+    from lutgemm_jax import _lutgemm_cuda
+
+    assert set(_lutgemm_cuda.registrations()) == {
+        _native.CUDA_TARGET,
+        _native.CUDA_DEQUANT_TARGET,
+    }
+
+
+def make_weight(k=300, n=96, q=3, g=128, has_offset=True, dtype=jnp.bfloat16) -> BCQWeight:
+    kp = -(-k // g) * g
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, (kp // 32, q, n), dtype=np.uint32)
+    alpha = jnp.asarray(rng.uniform(0.1, 1, (kp // g, q, n)), dtype)
+    offset = jnp.asarray(rng.normal(size=(kp // g, n)), dtype) if has_offset else None
+    return BCQWeight(jnp.asarray(bits), alpha, offset, k, n, q, g)
+
+
+def lower_cuda(x, w) -> str:
+    return jax.jit(lut_gemm).trace(x, w).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def custom_calls(text: str) -> list[str]:
+    return re.findall(r"stablehlo\.custom_call @(\w+)\(", text)
+
+
+def attributes(text: str, target: str) -> dict[str, int]:
+    line = next(ln for ln in text.splitlines() if f"@{target}(" in ln)
+    config = re.search(r"backend_config = \{([^}]*)\}", line).group(1)
+    return {m[0]: int(m[1]) for m in re.findall(r"(\w+) = (-?\d+) : i64", config)}
+
+
+@pytest.mark.parametrize("rows", [(1,), (8,), (2, 4), (5,)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_lut_path(rows, dtype):
+    w = make_weight()
+    text = lower_cuda(jnp.zeros((*rows, w.in_features), dtype), w)
+    assert custom_calls(text) == [_native.CUDA_TARGET]
+    assert attributes(text, _native.CUDA_TARGET) == {
+        "in_features": 300,
+        "out_features": 96,
+        "num_bits": 3,
+        "group_size": 128,
+    }
+    assert "mhlo.backend_config = {" in text  # typed FFI attributes (API version 4)
+    assert "dot_general" not in text
+
+
+@pytest.mark.parametrize("has_offset", [True, False])
+def test_lut_path_offset_operand(has_offset):
+    w = make_weight(k=64, n=5, q=6, g=32, has_offset=has_offset, dtype=jnp.float32)
+    text = lower_cuda(jnp.zeros((3, 64), jnp.bfloat16), w)
+    line = next(ln for ln in text.splitlines() if f"@{_native.CUDA_TARGET}(" in ln)
+    offset_type = "tensor<2x5xf32>" if has_offset else "tensor<0x5xf32>"
+    assert offset_type in line and "tensor<3x5xbf16>" in line
+    assert attributes(text, _native.CUDA_TARGET)["num_bits"] == 6
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_large_m_path(dtype):
+    """M > 8: CUDA dequantization to x's dtype, then XLA's dot with float32 accumulation."""
+    w = make_weight(k=200, n=40, q=4, g=64)
+    text = lower_cuda(jnp.zeros((3, 3, 200), dtype), w)
+    assert custom_calls(text) == [_native.CUDA_DEQUANT_TARGET]
+    assert attributes(text, _native.CUDA_DEQUANT_TARGET) == {
+        "in_features": 200,
+        "out_features": 40,
+        "num_bits": 4,
+        "group_size": 64,
+    }
+    el = {jnp.float32: "f32", jnp.bfloat16: "bf16", jnp.float16: "f16"}[dtype]
+    line = next(ln for ln in text.splitlines() if f"@{_native.CUDA_DEQUANT_TARGET}(" in ln)
+    assert f"-> tensor<200x40x{el}>" in line
+    dot = next(ln for ln in text.splitlines() if "stablehlo.dot_general" in ln)
+    assert "-> tensor<9x40xf32>" in dot or "tensor<3x3x40xf32>" in dot
+
+
+def test_crossover_constant():
+    assert ops.CUDA_LUT_MAX_ROWS == 8
+    w = make_weight()
+    assert custom_calls(lower_cuda(jnp.zeros((9, 300), jnp.bfloat16), w)) == [
+        _native.CUDA_DEQUANT_TARGET
+    ]
+
+
+def test_export_cpu_and_cuda():
+    w = make_weight(k=100, n=24, q=2, g=32)
+    x = jnp.ones((2, 100), jnp.bfloat16)
+    exported = jax.export.export(
+        jax.jit(lut_gemm),
+        platforms=["cpu", "cuda"],
+        disabled_checks=[
+            jax.export.DisabledSafetyCheck.custom_call(_native.CUDA_TARGET),
+            jax.export.DisabledSafetyCheck.custom_call(_native.CUDA_DEQUANT_TARGET),
+            jax.export.DisabledSafetyCheck.custom_call(_native.CPU_TARGET),
+        ],
+    )(x, w)
+    blob = exported.serialize()
+    assert isinstance(blob, (bytes, bytearray)) and len(blob) > 0
+    text = exported.mlir_module()
+    assert f"@{_native.CUDA_TARGET}(" in text
+    # The round trip runs on this machine's CPU and agrees with a direct call.
+    restored = jax.export.deserialize(blob)
+    np.testing.assert_array_equal(
+        np.asarray(restored.call(x, w), np.float32), np.asarray(lut_gemm(x, w), np.float32)
+    )
+
+
+def test_export_large_m():
+    w = make_weight(k=64, n=8, q=1, g=32, has_offset=False, dtype=jnp.float32)
+    x = jnp.ones((16, 64), jnp.float32)
+    exported = jax.export.export(
+        jax.jit(lut_gemm),
+        platforms=["cuda"],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(_native.CUDA_DEQUANT_TARGET)],
+    )(x, w)
+    assert len(exported.serialize()) > 0
+    assert f"@{_native.CUDA_DEQUANT_TARGET}(" in exported.mlir_module()
