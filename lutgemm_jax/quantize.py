@@ -1,1 +1,454 @@
-"""BCQ quantizers (placeholder during bring-up; replaced by the quantizer module)."""
+"""Quantizers: dense ``W: [K, N]`` -> packed `BCQWeight` (see `lutgemm_jax.format`).
+
+Every method works per group: ``g`` consecutive rows of one output column (``G = Kp / g``
+groups per column, ``Kp`` = K rounded up to a multiple of ``g``) get their own scales, and the
+result is ``W_hat[k, n] = sum_{i<q} alpha[k // g, i, n] * s_i[k, n] (+ offset[k // g, n])``
+with ``s_i = +-1``.
+
+``"greedy"``
+    ``r = w``; for ``i = 0 .. q-1``: ``s_i = sign(r)`` (``sign(0) = +1``),
+    ``alpha_i = mean |r|``, ``r -= alpha_i * s_i``.
+
+``"alternating"`` (default; Xu et al. 2018, "Alternating Multi-bit Quantization")
+    Greedy, then ``rounds`` rounds of two exact partial minimisations of the group's squared
+    error: (1) ``alpha`` = least squares given the signs (``q x q`` normal equations per group
+    and column, solved by a Cholesky factorisation that drops linearly dependent sign planes, so
+    singular systems give a valid minimiser, never NaN); (2) every weight takes the nearest of
+    the ``2^q`` codewords ``sum_i +-alpha_i``. Each step can only lower the error; in addition a
+    group keeps its previous solution whenever a round (through float rounding) would raise it,
+    so the error is non-increasing round by round, per group.
+
+``"rtn"`` (round to nearest, uniform asymmetric)
+    ``lo, hi`` = min/max of the group (optionally shrunk by the clipping ratio in
+    `CLIP_RATIOS` with the smallest squared error, ``clip_search=True``), scale
+    ``s = (hi - lo) / (2^q - 1)``, zero point ``z = -lo / s``, codes
+    ``c = clip(round((w - lo) / s), 0, 2^q - 1)``, reconstruction ``s * (c - z)``. Because
+    ``c = sum_i 2^i bit_i(c)`` and ``bit = (s_i + 1) / 2``::
+
+        s * (c - z) = sum_i (s * 2^(i-1)) * s_i + (s * (2^q - 1) / 2 - s * z)
+
+    so the uniform grid is stored *exactly* as BCQ with ``alpha_i = s * 2^(i-1)``,
+    ``s_i = 2 * bit_i(c) - 1`` and ``offset = s * (2^q - 1) / 2 - s * z`` (= ``lo + s (2^q-1)/2``).
+    The zero point is real-valued (the offset is a float anyway), which is exact for constant
+    groups; an integer zero point would convert by the same identity. RTN always has an offset.
+
+``fit_offset=True`` (greedy and alternating) subtracts the group mean first and stores it as the
+offset; alternating then re-fits it jointly with ``alpha`` (a column of ones in the least
+squares) and includes it in the codewords.
+
+Numerics: the fit runs in float32 on each (group, column) scaled by a power of two so that its
+largest magnitude lies in ``[0.5, 1)`` (exact, and safe for 1e30 or 1e-30 weights); rows past
+K are masked out of every mean, least-squares system and error, and get sign bit 0. Scales that
+do not fit ``alpha_dtype`` saturate to its largest finite value.
+
+Work is chunked over output columns by one jitted function per configuration (the last chunk is
+zero-padded to the same shape, so a matrix compiles once), which bounds peak memory.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from lutgemm_jax.format import (
+    ALPHA_DTYPES,
+    MAX_BITS,
+    BCQWeight,
+    pack_signs,
+    padded_in_features,
+    resolve_group_size,
+)
+
+METHODS = ("greedy", "alternating", "rtn")
+"""Names accepted by `quantize`'s ``method``."""
+CLIP_RATIOS = tuple(1.0 - 0.025 * i for i in range(20))
+"""Clipping ratios (1.0 down to 0.525) tried per group by RTN with ``clip_search=True``."""
+CHUNK_ELEMENTS = 1 << 23
+"""Default number of weights per column chunk (32 MB of float32 input per chunk)."""
+_CODEWORD_BLOCK = 16
+"""Codewords compared per fused pass in the nearest-codeword search."""
+_PIVOT_TOL = 1e-4
+"""Cholesky pivots below this fraction of the group's row count mark a dependent column."""
+
+
+def quantize(
+    W: jax.Array,
+    bits: int,
+    group_size: int | None = 128,
+    method: str = "alternating",
+    *,
+    rounds: int = 15,
+    fit_offset: bool = False,
+    clip_search: bool = False,
+    alpha_dtype=jnp.float32,
+    column_chunk: int | None = None,
+) -> BCQWeight:
+    """Quantizes a dense kernel ``W: [K, N]`` (``y = x @ W``) to a `BCQWeight`.
+
+    Args:
+      W: ``[K, N]`` floating weights (any float dtype; fitted in float32). Must be finite.
+      bits: ``q``, the number of bit-planes, 1..8.
+      group_size: ``g``, a positive multiple of 32, or ``None`` / ``PER_COLUMN`` (-1) for one
+        group spanning all of K per output column.
+      method: ``"greedy"``, ``"alternating"`` or ``"rtn"`` (see the module docstring).
+      rounds: alternating rounds after the greedy start (ignored by the other methods).
+      fit_offset: fit a per-group offset with greedy/alternating (RTN always has one).
+      clip_search: RTN only: pick the clipping ratio with the lowest squared error per group.
+      alpha_dtype: storage dtype of ``alpha``/``offset``: float32, bfloat16 or float16.
+      column_chunk: output columns per chunk; default keeps a chunk near `CHUNK_ELEMENTS`
+        weights (peak memory a few hundred MB).
+
+    Returns:
+      A `BCQWeight` with bits ``[Kp/32, q, N]``, alpha ``[G, q, N]`` and offset ``[G, N]``
+      (``None`` for greedy/alternating without ``fit_offset``).
+
+    Raises:
+      TypeError / ValueError: naming the argument, for a bad argument or a non-finite ``W``
+        (the finiteness check is skipped when ``W`` is a tracer, i.e. under ``jax.jit``).
+    """
+    W, g, alpha_dtype, chunk = _validate(
+        W, bits, group_size, method, rounds, fit_offset, clip_search, alpha_dtype, column_chunk
+    )
+    k, n = W.shape
+    has_offset = method == "rtn" or fit_offset
+    parts = [
+        _run_chunk(W, start, chunk, g, bits, method, rounds, fit_offset, clip_search, False)
+        for start in range(0, n, chunk)
+    ]
+    bits_, alpha, offset = (jnp.concatenate(p, axis=-1)[..., :n] for p in zip(*parts, strict=True))
+    w = BCQWeight(
+        bits=bits_,
+        alpha=_saturate(alpha, alpha_dtype),
+        offset=_saturate(offset, alpha_dtype) if has_offset else None,
+        in_features=k,
+        out_features=n,
+        num_bits=bits,
+        group_size=g,
+    )
+    w.validate()
+    return w
+
+
+def _error_history(
+    W: jax.Array,
+    bits: int,
+    group_size: int | None = 128,
+    *,
+    rounds: int = 15,
+    fit_offset: bool = False,
+    column_chunk: int | None = None,
+) -> np.ndarray:
+    """float64 ``[rounds + 1]``: ``||W - W_hat||^2`` of alternating after greedy and each round.
+
+    For tests and diagnostics; follows exactly the computation of ``quantize(method=
+    "alternating")`` (entry ``r`` is the error of the solution kept after round ``r``).
+    """
+    W, g, _, chunk = _validate(
+        W, bits, group_size, "alternating", rounds, fit_offset, False, jnp.float32, column_chunk
+    )
+    n = W.shape[1]
+    hist = [
+        _run_chunk(W, start, chunk, g, bits, "alternating", rounds, fit_offset, False, True)
+        for start in range(0, n, chunk)
+    ]
+    return np.sum([np.asarray(h, np.float64) for h in hist], axis=0)
+
+
+def _validate(W, bits, group_size, method, rounds, fit_offset, clip_search, alpha_dtype, chunk):
+    if not hasattr(W, "shape") or not hasattr(W, "dtype"):
+        W = np.asarray(W)
+    if len(W.shape) != 2:
+        raise ValueError(f"quantize: W must be 2-D [K, N], got shape {tuple(W.shape)}")
+    if not jnp.issubdtype(W.dtype, jnp.floating):
+        raise TypeError(f"quantize: W must have a floating dtype, got {W.dtype}")
+    k, n = W.shape
+    if k == 0 or n == 0:
+        raise ValueError(f"quantize: W must be non-empty, got shape {tuple(W.shape)}")
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise TypeError(f"quantize: bits must be an int in 1..{MAX_BITS}, got {bits!r}")
+    if not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"quantize: bits must be in 1..{MAX_BITS}, got {bits}")
+    if method not in METHODS:
+        raise ValueError(f"quantize: method must be one of {METHODS}, got {method!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 0:
+        raise ValueError(f"quantize: rounds must be a non-negative int, got {rounds!r}")
+    if clip_search and method != "rtn":
+        raise ValueError(f"quantize: clip_search applies to method='rtn' only, got {method!r}")
+    if fit_offset not in (True, False):
+        raise TypeError(f"quantize: fit_offset must be a bool, got {fit_offset!r}")
+    try:
+        alpha_dtype = jnp.dtype(alpha_dtype)
+    except TypeError as e:
+        raise TypeError(f"quantize: alpha_dtype {alpha_dtype!r} is not a dtype") from e
+    if alpha_dtype not in [jnp.dtype(d) for d in ALPHA_DTYPES]:
+        raise TypeError(
+            f"quantize: alpha_dtype must be float32, bfloat16 or float16, got {alpha_dtype}"
+        )
+    try:
+        g = resolve_group_size(k, group_size)
+    except ValueError as e:
+        raise ValueError(f"quantize: {e}") from None
+    if chunk is None:
+        chunk = max(1, CHUNK_ELEMENTS // padded_in_features(k, g))
+        chunk = n if chunk >= n else max(chunk // 128 * 128, min(chunk, 128))
+    elif isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk <= 0:
+        raise ValueError(f"quantize: column_chunk must be a positive int or None, got {chunk!r}")
+    chunk = int(min(chunk, n))
+    if not isinstance(W, jax.core.Tracer):
+        finite = np.isfinite(W).all() if isinstance(W, np.ndarray) else jnp.isfinite(W).all()
+        if not bool(finite):
+            raise ValueError(
+                "quantize: W contains NaN or Inf; only finite weights can be quantized"
+            )
+    return jnp.asarray(W), g, alpha_dtype, chunk
+
+
+def _run_chunk(W, start, chunk, g, q, method, rounds, fit_offset, clip_search, history):
+    """Quantizes columns ``start : start + chunk`` (zero-padded past N) of ``W``."""
+    k, n = W.shape
+    kp = padded_in_features(k, g)
+    cols = W[:, start : start + chunk].astype(jnp.float32)
+    cols = jnp.pad(cols, ((0, kp - k), (0, chunk - cols.shape[1])))
+    return _quantize_chunk(
+        cols,
+        k=k,
+        g=g,
+        q=q,
+        method=method,
+        rounds=rounds,
+        fit_offset=fit_offset,
+        clip_search=clip_search,
+        history=history,
+    )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("k", "g", "q", "method", "rounds", "fit_offset", "clip_search", "history"),
+)
+def _quantize_chunk(w, *, k, g, q, method, rounds, fit_offset, clip_search, history):
+    """One column chunk. ``w``: float32 ``[Kp, C]`` (rows >= ``k`` are padding).
+
+    Returns ``(bits uint32 [Kp/32, q, C], alpha f32 [G, q, C], offset f32 [G, C])``, or with
+    ``history`` the float32 ``[rounds + 1]`` squared error after greedy and each round.
+    """
+    kp, c = w.shape
+    groups = kp // g
+    valid = (jnp.arange(kp) < k).reshape(groups, g, 1)
+    w = jnp.where(valid, w.reshape(groups, g, c), 0.0)  # [G, g, C]
+    count = jnp.sum(valid, axis=1, keepdims=True).astype(jnp.float32)  # [G, 1, 1]
+    # Exact power-of-two normalisation per (group, column): max |w| in [0.5, 1).
+    _, exp = jnp.frexp(jnp.max(jnp.abs(w), axis=1, keepdims=True))  # [G, 1, C]
+    wn = _times_pow2(w, -exp)
+    if method == "rtn":
+        alpha, offset, code = _rtn(wn, valid, q, clip_search)
+    else:
+        alpha, offset, code = _greedy(wn, valid, count, q, fit_offset)
+        if method == "alternating":
+            alpha, offset, code, errs = _alternate(
+                wn, valid, count, q, alpha, offset, code, fit_offset, rounds
+            )
+            if history:
+                return jnp.sum(_times_pow2(errs, 2 * exp[None, :, 0, :]), axis=(1, 2))
+    alpha = jnp.stack([_times_pow2(a, exp)[:, 0, :] for a in alpha], axis=1)  # [G, q, C]
+    offset = _times_pow2(offset, exp)[:, 0, :]  # [G, C]
+    planes = [((code >> i) & 1).astype(jnp.bool_) & valid for i in range(q)]
+    signs = jnp.stack(planes, axis=2).reshape(kp, q, c)
+    return pack_signs(signs), alpha, offset
+
+
+def _times_pow2(x, e):
+    """``x * 2^e`` exactly for int32 ``e`` in [-300, 300] (two normal power-of-two factors)."""
+    half = e // 2
+    return x * _pow2(half) * _pow2(e - half)
+
+
+def _pow2(e):
+    """``2^e`` as float32 for int32 ``e`` in [-126, 127], built from its exponent bits."""
+    return lax.bitcast_convert_type((jnp.clip(e, -126, 127) + 127) << 23, jnp.float32)
+
+
+def _saturate(x, dtype):
+    big = float(jnp.finfo(dtype).max)
+    return jnp.clip(x, -big, big).astype(dtype)
+
+
+def _sign(code, i):
+    """``s_i = +-1`` (float32) from bit ``i`` of the codes."""
+    return ((code >> i) & 1).astype(jnp.float32) * 2.0 - 1.0
+
+
+def _greedy(wn, valid, count, q, fit_offset):
+    """Greedy BCQ of normalised groups ``wn [G, g, C]``.
+
+    Returns ``(alpha: list of q [G, 1, C], offset [G, 1, C], code uint8 [G, g, C])``; bit ``i``
+    of ``code`` is 1 where ``s_i = +1``.
+    """
+    offset = jnp.zeros_like(wn[:, :1])
+    if fit_offset:
+        offset = jnp.sum(wn, axis=1, keepdims=True) / count
+    r = jnp.where(valid, wn - offset, 0.0)
+    code = jnp.zeros(wn.shape, jnp.uint8)
+    alpha = []
+    for i in range(q):
+        pos = r >= 0
+        a = jnp.sum(jnp.abs(r), axis=1, keepdims=True) / count
+        r = jnp.where(valid, r - jnp.where(pos, a, -a), 0.0)
+        code = code | (pos.astype(jnp.uint8) << i)
+        alpha.append(a)
+    return alpha, offset, code
+
+
+def _alternate(wn, valid, count, q, alpha, offset, code, fit_offset, rounds):
+    """``rounds`` alternating rounds from the given solution (see `_greedy` for the layout).
+
+    Returns the kept ``(alpha, offset, code)`` and the per-round errors ``[rounds + 1, G, C]``
+    (normalised units).
+    """
+    vmask = valid.astype(jnp.float32)
+    err0 = jnp.sum(vmask * (wn - _decode(alpha, offset, code, q)) ** 2, axis=1)  # [G, C]
+
+    def one_round(state, _):
+        alpha, offset, code, err = state
+        new_alpha, new_offset = _least_squares(wn, vmask, count, q, code, fit_offset)
+        if not fit_offset:
+            new_offset = offset
+        new_code, new_err = _nearest_codeword(wn, vmask, q, new_alpha, new_offset)
+        keep = (new_err <= err)[:, None, :]  # [G, 1, C]
+        alpha = [jnp.where(keep, a1, a0) for a0, a1 in zip(alpha, new_alpha, strict=True)]
+        offset = jnp.where(keep, new_offset, offset)
+        code = jnp.where(keep, new_code, code)
+        err = jnp.minimum(new_err, err)
+        return (alpha, offset, code, err), err
+
+    (alpha, offset, code, _), errs = lax.scan(
+        one_round, (alpha, offset, code, err0), None, length=rounds
+    )
+    return alpha, offset, code, jnp.concatenate([err0[None], errs], axis=0)
+
+
+def _decode(alpha, offset, code, q):
+    return offset + sum(a * _sign(code, i) for i, a in enumerate(alpha))
+
+
+def _least_squares(wn, vmask, count, q, code, fit_offset):
+    """Exact least-squares ``alpha`` (and offset) given the signs, per (group, column).
+
+    Builds the normal equations ``A x = b`` with ``A = S^T S`` over the valid rows (entries are
+    integer counts, exact in float32) and solves them with `_solve_psd`.
+    """
+    cols = [_sign(code, i) * vmask for i in range(q)]
+    if fit_offset:
+        cols.append(vmask)
+    m = len(cols)
+    a = [[None] * m for _ in range(m)]
+    for i in range(m):
+        a[i][i] = count
+        for j in range(i):
+            a[i][j] = a[j][i] = jnp.sum(cols[i] * cols[j], axis=1, keepdims=True)
+    b = [jnp.sum(col * wn, axis=1, keepdims=True) for col in cols]
+    x = _solve_psd(a, b, count)
+    return x[:q], (x[q] if fit_offset else None)
+
+
+def _solve_psd(a, b, count):
+    """Solves ``A x = b`` for symmetric PSD ``A`` (nested lists of broadcastable arrays).
+
+    Cholesky without pivoting; a pivot below ``_PIVOT_TOL * count`` marks a column that depends
+    linearly on the earlier ones: its variable is fixed to 0 and the column dropped, which
+    still yields a least-squares minimiser (never a division by ~0).
+    """
+    m = len(b)
+    tol = _PIVOT_TOL * count
+    low = [[None] * m for _ in range(m)]
+    inv_diag, keep = [], []
+    for j in range(m):
+        d = a[j][j] - sum((low[j][t] ** 2 for t in range(j)), 0.0)
+        ok = d > tol
+        inv = jnp.where(ok, lax.rsqrt(jnp.where(ok, d, 1.0)), 0.0)
+        inv_diag.append(inv)
+        keep.append(ok)
+        for i in range(j + 1, m):
+            s = a[i][j] - sum((low[i][t] * low[j][t] for t in range(j)), 0.0)
+            low[i][j] = s * inv  # 0 for a dropped column
+    y = []
+    for j in range(m):
+        y.append((b[j] - sum((low[j][t] * y[t] for t in range(j)), 0.0)) * inv_diag[j])
+    x = [None] * m
+    for j in reversed(range(m)):
+        s = y[j] - sum((low[i][j] * x[i] for i in range(j + 1, m)), 0.0)
+        x[j] = s * inv_diag[j]
+    return x
+
+
+def _nearest_codeword(wn, vmask, q, alpha, offset):
+    """Per weight, the nearest of the ``2^q`` codewords ``offset + sum_i +-alpha_i``.
+
+    Returns ``(code uint8 [G, g, C], squared error per group [G, C])``; ties go to the lower
+    code. Enumerates the codewords in fused passes of `_CODEWORD_BLOCK` compares per weight
+    (one pass for q <= 4; a loop over blocks keeps the graph small for larger q).
+    """
+    block = min(1 << q, _CODEWORD_BLOCK)
+
+    def scan_block(first, state):
+        best, code = state
+        for j in range(block):
+            p = first + j
+            value = offset + sum(
+                a * (((p >> i) & 1) * 2 - 1).astype(jnp.float32) for i, a in enumerate(alpha)
+            )
+            dist = jnp.abs(wn - value)
+            better = dist < best
+            best = jnp.where(better, dist, best)
+            code = jnp.where(better, p.astype(jnp.uint8), code)
+        return best, code
+
+    state = (jnp.full(wn.shape, jnp.inf, jnp.float32), jnp.zeros(wn.shape, jnp.uint8))
+    if block == 1 << q:
+        best, code = scan_block(jnp.int32(0), state)
+    else:
+        best, code = lax.fori_loop(
+            0, (1 << q) // block, lambda b, st: scan_block(b * block, st), state
+        )
+    return code, jnp.sum(vmask * best * best, axis=1)
+
+
+def _rtn(wn, valid, q, clip_search):
+    """Uniform asymmetric RTN of normalised groups, as BCQ (see the module docstring).
+
+    Returns ``(alpha: list of q [G, 1, C], offset [G, 1, C], code uint8 [G, g, C])``.
+    """
+    levels = float((1 << q) - 1)
+    hi0 = jnp.max(jnp.where(valid, wn, -jnp.inf), axis=1, keepdims=True)
+    lo0 = jnp.min(jnp.where(valid, wn, jnp.inf), axis=1, keepdims=True)
+
+    def fit(ratio):
+        lo, hi = lo0 * ratio, hi0 * ratio
+        scale = (hi - lo) / levels
+        c = jnp.clip(jnp.round((wn - lo) / jnp.where(scale > 0, scale, 1.0)), 0.0, levels)
+        return scale, lo, c
+
+    best = fit(1.0)
+    if clip_search:
+
+        def try_ratio(state, ratio):
+            best, best_err = state
+            cand = fit(ratio)
+            scale, lo, c = cand
+            err = jnp.sum(
+                jnp.where(valid, (wn - (scale * c + lo)) ** 2, 0.0), axis=1, keepdims=True
+            )
+            better = err < best_err
+            best = tuple(jnp.where(better, x, y) for x, y in zip(cand, best, strict=True))
+            return (best, jnp.minimum(err, best_err)), None
+
+        init = (best, jnp.full(lo0.shape, jnp.inf, jnp.float32))
+        (best, _), _ = lax.scan(try_ratio, init, jnp.asarray(CLIP_RATIOS, jnp.float32))
+    scale, lo, c = best
+    alpha = [scale * 2.0 ** (i - 1) for i in range(q)]
+    offset = lo + scale * (levels / 2)
+    return alpha, offset, c.astype(jnp.uint8)

@@ -1,0 +1,282 @@
+"""Tests for lutgemm_jax.quantize: error ordering, exact RTN -> BCQ, padding, degenerate inputs."""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lutgemm_jax.format import PER_COLUMN, pack_signs, unpack_signs
+from lutgemm_jax.quantize import quantize
+
+Q = sys.modules["lutgemm_jax.quantize"]  # the module (lutgemm_jax.quantize is the function)
+METHODS = ("greedy", "alternating", "rtn")
+
+
+def _gauss(k, n, seed=0, mean=0.0):
+    return (np.random.default_rng(seed).normal(size=(k, n)) + mean).astype(np.float32)
+
+
+def _sq_err(W, w, axis=None):
+    d = np.asarray(W, np.float64) - np.asarray(w.dequantize(), np.float64)
+    return np.sum(d * d, axis=axis)
+
+
+def _rel(W, w):
+    return float(np.sqrt(_sq_err(W, w)) / np.linalg.norm(np.asarray(W, np.float64)))
+
+
+def _rtn_reference(W, q, g):
+    """float64 numpy RTN: returns (codes [K, N], scale [G, N], lo [G, N], t = (w - lo) / s)."""
+    k, n = W.shape
+    kp = -(-k // g) * g
+    groups = kp // g
+    w = np.full((kp, n), np.nan)
+    w[:k] = W
+    w = w.reshape(groups, g, n)
+    lo, hi = np.nanmin(w, axis=1), np.nanmax(w, axis=1)
+    scale = (hi - lo) / (2**q - 1)
+    t = (w - lo[:, None]) / np.where(scale > 0, scale, 1.0)[:, None]
+    codes = np.clip(np.round(t), 0, 2**q - 1)
+    return codes.reshape(kp, n)[:k], scale, lo, t.reshape(kp, n)[:k]
+
+
+@pytest.mark.parametrize("q", [2, 3, 4])
+def test_alternating_no_worse_than_greedy_per_column(q):
+    W = _gauss(256, 48, seed=q)
+    greedy = _sq_err(W, quantize(W, q, 64, "greedy"), axis=0)
+    alt = _sq_err(W, quantize(W, q, 64, "alternating"), axis=0)
+    assert np.all(alt <= greedy * (1 + 1e-5) + 1e-9)
+    assert alt.sum() < 0.97 * greedy.sum()  # and it actually improves
+
+
+@pytest.mark.parametrize("fit_offset", [False, True])
+def test_error_history_non_increasing_and_matches_result(fit_offset):
+    W = _gauss(200, 40, seed=3, mean=0.3)
+    hist = Q._error_history(W, 3, 64, rounds=10, fit_offset=fit_offset, column_chunk=16)
+    assert hist.shape == (11,)
+    assert np.all(np.diff(hist) <= 0), hist
+    assert hist[-1] < hist[0]
+    greedy = quantize(W, 3, 64, "greedy", fit_offset=fit_offset)
+    alt = quantize(W, 3, 64, "alternating", rounds=10, fit_offset=fit_offset)
+    np.testing.assert_allclose(hist[0], _sq_err(W, greedy), rtol=1e-4)
+    np.testing.assert_allclose(hist[-1], _sq_err(W, alt), rtol=1e-4)
+
+
+def test_rounds_zero_is_greedy():
+    W = _gauss(128, 16)
+    a, b = quantize(W, 3, 32, "alternating", rounds=0), quantize(W, 3, 32, "greedy")
+    np.testing.assert_array_equal(a.bits, b.bits)
+    np.testing.assert_array_equal(a.alpha, b.alpha)
+
+
+def test_greedy_matches_definition():
+    W = _gauss(64, 5, seed=9)
+    w = quantize(W, 2, 32, "greedy")
+    r = W.astype(np.float64).reshape(2, 32, 5)
+    for i in range(2):
+        s = np.where(r >= 0, 1.0, -1.0)
+        a = np.abs(r).mean(axis=1)
+        np.testing.assert_allclose(w.alpha[:, i], a, rtol=1e-5)
+        signs = np.asarray(unpack_signs(w.bits))[:, i].reshape(2, 32, 5)
+        np.testing.assert_array_equal(signs, s > 0)
+        r = r - a[:, None] * s
+
+
+@pytest.mark.parametrize("q,g,k", [(1, 32, 96), (3, 64, 200), (4, None, 77), (8, 32, 64)])
+def test_rtn_to_bcq_is_exact(q, g, k):
+    W = _gauss(k, 24, seed=q) * 3 + 1
+    w = quantize(W, q, g, "rtn")
+    assert w.has_offset
+    codes, scale, lo, t = _rtn_reference(np.float64(W), q, w.group_size)
+    # alpha_i = s * 2^(i-1) exactly (powers of two times one scale)
+    alpha = np.asarray(w.alpha, np.float64)
+    np.testing.assert_array_equal(alpha, alpha[:, :1] * 2.0 ** np.arange(q)[:, None])
+    np.testing.assert_allclose(2 * alpha[:, 0], scale, rtol=2e-6)
+    # bits are the binary digits of the uniform code c
+    signs = np.asarray(unpack_signs(w.bits))[:k]
+    got_codes = np.sum(signs * (2 ** np.arange(q))[:, None], axis=1)
+    near_tie = np.abs(t - np.floor(t) - 0.5) < 1e-4  # float32 vs float64 may round differently
+    assert near_tie.mean() < 0.01
+    np.testing.assert_array_equal(got_codes[~near_tie], codes[~near_tie])
+    # dequantize(BCQ) == s * (c - z) == s * c + lo, to float32 rounding
+    group = np.arange(k) // w.group_size
+    uniform = np.asarray(w.alpha, np.float64)[group, 0] * 2 * got_codes + lo[group]
+    span = (scale * (2**q - 1))[group]
+    np.testing.assert_allclose(
+        np.asarray(w.dequantize(), np.float64), uniform, atol=1e-6 * span.max()
+    )
+
+
+def test_rtn_clip_search_never_worse():
+    W = _gauss(256, 32, seed=5)
+    W[3, :] *= 8  # outliers make clipping worthwhile
+    plain = _sq_err(W, quantize(W, 3, 128, "rtn"), axis=0)
+    clipped = _sq_err(W, quantize(W, 3, 128, "rtn", clip_search=True), axis=0)
+    assert np.all(clipped <= plain * (1 + 1e-5))
+    assert clipped.sum() < plain.sum()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_error_falls_with_bits_and_smaller_groups(method):
+    W = _gauss(512, 32, seed=11)
+    by_bits = [_rel(W, quantize(W, q, 128, method)) for q in (2, 3, 4)]
+    assert by_bits[0] > by_bits[1] > by_bits[2]
+    by_group = [_rel(W, quantize(W, 3, g, method)) for g in (None, 128, 32)]
+    assert by_group[0] > by_group[1] > by_group[2]
+
+
+def test_per_column_groups():
+    W = _gauss(100, 12)
+    a, b = quantize(W, 3, None), quantize(W, 3, PER_COLUMN)
+    assert a.group_size == b.group_size == 128 and a.alpha.shape == (1, 3, 12)
+    np.testing.assert_array_equal(a.bits, b.bits)
+    np.testing.assert_array_equal(a.alpha, b.alpha)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k,g", [(100, 64), (50, 32), (33, None)])
+def test_ragged_k_padding_is_ignored(method, k, g):
+    W = _gauss(k, 9, seed=k)
+    w = quantize(W, 3, g, method, fit_offset=method != "rtn")
+    assert np.asarray(unpack_signs(w.bits))[k:].sum() == 0  # padded sign bits are 0
+    # The chunk function masks the padded rows: garbage there changes nothing.
+    kp = w.padded_in_features
+    junk = np.random.default_rng(0).normal(size=(kp - k, 9)).astype(np.float32) * 100
+    cfg = dict(k=k, g=w.group_size, q=3, method=method, rounds=15, fit_offset=method != "rtn")
+    cfg.update(clip_search=False, history=False)
+    clean = Q._quantize_chunk(jnp.asarray(np.concatenate([W, 0 * junk])), **cfg)
+    dirty = Q._quantize_chunk(jnp.asarray(np.concatenate([W, junk])), **cfg)
+    for x, y in zip(clean, dirty, strict=True):
+        np.testing.assert_array_equal(x, y)
+    # The partial last group is fitted from its real rows only.
+    last = (k - 1) // w.group_size * w.group_size
+    tail = quantize(W[last:], 3, w.group_size, method, fit_offset=method != "rtn")
+    np.testing.assert_allclose(w.alpha[-1], tail.alpha[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(w.dequantize())[last:], np.asarray(tail.dequantize()))
+
+
+@pytest.mark.parametrize("method", ["greedy", "alternating"])
+def test_fit_offset_helps_on_shifted_data(method):
+    W = _gauss(256, 16, seed=2, mean=2.0)
+    without = quantize(W, 2, 128, method)
+    with_offset = quantize(W, 2, 128, method, fit_offset=True)
+    assert without.offset is None and with_offset.offset.shape == (2, 16)
+    assert _rel(W, with_offset) < 0.7 * _rel(W, without)
+
+
+def test_pack_unpack_round_trip():
+    signs = jnp.asarray(np.random.default_rng(1).random((96, 3, 7)) < 0.5)
+    np.testing.assert_array_equal(unpack_signs(pack_signs(signs)), signs)
+    w = quantize(_gauss(96, 7), 3, 32)
+    np.testing.assert_array_equal(pack_signs(unpack_signs(w.bits)), w.bits)
+
+
+def test_column_chunking_does_not_change_the_result():
+    W = _gauss(96, 37, seed=4)
+    for method in METHODS:
+        a = quantize(W, 3, 32, method)
+        b = quantize(W, 3, 32, method, column_chunk=8)
+        assert b.alpha.shape == a.alpha.shape  # sums may associate differently per chunk shape
+        np.testing.assert_allclose(b.dequantize(), a.dequantize(), rtol=1e-5, atol=1e-5)
+
+
+def test_power_of_two_scaling_is_exact():
+    W = _gauss(64, 8, seed=6)
+    a = quantize(W, 3, 32)
+    b = quantize(W * np.float32(2.0**60), 3, 32)
+    np.testing.assert_array_equal(a.bits, b.bits)
+    np.testing.assert_array_equal(np.asarray(a.alpha) * np.float32(2.0**60), b.alpha)
+
+
+def _degenerate_inputs():
+    rng = np.random.default_rng(0)
+    tiny = np.float32(np.finfo(np.float32).smallest_subnormal)
+    mixed = rng.normal(size=(64, 4)).astype(np.float32)
+    mixed[:32, 0] *= 1e30
+    mixed[32:, 0] *= 1e-30
+    mixed[:, 1] = 0
+    mixed[:32, 2] = 7.0
+    return {
+        "zeros": np.zeros((64, 4), np.float32),
+        "constant": np.full((64, 4), -3.5, np.float32),
+        "huge": rng.normal(size=(64, 4)).astype(np.float32) * 1e30,
+        "1e38": np.where(rng.random((64, 4)) < 0.5, 1e38, -1e38).astype(np.float32),
+        "tiny": rng.normal(size=(64, 4)).astype(np.float32) * 1e-30,
+        "denormal": rng.integers(-3, 4, (64, 4)).astype(np.float32) * tiny,
+        "mixed": mixed,
+    }
+
+
+@pytest.mark.parametrize("name", list(_degenerate_inputs()))
+def test_degenerate_inputs_stay_finite(name):
+    W = _degenerate_inputs()[name]
+    for method in METHODS:
+        for q in (1, 3):
+            for alpha_dtype in (jnp.float32, jnp.float16):
+                w = quantize(W, q, 32, method, fit_offset=True, alpha_dtype=alpha_dtype)
+                assert np.isfinite(np.asarray(w.alpha, np.float32)).all(), (method, q)
+                assert np.isfinite(np.asarray(w.offset, np.float32)).all(), (method, q)
+                assert np.isfinite(np.asarray(w.dequantize())).all(), (method, q)
+    if name in ("zeros", "constant"):  # represented exactly
+        for method in METHODS:
+            w = quantize(W, 2, 32, method, fit_offset=True)
+            np.testing.assert_array_equal(w.dequantize(), W)
+    if name in ("huge", "tiny", "mixed"):  # relative accuracy is scale-free
+        assert _rel(W, quantize(W, 3, 32)) < 0.25
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_rejected(bad):
+    W = _gauss(64, 4)
+    W[5, 2] = bad
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        quantize(W, 3, 32)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        quantize(jnp.asarray(W), 3, 32)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(W=np.zeros(64, np.float32)), ValueError, "W must be 2-D"),
+        (dict(W=np.zeros((64, 4), np.int32)), TypeError, "W must have a floating dtype"),
+        (dict(bits=0), ValueError, "bits must be in 1..8"),
+        (dict(bits=9), ValueError, "bits must be in 1..8"),
+        (dict(bits=2.0), TypeError, "bits must be an int"),
+        (dict(group_size=48), ValueError, "group_size must be a positive multiple of 32"),
+        (dict(group_size=0), ValueError, "group_size"),
+        (dict(method="kmeans"), ValueError, "method must be one of"),
+        (dict(rounds=-1), ValueError, "rounds"),
+        (dict(clip_search=True), ValueError, "clip_search"),
+        (dict(alpha_dtype=jnp.int8), TypeError, "alpha_dtype"),
+        (dict(column_chunk=0), ValueError, "column_chunk"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, exc, match):
+    args = dict(W=_gauss(64, 4), bits=3, group_size=32)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        quantize(args.pop("W"), args.pop("bits"), **args)
+
+
+def test_quantize_under_jit():
+    W = jnp.asarray(_gauss(96, 20, seed=8))
+    jitted = jax.jit(lambda W: quantize(W, 3, 32, fit_offset=True, column_chunk=8))(W)
+    eager = quantize(W, 3, 32, fit_offset=True, column_chunk=8)
+    for x, y in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("alpha_dtype", [jnp.bfloat16, jnp.float16])
+def test_alpha_dtype_is_honoured(alpha_dtype):
+    W = _gauss(128, 8)
+    for method in METHODS:
+        w = quantize(W, 3, 64, method, fit_offset=True, alpha_dtype=alpha_dtype)
+        ref = quantize(W, 3, 64, method, fit_offset=True)
+        assert w.alpha.dtype == w.offset.dtype == jnp.dtype(alpha_dtype)
+        np.testing.assert_array_equal(w.bits, ref.bits)
+        np.testing.assert_allclose(np.float32(w.alpha), ref.alpha, rtol=1e-2)
