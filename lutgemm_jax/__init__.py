@@ -14,6 +14,7 @@ Public API:
 from lutgemm_jax._native import build_info
 from lutgemm_jax.format import PER_COLUMN, BCQWeight, dequantize, pack_signs, unpack_signs
 from lutgemm_jax.ops import lut_gemm, lut_gemm_p
+from lutgemm_jax.quantize import quantize
 
 
 __all__ = [
