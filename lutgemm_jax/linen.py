@@ -35,7 +35,15 @@ from lutgemm_jax.convert import (
 )
 from lutgemm_jax.format import BCQWeight, padded_in_features, resolve_group_size
 
-__all__ = ["LutDense", "intercept_dense", "quantize_params", "ConversionSummary"]
+__all__ = [
+    "ConversionSummary",
+    "LutDense",
+    "dequantize_params",
+    "intercept_dense",
+    "merge_params",
+    "quantize_params",
+    "split_params",
+]
 
 INIT_METHODS = ("greedy", "alternating", "rtn", "zeros")
 
@@ -234,6 +242,56 @@ def quantize_params(
         total_bytes_after=tree_nbytes(out),
     )
     return out, summary
+
+
+def dequantize_params(params: Any, dtype: Any = jnp.float32) -> Any:
+    """``params`` with every `BCQWeight` leaf replaced by its dense ``[K, N]`` kernel."""
+    return jax.tree.map(
+        lambda v: v.dequantize(dtype) if isinstance(v, BCQWeight) else v,
+        params,
+        is_leaf=lambda v: isinstance(v, BCQWeight),
+    )
+
+
+LORA_PARAMS = r"(^|/)lora_[ab]$"
+"""Selects the LoRA factors of `LutDense` layers (for `split_params`)."""
+
+
+def split_params(
+    params: Mapping[str, Any], select: PathFilter = LORA_PARAMS
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Splits a params tree into ``(selected, rest)`` by the ``/``-joined leaf path.
+
+    For LoRA fine-tuning: ``jax.grad`` cannot differentiate the uint32 sign bits, so take the
+    gradient w.r.t. the selected part only (by default the ``lora_a``/``lora_b`` leaves) and
+    rebuild the full tree with `merge_params`::
+
+        lora, frozen = split_params(params)
+        grads = jax.grad(lambda lora: loss(merge_params(lora, frozen)))(lora)
+
+    `BCQWeight` leaves are never split apart. ``select`` is a regex or a predicate (``None``
+    selects everything).
+    """
+    flat = traverse_util.flatten_dict(
+        params.unfreeze() if isinstance(params, FrozenDict) else dict(params)
+    )
+    selected, rest = {}, {}
+    for key, value in flat.items():
+        hit = path_matches("/".join(map(str, key)), select, None)
+        (selected if hit else rest)[key] = value
+    return traverse_util.unflatten_dict(selected), traverse_util.unflatten_dict(rest)
+
+
+def merge_params(*trees: Mapping[str, Any]) -> dict[str, Any]:
+    """Merges params trees with disjoint leaves (the inverse of `split_params`)."""
+    flat: dict[tuple[Any, ...], Any] = {}
+    for tree in trees:
+        tree = tree.unfreeze() if isinstance(tree, FrozenDict) else dict(tree)
+        for key, value in traverse_util.flatten_dict(tree).items():
+            if key in flat:
+                raise ValueError(f"merge_params: leaf {'/'.join(map(str, key))} appears twice")
+            flat[key] = value
+    return traverse_util.unflatten_dict(flat)
 
 
 def _is_kernel(key: tuple[Any, ...], value: Any, stacked: bool) -> bool:
