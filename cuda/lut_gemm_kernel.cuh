@@ -115,8 +115,31 @@ __device__ __forceinline__ void AddRows(const float* p, float (&s)[MT]) {
   }
 }
 
+// Minimum resident blocks per SM promised to ptxas (caps registers at 65536 / (128 * blocks)):
+// decode shapes (MT = 1, q <= 4) get 5 blocks = 20 warps (registers <= 102; 5 * 33 KiB of shared
+// memory fits an H100 SM); the larger register sets (8 rows, generic q) get 1, i.e. no cap,
+// which keeps them free of spills (ptxas -v in docs/cuda.md).
+// Stores the MT rows of one table entry with one wide shared-memory store.
+template <int MT>
+__device__ __forceinline__ void StoreRows(float* p, const float (&v)[MT]) {
+  if constexpr (MT % 4 == 0) {
+#pragma unroll
+    for (int r = 0; r < MT; r += 4)
+      reinterpret_cast<float4*>(p)[r / 4] = make_float4(v[r], v[r + 1], v[r + 2], v[r + 3]);
+  } else if constexpr (MT == 2) {
+    *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
+  } else {
+    p[0] = v[0];
+  }
+}
+
 template <int QMAX, int MT>
-__global__ void __launch_bounds__(kThreads, 1) LutGemmKernel(const LutGemmArgs a) {
+constexpr int MinBlocksPerSm() {
+  return QMAX <= 4 && MT == 1 ? 5 : QMAX <= 4 && MT <= 4 ? 3 : 1;
+}
+
+template <int QMAX, int MT>
+__global__ void __launch_bounds__(kThreads, (MinBlocksPerSm<QMAX, MT>())) LutGemmKernel(const LutGemmArgs a) {
   constexpr int TW = kTileRowWords / MT;  // words per K tile
   constexpr int kTileK = TW * kWordBits;
   __shared__ __align__(16) float tables[kTableFloats];  // [TW*4][256][MT]
@@ -180,11 +203,8 @@ __global__ void __launch_bounds__(kThreads, 1) LutGemmKernel(const LutGemmArgs a
         }
       }
       float* t = tables + (c * kTableSize + tid) * MT;
-#pragma unroll
-      for (int r = 0; r < MT; ++r) {
-        t[r] = v0[r];
-        t[kThreads * MT + r] = v1[r];
-      }
+      StoreRows<MT>(t, v0);
+      StoreRows<MT>(t + kThreads * MT, v1);
     }
     __syncthreads();
     // 3. Look up.

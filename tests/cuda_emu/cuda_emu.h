@@ -49,6 +49,8 @@ struct alignas(16) float4 {
 struct alignas(8) float2 {
   float x, y;
 };
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline float2 make_float2(float x, float y) { return {x, y}; }
 using cudaStream_t = void*;
 
 inline dim3 threadIdx, blockIdx, blockDim, gridDim;
