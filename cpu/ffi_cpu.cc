@@ -6,11 +6,14 @@
 // Environment (read per call, for tests and benchmarks):
 //   LUTGEMM_CPU_ISA=portable|avx2   force the code path (default: best the CPU supports)
 //   LUTGEMM_CPU_THREADS=<n>         use at most n threads (default: the pool's size)
+//   LUTGEMM_CPU_POISON=1            fill y with NaN bytes (0xff) before computing, so tests can
+//                                   prove that every output element is written
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -82,6 +85,9 @@ ffi::Error LutGemmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
   if (mode != static_cast<int64_t>(Mode::kExact) && mode != static_cast<int64_t>(Mode::kFast))
     return ffi::Error::InvalidArgument("lut_gemm: mode must be 0 (exact) or 1 (fast)");
   if (p.m == 0) return ffi::Error::Success();
+
+  if (const char* env = std::getenv("LUTGEMM_CPU_POISON"); env != nullptr && env[0] == '1')
+    std::memset(y->untyped_data(), 0xff, y->size_bytes());
 
   Operands op;
   op.shape = p.shape;

@@ -1,0 +1,333 @@
+"""CPU benchmark of ``lut_gemm`` against dense float32 baselines: ``python -m lutgemm_jax.bench``.
+
+For every (shape, q, g, batch) it times, with weights rotated over enough copies that they are not
+served from the last-level cache (cold weights, as in a decode step of a large model):
+
+* ``lut``:        ``lut_gemm(x, w, mode=...)`` as users call it (LUT kernel, or dequantize + dot
+                  beyond the batch crossover ``ops.CPU_CROSSOVER``);
+* ``lut_kernel``: the native LUT kernel at every batch size (``jax.ffi.ffi_call``, no crossover);
+* ``xla``:        XLA float32 ``x @ W`` on a dense float32 weight;
+* ``numpy``:      numpy/OpenBLAS float32 ``x @ W``;
+* ``jnp``:        the pure-jnp path (`ops.lut_gemm_reference`: dequantize + dot, fused by XLA).
+
+The same run measures memory copy bandwidth (numpy copy of a 256 MiB buffer, read + write bytes
+over time) and reports each LUT timing against the bandwidth floor: bytes of bits + alpha
+(+ offset) divided by that bandwidth. Timings are medians after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lutgemm_jax import _native, ops
+from lutgemm_jax.format import BCQWeight
+
+L3_BYTES = 32 << 20
+ALL_BACKENDS = ("lut", "lut_kernel", "xla", "numpy", "jnp")
+
+
+def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 7) -> float:
+    """Bytes/s of a large numpy copy, counting read + write."""
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - t0)
+    return 2 * nbytes / statistics.median(times)
+
+
+def random_weight(rng, k: int, n: int, q: int, g: int, offset: bool) -> BCQWeight:
+    """Random packed weight (random sign words directly: fast for large shapes)."""
+    groups = -(-k // g)
+    kp = groups * g
+    bits = rng.integers(0, 1 << 32, size=(kp // 32, q, n), dtype=np.uint32)
+    alpha = rng.uniform(0.01, 0.1, (groups, q, n)).astype(np.float32)
+    off = rng.normal(0, 0.01, (groups, n)).astype(np.float32) if offset else None
+    return BCQWeight(
+        bits=jnp.asarray(bits),
+        alpha=jnp.asarray(alpha),
+        offset=None if off is None else jnp.asarray(off),
+        in_features=k,
+        out_features=n,
+        num_bits=q,
+        group_size=g,
+    )
+
+
+def _offset(w: BCQWeight):
+    return w.offset if w.has_offset else jnp.zeros((0, w.out_features), w.alpha.dtype)
+
+
+def _kernel_call(x, w: BCQWeight, mode: str):
+    """The native CPU kernel at any batch size (bypasses the crossover)."""
+    call = jax.ffi.ffi_call(
+        _native.CPU_TARGET, jax.ShapeDtypeStruct((*x.shape[:-1], w.out_features), x.dtype)
+    )
+    attrs = {k: np.int64(v) for k, v in ops._params(w).items()}
+    return call(x, w.bits, w.alpha, _offset(w), **attrs, mode=np.int64(ops.MODES.index(mode)))
+
+
+def _time(fn, args_list, reps: int, warmup: int, budget_s: float) -> float:
+    """Median seconds of fn(*args) rotating over args_list."""
+    for i in range(warmup):
+        jax.block_until_ready(fn(*args_list[i % len(args_list)]))
+    times = []
+    start = time.perf_counter()
+    for i in range(reps):
+        a = args_list[i % len(args_list)]
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*a))
+        times.append(time.perf_counter() - t0)
+        if i >= 4 and time.perf_counter() - start > budget_s:
+            break
+    return statistics.median(times)
+
+
+def _sets(nbytes: int, cap: int = 16) -> int:
+    """Copies needed so that the rotated working set is >= 3x the L3."""
+    return max(2, min(cap, math.ceil(3 * L3_BYTES / max(nbytes, 1))))
+
+
+def run(args) -> list[dict]:
+    rng = np.random.default_rng(0)
+    bw = copy_bandwidth()
+    configs = [(k, n, q, m) for (k, n) in args.shapes for q in args.q for m in args.batch]
+    rows = []
+    progress = _progress(len(configs) * len(args.modes), args.quiet)
+    dense_cache: dict = {}
+    for k, n, q, m in configs:
+        g = args.g if args.g > 0 else -(-k // 32) * 32
+        ws = None
+        x = jnp.asarray(rng.normal(size=(m, k)), jnp.float32)
+        base = {}
+        if any(b in args.backends for b in ("xla", "numpy")):
+            key = (k, n)
+            if key not in dense_cache:
+                dense_cache.clear()
+                nd = _sets(4 * k * n, cap=4)
+                dense_cache[key] = [
+                    rng.standard_normal((k, n), dtype=np.float32) for _ in range(nd)
+                ]
+            dense = dense_cache[key]
+            if "xla" in args.backends:
+                dj = [jnp.asarray(d) for d in dense]
+                f = jax.jit(lambda x, w: x @ w)
+                base["xla"] = _time(f, [(x, d) for d in dj], args.reps, args.warmup, args.budget)
+                del dj
+            if "numpy" in args.backends:
+                xn = np.asarray(x)
+                base["numpy"] = _time(
+                    lambda x, w: x @ w,
+                    [(xn, d) for d in dense],
+                    args.reps,
+                    args.warmup,
+                    args.budget,
+                )
+        for mode in args.modes:
+            if ws is None:
+                w0 = random_weight(rng, k, n, q, g, args.offset)
+                ws = [w0] + [
+                    random_weight(rng, k, n, q, g, args.offset)
+                    for _ in range(_sets(w0.nbytes()) - 1)
+                ]
+                if "jnp" in args.backends:
+                    f = jax.jit(
+                        lambda x, w: ops.lut_gemm_reference(
+                            x, w.bits, w.alpha, _offset(w), **ops._params(w)
+                        )
+                    )
+                    base["jnp"] = _time(
+                        f, [(x, w) for w in ws[:2]], args.reps, args.warmup, args.budget
+                    )
+            wbytes = ws[0].nbytes()
+            floor = wbytes / bw
+            res = {}
+            if "lut" in args.backends:
+                f = jax.jit(lambda x, w, mode=mode: ops.lut_gemm(x, w, mode=mode))
+                res["lut"] = _time(f, [(x, w) for w in ws], args.reps, args.warmup, args.budget)
+            if "lut_kernel" in args.backends:
+                f = jax.jit(lambda x, w, mode=mode: _kernel_call(x, w, mode))
+                res["lut_kernel"] = _time(
+                    f, [(x, w) for w in ws], args.reps, args.warmup, args.budget
+                )
+            for name, t in res.items():
+                row = dict(
+                    K=k,
+                    N=n,
+                    q=q,
+                    g=g,
+                    M=m,
+                    mode=mode,
+                    backend=name,
+                    ms=t * 1e3,
+                    weight_MB=wbytes / 1e6,
+                    GBps=wbytes / t / 1e9,
+                    floor_ms=floor * 1e3,
+                    pct_of_floor=100 * floor / t,
+                )
+                for b, tb in base.items():
+                    row[f"ms_{b}"] = tb * 1e3
+                    row[f"x_vs_{b}"] = tb / t
+                rows.append(row)
+            progress.advance()
+    progress.close()
+    meta = dict(
+        copy_GBps=bw / 1e9,
+        machine=platform.processor() or platform.machine(),
+        cpus=os.cpu_count(),
+        jax=jax.__version__,
+        date=time.strftime("%Y-%m-%d"),
+        command="python -m lutgemm_jax.bench " + " ".join(sys.argv[1:]),
+        crossover=dict(ops.CPU_CROSSOVER),
+    )
+    return rows, meta
+
+
+class _progress:
+    def __init__(self, total: int, quiet: bool):
+        self.bar = None
+        if not quiet:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc="lut_gemm bench", file=sys.stderr)
+            except ImportError:
+                pass
+
+    def advance(self):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+COLUMNS = [
+    ("K", "{}"),
+    ("N", "{}"),
+    ("q", "{}"),
+    ("g", "{}"),
+    ("M", "{}"),
+    ("mode", "{}"),
+    ("backend", "{}"),
+    ("ms", "{:.3f}"),
+    ("GBps", "{:.1f}"),
+    ("pct_of_floor", "{:.0f}%"),
+    ("ms_xla", "{:.3f}"),
+    ("x_vs_xla", "{:.1f}x"),
+    ("ms_numpy", "{:.3f}"),
+    ("x_vs_numpy", "{:.1f}x"),
+    ("ms_jnp", "{:.3f}"),
+    ("x_vs_jnp", "{:.1f}x"),
+]
+
+
+def markdown(rows: list[dict]) -> str:
+    cols = [(c, f) for c, f in COLUMNS if any(c in r for r in rows)]
+    out = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(f.format(r[c]) if c in r else "" for c, f in cols) + " |")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    keys = sorted({(r["K"], r["N"], r["q"], r["mode"], r["backend"]) for r in rows})
+    for k, n, q, mode, backend in keys:
+        pts = sorted(
+            (r["M"], r["x_vs_xla"])
+            for r in rows
+            if (r["K"], r["N"], r["q"], r["mode"], r["backend"]) == (k, n, q, mode, backend)
+            and "x_vs_xla" in r
+        )
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=f"{k}x{n} q={q} {mode} {backend}")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.axhline(1 / 1.1, color="red", lw=0.8, ls="--", label="0.91x (10% slower than XLA)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size M")
+    ax.set_ylabel("speedup vs XLA float32 x @ W")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _shape(s: str) -> tuple[int, int]:
+    k, n = s.lower().split("x")
+    return int(k), int(n)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--shapes",
+        type=_shape,
+        nargs="+",
+        default=[(4096, 4096)],
+        help="K x N shapes, e.g. 4096x4096 4096x16384",
+    )
+    p.add_argument("--q", type=int, nargs="+", default=[3], help="bit-planes")
+    p.add_argument("--g", type=int, default=128, help="group size (-1: per column)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes M")
+    p.add_argument("--sweep", action="store_true", help="batch sizes 1, 2, 4, ..., 256")
+    p.add_argument("--modes", nargs="+", default=[ops.DEFAULT_MODE], choices=ops.MODES)
+    p.add_argument(
+        "--backends", nargs="+", default=["lut", "xla", "numpy", "jnp"], choices=ALL_BACKENDS
+    )
+    p.add_argument("--offset", action="store_true", help="weights with an offset term")
+    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--budget", type=float, default=3.0, help="max seconds per timing")
+    p.add_argument("--csv", help="write rows as CSV")
+    p.add_argument("--json", help="write rows + metadata as JSON")
+    p.add_argument("--plot", help="PNG of speedup vs batch size")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.sweep:
+        args.batch = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    if not _native.HAS_CPU and any(b.startswith("lut") for b in args.backends):
+        p.error("the native CPU extension is not built")
+    rows, meta = run(args)
+    print(f"# {meta['command']}")
+    print(
+        f"# {meta['date']}, {meta['machine']}, {meta['cpus']} CPUs, jax {meta['jax']}, "
+        f"copy bandwidth {meta['copy_GBps']:.1f} GB/s (read + write), "
+        f"crossover {meta['crossover']}"
+    )
+    print(markdown(rows))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+            wr.writeheader()
+            wr.writerows(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    if args.plot:
+        plot(rows, args.plot)
+
+
+if __name__ == "__main__":
+    main()
