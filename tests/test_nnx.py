@@ -1,0 +1,163 @@
+"""Flax NNX integration: LutLinear, QuantizedWeight, quantize_model, LoRA with nnx.Optimizer.
+
+Tolerance as in test_linen: a converted model vs the same model with the dequantized dense
+kernels differs only by float32 accumulation order: max |y - ref| <= 1e-5 * max |ref|.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from lutgemm_jax.format import BCQWeight
+from lutgemm_jax.nnx import LutLinear, QuantizedWeight, quantize_model
+
+RTOL = 1e-5
+FAST = dict(bits=3, group_size=32, method="greedy")
+
+
+def rel_err(y, ref) -> float:
+    y, ref = np.asarray(y, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(y - ref)) / np.max(np.abs(ref)))
+
+
+class MLP(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.fc1 = nnx.Linear(64, 96, rngs=rngs)
+        self.fc2 = nnx.Linear(96, 96, use_bias=False, rngs=rngs)
+        self.head = nnx.Linear(96, 40, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(nnx.gelu(self.fc2(nnx.gelu(self.fc1(x)))))
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block written with plain nnx.Linear."""
+
+    def __init__(self, dim: int, heads: int, rngs: nnx.Rngs):
+        self.heads = heads
+        self.qkv = nnx.Linear(dim, 3 * dim, rngs=rngs)
+        self.proj = nnx.Linear(dim, dim, rngs=rngs)
+        self.mlp = nnx.List(
+            [nnx.Linear(dim, 4 * dim, rngs=rngs), nnx.Linear(4 * dim, dim, rngs=rngs)]
+        )
+        self.ln1 = nnx.LayerNorm(dim, rngs=rngs)
+        self.ln2 = nnx.LayerNorm(dim, rngs=rngs)
+
+    def __call__(self, x):
+        *lead, t, d = x.shape
+        q, k, v = jnp.split(self.qkv(self.ln1(x)), 3, axis=-1)
+        split = lambda a: a.reshape(*lead, t, self.heads, d // self.heads)  # noqa: E731
+        att = jnp.einsum("...qhd,...khd->...hqk", split(q), split(k)) / np.sqrt(d // self.heads)
+        o = jnp.einsum("...hqk,...khd->...qhd", jax.nn.softmax(att, axis=-1), split(v))
+        x = x + self.proj(o.reshape(*lead, t, d))
+        return x + self.mlp[1](nnx.gelu(self.mlp[0](self.ln2(x))))
+
+
+def dequantized_twin(original: nnx.Module, converted: nnx.Module) -> nnx.Module:
+    """A copy of ``original`` whose Linear kernels are the converted layers' dequantized ones."""
+    twin = nnx.clone(original)
+    lut_layers = dict(nnx.iter_modules(converted))
+    for path, module in nnx.iter_modules(twin):
+        lut = lut_layers[path]
+        if isinstance(lut, LutLinear):
+            module.kernel = nnx.Param(lut.kernel.get_value().dequantize())
+            if lut.bias is not None:
+                module.bias = nnx.Param(lut.bias[...])
+    return twin
+
+
+@pytest.mark.parametrize(
+    ("make", "shape", "kwargs"),
+    [
+        (lambda: MLP(nnx.Rngs(0)), (5, 64), dict(bits=3, group_size=32, rounds=3)),
+        (lambda: Block(64, 4, nnx.Rngs(0)), (2, 6, 64), dict(FAST, fit_offset=True)),
+    ],
+)
+def test_converted_model_matches_dequantized(make, shape, kwargs):
+    x = jax.random.normal(jax.random.key(1), shape)
+    original = make()
+    y_orig = nnx.jit(lambda m, x: m(x))(original, x)
+    model = quantize_model(nnx.clone(original), **kwargs)
+    assert not any(type(m) is nnx.Linear for _, m in nnx.iter_modules(model))
+    ref = nnx.jit(lambda m, x: m(x))(dequantized_twin(original, model), x)
+    eager = model(x)
+    jitted = nnx.jit(lambda m, x: m(x))(model, x)
+    mapped = nnx.jit(lambda m, x: nnx.vmap(lambda m, xi: m(xi), in_axes=(None, 0))(m, x))(model, x)
+    for y in (eager, jitted, mapped):
+        assert y.shape == ref.shape and rel_err(y, ref) <= RTOL
+    assert rel_err(eager, y_orig) < 0.35
+
+
+def test_quantize_model_selection_and_summary():
+    model = MLP(nnx.Rngs(0))
+    head = model.head
+    model, summary = quantize_model(model, **FAST, exclude="head", return_summary=True)
+    assert isinstance(model.fc1, LutLinear) and isinstance(model.fc2, LutLinear)
+    assert model.head is head
+    assert model.fc2.bias is None
+    assert [s.path for s in summary.layers] == ["fc1", "fc2"]
+    assert summary.bytes_before == 4 * (64 * 96 + 96 * 96)
+    # q=3, g=32, float32 alpha: 3 + 3 = 6 bits per weight -> 32/6 = 5.33x.
+    assert summary.compression_ratio == pytest.approx(32 / 6)
+    assert "fc1" in str(summary)
+    only = quantize_model(Block(64, 4, nnx.Rngs(0)), **FAST, include=r"^mlp/")
+    assert isinstance(only.mlp[0], LutLinear) and isinstance(only.mlp[1], LutLinear)
+    assert type(only.qkv) is nnx.Linear
+    # A bare Linear is returned converted.
+    assert isinstance(quantize_model(nnx.Linear(32, 8, rngs=nnx.Rngs(0)), **FAST), LutLinear)
+
+
+def test_lutlinear_init_and_variable_types():
+    layer = LutLinear(
+        40, 24, bits=2, group_size=None, has_offset=True, lora_rank=3, rngs=nnx.Rngs(0)
+    )
+    assert isinstance(layer.kernel, QuantizedWeight) and not isinstance(layer.kernel, nnx.Param)
+    w = layer.kernel.get_value()
+    assert isinstance(w, BCQWeight) and w.shape == (40, 24) and w.has_offset
+    params = nnx.state(layer, nnx.Param).to_pure_dict()
+    assert set(params) == {"bias", "lora_a", "lora_b"}
+    assert set(nnx.state(layer, QuantizedWeight).to_pure_dict()) == {"kernel"}
+    assert layer(jnp.ones((2, 3, 40))).shape == (2, 3, 24)
+    with pytest.raises(ValueError, match="expected"):
+        LutLinear(41, 24, kernel=w, rngs=nnx.Rngs(0))
+
+
+def test_from_linear_keeps_bias_dtype_and_output():
+    linear = nnx.Linear(64, 32, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    linear.bias = nnx.Param(jnp.arange(32, dtype=jnp.float32))
+    lut = LutLinear.from_linear(linear, **FAST)
+    np.testing.assert_array_equal(lut.bias[...], linear.bias[...])
+    x = jax.random.normal(jax.random.key(0), (4, 64))
+    y = lut(x)
+    assert y.dtype == linear(x).dtype == jnp.bfloat16
+    twin = nnx.Linear(64, 32, rngs=nnx.Rngs(0))
+    twin.kernel = nnx.Param(lut.kernel.get_value().dequantize())
+    twin.bias = nnx.Param(linear.bias[...])
+    assert rel_err(LutLinear.from_linear(twin, **FAST)(x), twin(x)) < 0.35
+    assert rel_err(lut(x.astype(jnp.float32)), twin(x).astype(jnp.bfloat16)) < 1e-2
+
+
+def test_lora_training_with_nnx_optimizer_keeps_codes():
+    model = quantize_model(MLP(nnx.Rngs(0)), **FAST, lora_rank=4, lora_alpha=8.0, rngs=nnx.Rngs(5))
+    codes = jax.tree.map(np.array, nnx.state(model, QuantizedWeight).to_pure_dict())
+    x = jax.random.normal(jax.random.key(0), (32, 64))
+    target = jnp.tanh(x[:, :40])
+    optimizer = nnx.Optimizer(model, optax.adam(3e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - target) ** 2))(model)
+        assert "kernel" not in grads["fc1"]  # the packed codes get no gradient
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(step(model, optimizer)) for _ in range(15)]
+    assert losses[-1] < 0.8 * losses[0]
+    after = nnx.state(model, QuantizedWeight).to_pure_dict()
+    jax.tree.map(np.testing.assert_array_equal, after, codes)
+    assert not np.allclose(model.fc1.lora_b[...], 0)
