@@ -212,15 +212,18 @@ def dequantize(w: BCQWeight, dtype=jnp.float32) -> jax.Array:
     into one loop that writes ``[K, N]`` once (no ``32x`` float intermediate).
     """
     *lead, kw, q, n = w.bits.shape
-    g = w.group_size
+    words_per_group = w.group_size // WORD_BITS
     shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)[:, None, None]
-    # [..., Kp/32, 32, q, N] -> [..., G, g, q, N]
+    # [..., Kp/32, 32, q, N]: the bit of row 32*kw + t in plane i, column n.
     planes = (w.bits[..., :, None, :, :] >> shifts) & jnp.uint32(1)
-    signs = planes.reshape(*lead, kw * WORD_BITS // g, g, q, n).astype(jnp.float32) * 2.0 - 1.0
-    alpha = w.alpha.astype(jnp.float32)[..., :, None, :, :]
-    dense = jnp.sum(signs * alpha, axis=-2)  # [..., G, g, N]
+    signs = planes.astype(jnp.float32) * 2.0 - 1.0
+    # Scales per word rather than per group, so no reshape regroups K (a reshape that
+    # re-chunks an axis is rejected under explicit sharding).
+    alpha = jnp.repeat(w.alpha.astype(jnp.float32), words_per_group, axis=-3)
+    dense = jnp.sum(signs * alpha[..., :, None, :, :], axis=-2)  # [..., Kp/32, 32, N]
     if w.has_offset:
-        dense = dense + w.offset.astype(jnp.float32)[..., :, None, :]
+        offset = jnp.repeat(w.offset.astype(jnp.float32), words_per_group, axis=-2)
+        dense = dense + offset[..., :, None, :]
     dense = dense.reshape(*lead, kw * WORD_BITS, n)[..., : w.in_features, :]
     return dense.astype(dtype)
 

@@ -15,7 +15,9 @@ the scales. The packed sign bits are integers and get no gradient.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -23,12 +25,15 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from lutgemm_jax import _native
-from lutgemm_jax.format import WORD_BITS, BCQWeight, dequantize
+from lutgemm_jax import _native, sharding
+from lutgemm_jax.format import WORD_BITS, BCQWeight, dequantize, resolve_group_size
 
 ACTIVATION_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 lut_gemm_p = Primitive("lut_gemm")
+# The per-device kernel call that lut_gemm_p lowers to, through the partitioning layer in
+# sharding.py. Its platform lowerings (CPU/CUDA FFI, pure jnp elsewhere) see local shapes only.
+_kernel_p = Primitive("lut_gemm_kernel")
 
 MODES = ("exact", "fast")
 """Accuracy modes of the native CPU kernel (a static primitive parameter ``mode``)."""
@@ -54,6 +59,7 @@ def lut_gemm(x: jax.Array, w: BCQWeight, *, mode: str | None = None) -> jax.Arra
       TypeError / ValueError: naming the argument, if dtypes or shapes do not match ``w``.
     """
     x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
+    w = _shard_view(w)
     w.validate()
     _check_x(x.shape, x.dtype, w.in_features)
     if w.batch_shape:
@@ -65,7 +71,53 @@ def lut_gemm(x: jax.Array, w: BCQWeight, *, mode: str | None = None) -> jax.Arra
     if mode not in MODES:
         raise ValueError(f"lut_gemm: mode must be one of {MODES} or None, got {mode!r}")
     offset = w.offset if w.has_offset else jnp.zeros((0, w.out_features), w.alpha.dtype)
-    return lut_gemm_p.bind(x, w.bits, w.alpha, offset, **_params(w), mode=mode)
+    operands = _match_varying(x, w.bits, w.alpha, offset)
+    return lut_gemm_p.bind(*operands, **_params(w), mode=mode)
+
+
+def _shard_view(w: BCQWeight) -> BCQWeight:
+    """The weight of the shard that ``w``'s arrays hold, e.g. inside ``shard_map``.
+
+    There the arrays are one device's block ``[K/s, N/t]`` while the static metadata still
+    describes the whole matrix; a K block must be whole groups. Unsharded weights pass through.
+    """
+    resolve_group_size(w.in_features, w.group_size)  # metadata errors first
+    if w.alpha.ndim != 3:  # stacked weights: validate() reports them
+        return w
+    groups, n = w.alpha.shape[0], w.alpha.shape[-1]
+    if (groups, n) == (w.num_groups, w.out_features):
+        return w
+    k = w.in_features
+    if groups != w.num_groups:
+        if w.num_groups % groups or w.in_features % w.group_size:
+            raise ValueError(
+                f"lut_gemm: w.alpha has {groups} groups, not a block of whole groups of the "
+                f"{w.num_groups} groups of K = {w.in_features} (g = {w.group_size})"
+            )
+        k = groups * w.group_size
+    return dataclasses.replace(w, in_features=k, out_features=n)
+
+
+def _varying_axes(a) -> frozenset:
+    """The shard_map mesh axes ``a`` varies over (jax >= 0.10 spells it two ways)."""
+    aval = jax.typeof(a)
+    manual = getattr(aval, "manual_axis_type", None)
+    return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
+def _match_varying(*arrays):
+    """Makes all operands vary over the same shard_map axes (a no-op outside shard_map).
+
+    The result's type is derived from x; if x were invariant over an axis the weights vary
+    over, the transpose would miss the psum over that axis and gradients would be silently
+    wrong.
+    """
+    vmas = [_varying_axes(a) for a in arrays]
+    union = frozenset().union(*vmas)
+    return [
+        a if vma == union else jax.lax.pcast(a, tuple(union - vma), to="varying")
+        for a, vma in zip(arrays, vmas, strict=True)
+    ]
 
 
 def _params(w: BCQWeight) -> dict[str, int]:
@@ -114,6 +166,7 @@ def _abstract_eval(x, bits, alpha, offset, **params):
 
 
 lut_gemm_p.def_abstract_eval(_abstract_eval)
+_kernel_p.def_abstract_eval(_abstract_eval)
 
 
 # ---- the pure-jnp path (reference; default lowering) ---------------------------------------
@@ -136,7 +189,48 @@ def _impl(*args, **params):
 
 
 lut_gemm_p.def_impl(_impl)
-mlir.register_lowering(lut_gemm_p, mlir.lower_fun(lut_gemm_reference, multiple_results=False))
+mlir.register_lowering(_kernel_p, mlir.lower_fun(lut_gemm_reference, multiple_results=False))
+
+
+def _is_spmd(ctx) -> bool:
+    """Whether this lowering is for several devices under XLA's SPMD partitioner.
+
+    Inside a fully manual ``shard_map`` and in single-device programs there is nothing to
+    partition (duck-typed: the axis-context classes are not public API).
+    """
+    axis_context = ctx.module_context.axis_context
+    manual_axes = getattr(axis_context, "manual_axes", None)
+    if manual_axes is not None:
+        return set(manual_axes) != set(axis_context.mesh.axis_names)
+    return getattr(axis_context, "num_devices", 1) > 1
+
+
+def _partitioned_lowering(ctx, x, bits, alpha, offset, **params):
+    """Lowers through custom_partitioning (sharding.py) to the kernel primitive."""
+    if (
+        not _is_spmd(ctx)
+        or getattr(ctx.module_context.axis_context, "device_assignment", 0) is None
+    ):
+        kernel = functools.partial(_kernel_p.bind, **params)
+        return mlir.lower_fun(kernel, multiple_results=False)(ctx, x, bits, alpha, offset)
+    has_offset = ctx.avals_in[3].shape[0] > 0
+    call = sharding.partitioned(_kernel_p.bind, tuple(sorted(params.items())), has_offset)
+
+    def fn(x, bits, alpha, offset):
+        return call(x, bits, alpha, offset) if has_offset else call(x, bits, alpha)
+
+    return mlir.lower_fun(fn, multiple_results=False)(ctx, x, bits, alpha, offset)
+
+
+mlir.register_lowering(lut_gemm_p, _partitioned_lowering)
+# custom_partitioning needs the device assignment while lowering; JAX hands it only to programs
+# containing primitives in this set (its own cuDNN primitives register the same way). There is
+# no public spelling; without it, sharded programs fall back to the unpartitioned kernel.
+_requires_devices = getattr(
+    importlib.import_module("jax._src.dispatch"), "prim_requires_devices_during_lowering", None
+)
+if _requires_devices is not None:
+    _requires_devices.add(lut_gemm_p)
 
 
 # ---- native lowerings ----------------------------------------------------------------------
@@ -166,7 +260,7 @@ def _cpu_lowering(ctx, x, bits, alpha, offset, **params):
 
 
 if _native.HAS_CPU:
-    mlir.register_lowering(lut_gemm_p, _cpu_lowering, platform="cpu")
+    mlir.register_lowering(_kernel_p, _cpu_lowering, platform="cpu")
 
 
 # CUDA (cuda/): the lookup-table kernel for M <= CUDA_LUT_MAX_ROWS rows of x; above, the CUDA
@@ -198,7 +292,7 @@ def _cuda_lowering(ctx, x, bits, alpha, offset, **params):
 
 
 if _native.HAS_CUDA:
-    mlir.register_lowering(lut_gemm_p, _cuda_lowering, platform="cuda")
+    mlir.register_lowering(_kernel_p, _cuda_lowering, platform="cuda")
 
 
 # ---- batching ------------------------------------------------------------------------------

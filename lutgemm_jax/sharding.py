@@ -1,0 +1,155 @@
+"""Partitioning of ``lut_gemm`` under ``jax.jit`` with sharded operands.
+
+``lut_gemm_p`` lowers through `jax.experimental.custom_partitioning`, so XLA's SPMD partitioner
+(Shardy) splits the call instead of all-gathering the packed weights. The sharding rule names
+the factors of every operand::
+
+    x: [... , (G gk)]   bits: [(G gw), q, n]   alpha: [G, q, n]   offset: [G, n]   ->  y: [..., n]
+
+``G`` (groups along K) is a reduction factor, ``gk = g`` and ``gw = g / 32``, so a sharding of K
+always hands each device whole quantization groups. Three layouts follow, and combine:
+
+* column-parallel (Megatron's q/k/v/fc1): bits/alpha/offset sharded along N; each device
+  computes its columns of y; no collective on the weights.
+* row-parallel (Megatron's out/fc2): weights sharded along K (whole groups per shard) and x
+  along K; each device computes a partial product over its groups in float32, and one psum
+  adds them.
+* data-parallel: x's leading axes sharded; weights replicated or column-sharded.
+
+Per shard, the kernel primitive runs on the local arrays (``in_features`` and ``out_features``
+are the local sizes), i.e. the CPU or CUDA FFI kernel, or the pure-jnp path elsewhere. A single
+device compile inlines the kernel call (no partitioning callback).
+
+Inside ``jax.shard_map``, ``lut_gemm`` takes the local shards directly (see ``ops.lut_gemm``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lutgemm_jax.format import WORD_BITS
+
+
+def _axis_size(mesh, axes) -> int:
+    if axes is None:
+        return 1
+    names = axes if isinstance(axes, tuple) else (axes,)
+    size = 1
+    for name in names:
+        size *= mesh.shape[name]
+    return size
+
+
+def _spec(shape) -> tuple:
+    """A shape's PartitionSpec entries padded with None to its rank."""
+    spec = tuple(shape.sharding.spec) if shape.sharding is not None else ()
+    return spec + (None,) * (len(shape.shape) - len(spec))
+
+
+def _layout(mesh, arg_shapes, params):
+    """Chooses (batch axes, K axes, N axes) from the operands' shardings.
+
+    The weights decide K and N (moving weights is what we must avoid); x decides the batch axes.
+    """
+    x_spec, bits_spec, alpha_spec = (_spec(a) for a in arg_shapes[:3])
+    k_axes = alpha_spec[0] if alpha_spec[0] is not None else bits_spec[0]
+    n_axes = alpha_spec[2] if alpha_spec[2] is not None else bits_spec[2]
+    batch = x_spec[:-1]
+    used = set()
+    for axes in (k_axes, n_axes):
+        used.update(axes if isinstance(axes, tuple) else (axes,))
+    # A mesh axis can shard only one dimension of the result: drop batch axes the weights use.
+    batch = tuple(
+        None if (b in used or (isinstance(b, tuple) and used & set(b))) else b for b in batch
+    )
+    if k_axes is not None:
+        if params["in_features"] % params["group_size"]:
+            raise ValueError(
+                f"lut_gemm: row-parallel sharding over mesh axes {k_axes!r} needs K to be a "
+                f"whole number of groups, got K = {params['in_features']}, "
+                f"g = {params['group_size']}"
+            )
+        groups = arg_shapes[2].shape[0]
+        shards = _axis_size(mesh, k_axes)
+        if groups % shards:
+            raise ValueError(
+                f"lut_gemm: row-parallel sharding over mesh axes {k_axes!r} ({shards} shards) "
+                f"would split a quantization group: K = {params['in_features']} has {groups} "
+                f"groups of g = {params['group_size']}; use a mesh axis size dividing {groups}"
+            )
+    return batch, k_axes, n_axes
+
+
+def _shardings(mesh, batch, k_axes, n_axes, has_offset):
+    args = [
+        NamedSharding(mesh, P(*batch, k_axes)),
+        NamedSharding(mesh, P(k_axes, None, n_axes)),
+        NamedSharding(mesh, P(k_axes, None, n_axes)),
+    ]
+    if has_offset:
+        args.append(NamedSharding(mesh, P(k_axes, n_axes)))
+    return NamedSharding(mesh, P(*batch, n_axes)), tuple(args)
+
+
+@functools.cache
+def partitioned(kernel, params: tuple[tuple[str, int], ...], has_offset: bool):
+    """Returns ``f(x, bits, alpha[, offset]) -> y``, partitioned by custom_partitioning.
+
+    Args:
+      kernel: ``kernel(x, bits, alpha, offset, **params) -> y`` for one device's arrays.
+      params: the primitive's static parameters as a tuple of (name, value) pairs.
+      has_offset: whether an offset operand is passed.
+    """
+    params = dict(params)
+    g = params["group_size"]
+
+    def local_call(x, bits, alpha, offset=None, *, row_parallel=False):
+        if offset is None:
+            offset = jnp.zeros((0, bits.shape[-1]), alpha.dtype)
+        local = dict(params, in_features=x.shape[-1], out_features=bits.shape[-1])
+        if row_parallel:  # partial sums in float32, added across shards by the caller's psum
+            return kernel(x.astype(jnp.float32), bits, alpha, offset, **local)
+        return kernel(x, bits, alpha, offset, **local)
+
+    @custom_partitioning
+    def call(*args):
+        return local_call(*args)
+
+    def infer(mesh, arg_shapes, result_shape):
+        batch, _, n_axes = _layout(mesh, arg_shapes, params)
+        return NamedSharding(mesh, P(*batch, n_axes))
+
+    def partition(mesh, arg_shapes, result_shape):
+        batch, k_axes, n_axes = _layout(mesh, arg_shapes, params)
+        result_sharding, arg_shardings = _shardings(mesh, batch, k_axes, n_axes, has_offset)
+        out_dtype = result_shape.dtype
+
+        def lower(*args):
+            if k_axes is None:
+                return local_call(*args)
+            y = local_call(*args, row_parallel=True)
+            return jax.lax.psum(y, k_axes).astype(out_dtype)
+
+        return mesh, lower, result_sharding, arg_shardings
+
+    operands = ["... (G gk)", "(G gw) q n", "G q n"] + (["G n"] if has_offset else [])
+    factor_sizes = {"gk": g, "gw": g // WORD_BITS}
+    if params["in_features"] % g:
+        # Padded K: x's K is not a whole number of groups, so K cannot be split.
+        operands[0] = "... k"
+        factor_sizes = {"gw": g // WORD_BITS}
+    call.def_partition(
+        partition,
+        infer_sharding_from_operands=infer,
+        sharding_rule=", ".join(operands) + " -> ... n",
+        reduction_factors=("G",),
+        need_replication_factors=("k",) if "k" in operands[0].split() else (),
+        **factor_sizes,
+    )
+    return call

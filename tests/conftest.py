@@ -1,0 +1,11 @@
+"""Test-session setup: eight host CPU devices for the sharding tests.
+
+Must run before jax is imported anywhere; a value already in XLA_FLAGS is kept.
+"""
+
+import os
+
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()

@@ -1,0 +1,127 @@
+"""lut_gemm on several devices: column-, row- and data-parallel layouts under jit, and
+shard_map, against the single-device float64 reference (8 host CPU devices, see conftest.py)."""
+
+import re
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from bcq_testing import random_weight, reference, rel_err
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import lutgemm_jax as lj
+
+K, N, Q, G = 512, 96, 3, 64  # 8 groups along K; N and the groups split over 2, 4 and 8 devices
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def _weight_sharding(mesh, k_axis, n_axis, w):
+    spec = {"bits": P(k_axis, None, n_axis), "alpha": P(k_axis, None, n_axis)}
+    spec["offset"] = P(k_axis, n_axis)
+    return jax.tree.map(
+        lambda a, name: jax.device_put(a, NamedSharding(mesh, spec[name])),
+        w,
+        lj.BCQWeight("bits", "alpha", "offset", K, N, Q, G),
+    )
+
+
+LAYOUTS = {
+    # name: (x spec, weight K axis, weight N axis, expected output spec)
+    "column": (P(), None, "x", P(None, "x")),
+    "row": (P(None, "x"), "x", None, P()),
+    "data": (P("x"), None, None, P("x")),
+}
+
+
+def _setup(devices, layout, seed=0):
+    rng = np.random.default_rng(seed)
+    w, w64 = random_weight(rng, K, N, Q, G, True)
+    x = jnp.asarray(rng.normal(size=(8, K)), jnp.float32)
+    mesh = jax.make_mesh((devices,), ("x",), devices=jax.devices()[:devices])
+    x_spec, k_axis, n_axis, out_spec = LAYOUTS[layout]
+    xs = jax.device_put(x, NamedSharding(mesh, x_spec))
+    ws = _weight_sharding(mesh, k_axis, n_axis, w)
+    return mesh, x, w, w64, xs, ws, NamedSharding(mesh, out_spec)
+
+
+def _collectives(hlo: str) -> dict[str, int]:
+    return {c: len(re.findall(rf"= \S+ {c}(-start)?\(", hlo)) for c in COLLECTIVES}
+
+
+@pytest.mark.parametrize("devices", [2, 4, 8])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_sharded_matches_single_device(devices, layout):
+    mesh, x, w, w64, xs, ws, out_sharding = _setup(devices, layout)
+    f = jax.jit(lj.lut_gemm, out_shardings=out_sharding)
+    y = f(xs, ws)
+    assert rel_err(y, reference(x, w64)) <= 1e-5
+    assert y.sharding.is_equivalent_to(out_sharding, 2)
+    found = _collectives(f.lower(xs, ws).compile().as_text())
+    expected = {c: 0 for c in COLLECTIVES}
+    if layout == "row":
+        expected["all-reduce"] = 1  # the one psum of the partial products
+    assert found == expected, found
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_sharded_grad_matches_single_device(layout):
+    mesh, x, w, _, xs, ws, _ = _setup(4, layout, seed=1)
+    c = jnp.asarray(np.random.default_rng(2).normal(size=(8, N)), jnp.float32)
+
+    def loss(x, w):
+        return jnp.sum(lj.lut_gemm(x, w) * c)
+
+    got = jax.jit(jax.grad(loss))(xs, ws)
+    want = jax.grad(loss)(x, w)
+    assert rel_err(got, np.asarray(want, np.float64)) <= 1e-5
+
+
+def test_two_dimensional_mesh_data_and_tensor_parallel():
+    rng = np.random.default_rng(3)
+    w, w64 = random_weight(rng, K, N, Q, G, True)
+    x = jnp.asarray(rng.normal(size=(4, 2, K)), jnp.float32)
+    mesh = jax.make_mesh((2, 4), ("dp", "tp"))
+    ws = jax.tree.map(
+        lambda a: jax.device_put(a, NamedSharding(mesh, P(*[None] * (a.ndim - 1), "tp"))), w
+    )
+    xs = jax.device_put(x, NamedSharding(mesh, P("dp")))
+    out = NamedSharding(mesh, P("dp", None, "tp"))
+    f = jax.jit(lj.lut_gemm, out_shardings=out)
+    assert rel_err(f(xs, ws), reference(x, w64)) <= 1e-5
+    assert sum(_collectives(f.lower(xs, ws).compile().as_text()).values()) == 0
+
+
+def test_row_parallel_rejects_split_groups():
+    rng = np.random.default_rng(4)
+    w, _ = random_weight(rng, 384, 16, 2, 128, False)  # 3 groups cannot split over 2 devices
+    mesh = jax.make_mesh((2,), ("x",), devices=jax.devices()[:2])
+    # 12 words of sign bits split evenly over 2 devices, but that is 1.5 groups each.
+    ws = lj.BCQWeight(
+        jax.device_put(w.bits, NamedSharding(mesh, P("x"))), w.alpha, None, 384, 16, 2, 128
+    )
+    xs = jax.device_put(jnp.ones((2, 384)), NamedSharding(mesh, P(None, "x")))
+    with pytest.raises(Exception, match="would split a quantization group"):
+        jax.jit(lj.lut_gemm)(xs, ws)
+
+
+@pytest.mark.parametrize("layout", ["column", "row"])
+def test_shard_map_forward_and_grad(layout):
+    mesh, x, w, w64, xs, ws, _ = _setup(4, layout, seed=5)
+    x_spec, k_axis, n_axis, out_spec = LAYOUTS[layout]
+    w_specs = lj.BCQWeight(
+        P(k_axis, None, n_axis), P(k_axis, None, n_axis), P(k_axis, n_axis), K, N, Q, G
+    )
+
+    @partial(jax.shard_map, mesh=mesh, in_specs=(x_spec, w_specs), out_specs=out_spec)
+    def local(x, w):
+        y = lj.lut_gemm(x, w)
+        return jax.lax.psum(y, "x") if layout == "row" else y
+
+    c = jnp.asarray(np.random.default_rng(6).normal(size=(8, N)), jnp.float32)
+    assert rel_err(jax.jit(local)(xs, ws), reference(x, w64)) <= 1e-5
+    got = jax.jit(jax.grad(lambda x: jnp.sum(local(x, ws) * c)))(xs)
+    want = np.asarray(c, np.float64) @ w64.T
+    assert rel_err(got, want) <= 1e-5
