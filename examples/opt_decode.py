@@ -28,6 +28,15 @@ from lutgemm_jax.models import opt
 
 DEFAULT_PROMPT = "Lookup tables replace"
 RANDOM_DEFAULT_METHOD = "greedy"
+# A toy shape (not an OPT release) for smoke tests: --preset tiny.
+TINY = opt.OPTConfig(
+    vocab_size=512,
+    hidden_size=64,
+    num_hidden_layers=2,
+    ffn_dim=256,
+    num_attention_heads=4,
+    max_position_embeddings=128,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--preset",
         default="125m",
         help="shape of the random-weight model when no --model is given "
-        f"({', '.join(opt.PRESETS)}; default 125m)",
+        f"({', '.join(opt.PRESETS)}, or tiny: a 2-layer toy; default 125m)",
     )
     src.add_argument(
         "--config", help="config.json giving the random model's shape (overrides --preset)"
@@ -108,9 +117,12 @@ def load_float_model(args):
                 "  no tokenizer.json there: prompts are encoded as UTF-8 bytes, output shown as ids"
             )
         return config, params, tokenizer, False
-    config = (
-        opt.OPTConfig.from_json(args.config) if args.config else opt.OPTConfig.preset(args.preset)
-    )
+    if args.config:
+        config = opt.OPTConfig.from_json(args.config)
+    elif args.preset == "tiny":
+        config = TINY
+    else:
+        config = opt.OPTConfig.preset(args.preset)
     t0 = time.perf_counter()
     params = opt.init_params(config, args.seed)
     jax.block_until_ready(params)
