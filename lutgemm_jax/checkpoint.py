@@ -170,7 +170,9 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: Mapping[str, str] | No
                     "tensors": names,
                 }
             )
-        elif hasattr(value, "shape") and hasattr(value, "dtype") or np.isscalar(value):
+        elif (hasattr(value, "shape") and hasattr(value, "dtype")) or isinstance(
+            value, (bool, int, float, np.generic)
+        ):
             entries.append({"path": keys, "kind": "array", "tensor": add(name, value)})
         else:
             raise CheckpointError(f"leaf {name!r} of type {type(value).__name__} is not an array")
@@ -184,7 +186,10 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: Mapping[str, str] | No
             "data_offsets": [offset, offset + array.nbytes],
         }
         offset += array.nbytes
-    digests = {name: hashlib.sha256(a.reshape(-1).view(np.uint8).data).hexdigest() for name, a in tensors.items()}
+    digests = {
+        name: hashlib.sha256(a.reshape(-1).view(np.uint8).data).hexdigest()
+        for name, a in tensors.items()
+    }
     header["__metadata__"] = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
