@@ -23,12 +23,13 @@ inline int ToElemType(ffi::DataType t) {
 constexpr int64_t kMaxGridYZ = 65535;
 constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
 
-// Validates a LUT-GEMM call and fills the kernel arguments and launch plan. m == 0 is valid
-// (nothing to launch: plan->col_blocks == 0).
+// Validates a LUT-GEMM call and fills the kernel arguments and launch plan. The split-K
+// workspace is a float32 vector of S * M * N elements (S >= 2) or empty (no split-K); the plan
+// uses at most S slices. m == 0 is valid (nothing to launch: plan->col_blocks == 0).
 inline ffi::Error PrepareLutGemm(ffi::AnyBuffer x, ffi::AnyBuffer bits, ffi::AnyBuffer alpha,
-                                 ffi::AnyBuffer offset, ffi::AnyBuffer y, int64_t in_features,
-                                 int64_t out_features, int64_t num_bits, int64_t group_size,
-                                 int num_sms, LutGemmArgs* args, LutPlan* plan) {
+                                 ffi::AnyBuffer offset, ffi::AnyBuffer y, ffi::AnyBuffer workspace,
+                                 int64_t in_features, int64_t out_features, int64_t num_bits,
+                                 int64_t group_size, LutGemmArgs* args, LutPlan* plan) {
   GemmProblem p;
   if (ffi::Error err = CheckOperands(x, bits, alpha, offset, y, in_features, out_features,
                                      num_bits, group_size, &p);
@@ -38,13 +39,21 @@ inline ffi::Error PrepareLutGemm(ffi::AnyBuffer x, ffi::AnyBuffer bits, ffi::Any
   // The kernels index rows, columns and K in int; the grid's y/z extents are limited.
   if (s.padded_k() > kMaxInt || s.n > kMaxInt || p.m > kMaxInt / 2)
     return ffi::Error::InvalidArgument("lut_gemm: shape too large for the CUDA kernels");
+  const int64_t mn = p.m * s.n;
+  auto wd = workspace.dimensions();
+  const int64_t ws = wd.size() == 1 ? wd[0] : -1;
+  if (workspace.element_type() != ffi::DataType::F32 || ws < 0 ||
+      (ws != 0 && (mn == 0 || ws % mn != 0 || ws / mn < 2)))
+    return ShapeError("workspace", wd,
+                      "a float32 vector of S * M * N elements, S >= 2 (M * N = " +
+                          std::to_string(mn) + "), or [0]");
   *args = LutGemmArgs{};
   args->x = x.untyped_data();
   args->bits = static_cast<const uint32_t*>(bits.untyped_data());
   args->alpha = alpha.untyped_data();
   args->offset = s.has_offset ? offset.untyped_data() : nullptr;
   args->y = y.untyped_data();
-  args->partial = nullptr;
+  args->partial = ws != 0 ? static_cast<float*>(workspace.untyped_data()) : nullptr;
   args->m = static_cast<int>(p.m);
   args->k = static_cast<int>(s.k);
   args->n = static_cast<int>(s.n);
@@ -57,7 +66,7 @@ inline ffi::Error PrepareLutGemm(ffi::AnyBuffer x, ffi::AnyBuffer bits, ffi::Any
     *plan = LutPlan{1, 0, 0, 1, 1};
     return ffi::Error::Success();
   }
-  *plan = PlanLut(p.m, s.n, s.num_words(), num_sms);
+  *plan = PlanLut(p.m, s.n, s.num_words(), ws != 0 ? ws / mn : 1);
   if (plan->row_blocks > kMaxGridYZ)
     return ffi::Error::InvalidArgument(
         "lut_gemm: too many rows of x for the CUDA LUT kernel (M > 524280); the lowering uses "

@@ -27,8 +27,9 @@
 //             multiplied by alpha into acc; the offset term adds offset * (sum of x over the
 //             word) = offset * sum_b T[b][255].
 // Output: with one K slice the block converts acc to x's dtype and writes y; with S > 1 slices
-//        it writes float32 partials [S][M][N] (scratch) and LutGemmReduceKernel sums the S
-//        slices in a fixed order (deterministic; no atomics anywhere).
+//        it writes float32 partials [S][M][N] into the workspace (a second result of the custom
+//        call, allocated by XLA, S chosen statically by the lowering) and LutGemmReduceKernel
+//        sums the S slices in a fixed order (deterministic; no atomics anywhere).
 // Shared memory (static): tables TW*4*256*MT floats = 8192 floats = 32 KiB for every MT, plus
 //        the x stage TW*32*MT = 256 floats = 1 KiB: 33 KiB per block, so up to 6 blocks (24
 //        warps) per H100 SM and 5 per A100 SM.

@@ -31,18 +31,37 @@ inline LutPlan WithSplits(LutPlan p, int64_t num_words, int splits) {
   return p;
 }
 
-// Chooses the split-K so that the grid has about 2 blocks per SM, each slice at least
-// kMinSplitWords words (256 k) long and a whole number of K tiles.
-constexpr int kMinSplitWords = 8;
-inline LutPlan PlanLut(int64_t m, int64_t n, int64_t num_words, int num_sms) {
+// Geometry of the LUT grid without split-K.
+inline LutPlan BaseLutPlan(int64_t m, int64_t n) {
   LutPlan p;
   p.rows_per_block = RowsPerBlock(m);
   p.col_blocks = static_cast<int>((n + kColsPerBlock - 1) / kColsPerBlock);
   p.row_blocks = static_cast<int>((m + p.rows_per_block - 1) / p.rows_per_block);
+  p.splits = 1;
+  p.words_per_split = 0;
+  return p;
+}
+
+// The number of K slices to provide workspace for: about 2 blocks per SM of a num_sms GPU, each
+// slice at least kMinSplitWords words (256 k) long. The CUDA lowering computes the same number
+// (lutgemm_jax/ops.py: _cuda_splits, checked against this function by the tests) and sizes the
+// split-K workspace with it, so the split is static: it does not depend on the device.
+constexpr int kMinSplitWords = 8;
+constexpr int kPlanSms = 132;  // H100 SXM
+inline int SplitsFor(int64_t m, int64_t n, int64_t num_words, int num_sms = kPlanSms) {
+  const LutPlan p = BaseLutPlan(m, n);
   const int64_t xz = static_cast<int64_t>(p.col_blocks) * p.row_blocks;
   const int64_t want = std::max<int64_t>(1, (2 * static_cast<int64_t>(num_sms) + xz - 1) / xz);
-  const int64_t max_splits = std::max<int64_t>(1, num_words / kMinSplitWords);
-  return WithSplits(p, num_words, static_cast<int>(std::min(want, max_splits)));
+  const int64_t most = std::max<int64_t>(1, num_words / kMinSplitWords);
+  return static_cast<int>(std::min(want, most));
+}
+
+// The launch plan for at most max_splits K slices (the workspace's capacity; <= 1: no split-K).
+// Slices are whole K tiles, so the plan may use fewer slices than max_splits.
+inline LutPlan PlanLut(int64_t m, int64_t n, int64_t num_words, int64_t max_splits) {
+  const int64_t cap =
+      std::max<int64_t>(1, std::min<int64_t>({max_splits, num_words, int64_t{65535}}));
+  return WithSplits(BaseLutPlan(m, n), num_words, static_cast<int>(cap));
 }
 
 }  // namespace lutgemm::cuda

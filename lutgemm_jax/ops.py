@@ -243,15 +243,24 @@ def _ffi_attributes(params) -> dict[str, np.int64]:
 
 CPU_CROSSOVER = {"exact": 1 << 62, "fast": 1 << 62}
 """Per mode: the number of rows M (product of x's leading dims) from which the CPU lowering
-uses dequantize + dense matmul (`lut_gemm_reference`) instead of the LUT kernel. Measured with
+uses dequantize + dense matmul (`_cpu_dequant_dot`) instead of the LUT kernel. Measured with
 ``python -m lutgemm_jax.bench --sweep`` (BENCHMARKS.md)."""
+
+
+def _cpu_dequant_dot(x, bits, alpha, offset, **params):
+    """Native dequantization to float32 [K, N] (cpu/), then XLA's float32 dot."""
+    k, n = params["in_features"], params["out_features"]
+    dense = jax.ffi.ffi_call(_native.CPU_DEQUANT_TARGET, jax.ShapeDtypeStruct((k, n), jnp.float32))(
+        bits, alpha, offset, **_ffi_attributes(params)
+    )
+    return jnp.matmul(x.astype(jnp.float32), dense).astype(x.dtype)
 
 
 def _cpu_lowering(ctx, x, bits, alpha, offset, **params):
     mode = params.get("mode", DEFAULT_MODE)
     rows = int(np.prod(ctx.avals_in[0].shape[:-1], dtype=np.int64))
     if rows >= CPU_CROSSOVER[mode]:
-        return mlir.lower_fun(lut_gemm_reference, multiple_results=False)(
+        return mlir.lower_fun(_cpu_dequant_dot, multiple_results=False)(
             ctx, x, bits, alpha, offset, **params
         )
     return jax.ffi.ffi_lowering(_native.CPU_TARGET)(
@@ -268,6 +277,26 @@ if _native.HAS_CPU:
 # accumulation) does the product. The choice is static, from x's shape. See docs/cuda.md.
 CUDA_LUT_MAX_ROWS = 8
 """Largest M (product of x's leading dims) lowered to the CUDA LUT kernel."""
+_CUDA_PLAN_SMS = 132  # the split-K rule below targets 2 blocks per SM of an H100 SXM
+
+
+def _cuda_splits(m: int, n: int, num_words: int) -> int:
+    """K slices of the CUDA LUT kernel's split-K (mirrors SplitsFor in cuda/lut_gemm_plan.h)."""
+    rows_per_block = 1 if m <= 1 else 2 if m <= 2 else 4 if m <= 4 else 8
+    blocks = -(-n // 512) * -(-m // rows_per_block)
+    want = max(1, -(-2 * _CUDA_PLAN_SMS // blocks))
+    return min(want, max(1, num_words // 8))
+
+
+def _cuda_lut(x, bits, alpha, offset, **params):
+    m, n = int(np.prod(x.shape[:-1], dtype=np.int64)), params["out_features"]
+    splits = _cuda_splits(m, n, bits.shape[0])
+    # Split-K partials, allocated by XLA (no allocation in the handler): S * M * N float32.
+    workspace = jax.ShapeDtypeStruct((splits * m * n if splits > 1 else 0,), jnp.float32)
+    y, _ = jax.ffi.ffi_call(
+        _native.CUDA_TARGET, (jax.ShapeDtypeStruct((*x.shape[:-1], n), x.dtype), workspace)
+    )(x, bits, alpha, offset, **_ffi_attributes(params))
+    return y
 
 
 def _cuda_dequant_dot(x, bits, alpha, offset, **params):
@@ -282,13 +311,8 @@ def _cuda_dequant_dot(x, bits, alpha, offset, **params):
 
 def _cuda_lowering(ctx, x, bits, alpha, offset, **params):
     rows = int(np.prod(ctx.avals_in[0].shape[:-1], dtype=np.int64))
-    if rows > CUDA_LUT_MAX_ROWS:
-        return mlir.lower_fun(_cuda_dequant_dot, multiple_results=False)(
-            ctx, x, bits, alpha, offset, **params
-        )
-    return jax.ffi.ffi_lowering(_native.CUDA_TARGET)(
-        ctx, x, bits, alpha, offset, **_ffi_attributes(params)
-    )
+    path = _cuda_lut if rows <= CUDA_LUT_MAX_ROWS else _cuda_dequant_dot
+    return mlir.lower_fun(path, multiple_results=False)(ctx, x, bits, alpha, offset, **params)
 
 
 if _native.HAS_CUDA:

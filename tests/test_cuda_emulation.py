@@ -245,16 +245,29 @@ def test_nonfinite_inputs_propagate(emu):
 def test_plan():
     """Split-K planning: about 2 blocks per SM (at least 1), slices of >= 8 words, whole tiles."""
     lib = _bind(_compile_once())
-    out = (ctypes.c_int * 5)()
+    out = (ctypes.c_int * 6)()
     lib.emu_plan(1, 12288, 12288 // 32, 132, out)  # 24 column tiles
-    mt, cols, rows, splits, per = out
-    assert (mt, cols, rows) == (1, 24, 1)
+    mt, cols, rows, want, splits, per = out
+    assert (mt, cols, rows, want) == (1, 24, 1, 11)
     assert cols * splits >= 132 and per % 8 == 0 and (splits - 1) * per < 384 <= splits * per
     lib.emu_plan(8, 4096, 4096 // 32, 132, out)
-    mt, cols, rows, splits, per = out
+    mt, cols, rows, want, splits, per = out
     assert (mt, cols, rows) == (8, 8, 1) and per >= 8 and splits * per >= 128
+    assert splits <= want == 16
     lib.emu_plan(1, 64, 2, 132, out)
-    assert out[3] == 1
+    assert out[3] == out[4] == 1
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 40])
+def test_lowering_mirrors_plan(m):
+    """The CUDA lowering sizes the split-K workspace with the same rule as the C++ planner."""
+    from lutgemm_jax import ops
+
+    lib = _bind(_compile_once())
+    out = (ctypes.c_int * 6)()
+    for n, k in itertools.product([1, 67, 512, 4096, 12288, 49152], [32, 300, 4096, 49152]):
+        lib.emu_plan(m, n, -(-k // 32), 132, out)
+        assert ops._cuda_splits(m, n, -(-k // 32)) == out[3], (m, n, k)
 
 
 _ONCE: dict[str, Path] = {}
@@ -316,8 +329,8 @@ def test_dequant(emu, q, g, has_offset, w_dtype, a_dtype):
 
 
 def _validate(lib, which, operands, attrs):
-    dtypes = (ctypes.c_int * 5)(*[FFI_CODE[d] for d, _ in operands])
-    ranks = (ctypes.c_int * 5)(*[len(s) for _, s in operands])
+    dtypes = (ctypes.c_int * 6)(*[FFI_CODE[d] for d, _ in operands])
+    ranks = (ctypes.c_int * 6)(*[len(s) for _, s in operands])
     flat = [d for _, s in operands for d in s] or [0]
     dims = (ctypes.c_int64 * len(flat))(*flat)
     msg = ctypes.create_string_buffer(512)
@@ -332,6 +345,7 @@ GOOD = [
     ("float32", (4, Q, N)),  # alpha
     ("float32", (4, N)),  # offset
     ("bfloat16", (2, 5, N)),  # y
+    ("float32", (0,)),  # split-K workspace: none
 ]
 ATTRS = (K, N, Q, G)
 INVALID_ARGUMENT = 3  # XLA_FFI_Error_Code_INVALID_ARGUMENT
@@ -360,6 +374,10 @@ LUT_BAD = {
     "q = 9": (GOOD, (K, N, 9, G), "num_bits"),
     "g = 48": (GOOD, (K, N, Q, 48), "group_size"),
     "K = 0": (GOOD, (0, N, Q, G), "K (in_features)"),
+    "workspace dtype": (_replace(5, ("bfloat16", (0,))), ATTRS, "workspace has shape"),
+    "workspace rank": (_replace(5, ("float32", (2, 60))), ATTRS, "workspace has shape"),
+    "workspace one slice": (_replace(5, ("float32", (60,))), ATTRS, "workspace has shape"),
+    "workspace ragged": (_replace(5, ("float32", (130,))), ATTRS, "workspace has shape"),
     "N mismatch": (GOOD, (K, N + 1, Q, G), "has shape"),
 }
 
@@ -368,7 +386,9 @@ def test_validation_accepts_good(emu):
     assert _validate(emu, 0, GOOD, ATTRS) == (0, "")
     no_offset = _replace(3, ("float32", (0, N)))
     assert _validate(emu, 0, no_offset, ATTRS) == (0, "")
-    dq = [GOOD[0], GOOD[1], GOOD[2], GOOD[3], ("bfloat16", (K, N))]
+    three_slices = _replace(5, ("float32", (3 * 10 * N,)))
+    assert _validate(emu, 0, three_slices, ATTRS) == (0, "")
+    dq = [*GOOD[:4], ("bfloat16", (K, N)), GOOD[5]]
     assert _validate(emu, 1, dq, ATTRS) == (0, "")
 
 
@@ -393,7 +413,7 @@ def test_validation_rejects(emu, name):
     ],
 )
 def test_dequant_validation_rejects(emu, i, operand, fragment):
-    ops = [GOOD[0], GOOD[1], GOOD[2], GOOD[3], ("bfloat16", (K, N))]
+    ops = [*GOOD[:4], ("bfloat16", (K, N)), GOOD[5]]
     ops[i] = operand
     rc, msg = _validate(emu, 1, ops, ATTRS)
     assert rc == INVALID_ARGUMENT and fragment in msg, (rc, msg)

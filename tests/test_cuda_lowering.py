@@ -80,6 +80,29 @@ def test_lut_path(rows, dtype):
     }
     assert "mhlo.backend_config = {" in text  # typed FFI attributes (API version 4)
     assert "dot_general" not in text
+    # Results: y, and the split-K workspace (none here: K = 300 is too short to split).
+    el = {jnp.float32: "f32", jnp.bfloat16: "bf16", jnp.float16: "f16"}[dtype]
+    assert f"-> (tensor<{'x'.join(map(str, rows))}x96x{el}>, tensor<0xf32>)" in text
+
+
+@pytest.mark.parametrize(
+    "m,k,n,splits",
+    [(1, 12288, 12288, 11), (8, 4096, 4096, 16), (1, 49152, 12288, 11), (4, 12288, 49152, 3)],
+)
+def test_lut_path_split_k_workspace(m, k, n, splits):
+    """Decode shapes get a static split-K workspace of S * M * N float32 (S from the planner)."""
+    w = BCQWeight(
+        jax.ShapeDtypeStruct((k // 32, 3, n), jnp.uint32),
+        jax.ShapeDtypeStruct((k // 128, 3, n), jnp.bfloat16),
+        None,
+        k,
+        n,
+        3,
+        128,
+    )
+    assert ops._cuda_splits(m, n, k // 32) == splits
+    text = lower_cuda(jax.ShapeDtypeStruct((m, k), jnp.bfloat16), w)
+    assert f"-> (tensor<{m}x{n}xbf16>, tensor<{splits * m * n}xf32>)" in text
 
 
 @pytest.mark.parametrize("has_offset", [True, False])

@@ -119,7 +119,10 @@ def test_nonfinite_propagate():
 def test_handler_rejects_bad_operands():
     """A call whose attributes disagree with the operands fails with the handler's message."""
     x, w, _, _ = make(np.random.default_rng(3), 1, 64, 8, 2, 32, False, "float32", "float32")
-    call = jax.ffi.ffi_call(_native.CUDA_TARGET, jax.ShapeDtypeStruct((1, 8), jnp.float32))
+    call = jax.ffi.ffi_call(
+        _native.CUDA_TARGET,
+        (jax.ShapeDtypeStruct((1, 8), jnp.float32), jax.ShapeDtypeStruct((0,), jnp.float32)),
+    )
     offset = jnp.zeros((0, 8), jnp.float32)
     with pytest.raises(Exception, match="lut_gemm"):
         jax.block_until_ready(
