@@ -107,7 +107,7 @@ def test_sampling_is_seeded_and_respects_top_k():
     a = opt.generate(model, params, ids, mask, max_new_tokens=8, sampling=s, seed=1,
                      return_logits=True, stop_at_eos=False)  # fmt: skip
     b = opt.generate(model, params, ids, mask, max_new_tokens=8, sampling=s, seed=1,
-                     stop_at_eos=False)  # fmt: skip
+                     return_logits=True, stop_at_eos=False)  # fmt: skip
     np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
     top3 = np.argsort(np.asarray(a.logits), axis=-1)[..., -3:]
     assert np.all(np.any(top3 == np.asarray(a.tokens)[..., None], axis=-1))
@@ -255,7 +255,7 @@ def test_perplexity_matches_manual_nll():
     nll, n = 0.0, 0
     for s in range(0, 50, 20):
         w = ids[s : s + 20]
-        logp = jax.nn.log_softmax(opt.forward(model, params, jnp.asarray(w[None]))[0], -1)
+        logp = jax.nn.log_softmax(opt.forward_jit(model, params, jnp.asarray(w[None]))[0], -1)
         nll -= float(jnp.sum(logp[np.arange(len(w) - 1), w[1:]]))
         n += len(w) - 1
     assert n == count
@@ -285,7 +285,7 @@ def test_cli_defaults_with_small_budget(tmp_path):
     _cli("--config", str(cfg), "--max-new-tokens", "3", "--save-quantized", str(q))
     out = _cli("--config", str(cfg), "--max-new-tokens", "3", "--load-quantized", str(q))
     assert "loaded quantized params" in out
-    out = _cli("--config", str(cfg), "--benchmark", "--batch-sizes", "1,2", "--bench-steps", "2",
+    out = _cli("--config", str(cfg), "--benchmark", "--batch-sizes", "2", "--bench-steps", "2",
                "--bench-repeats", "2")  # fmt: skip
     assert "speedup" in out
     text = tmp_path / "text.txt"
