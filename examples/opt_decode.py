@@ -82,11 +82,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
 
     m = p.add_argument_group("measurements")
-    m.add_argument("--benchmark", action="store_true", help="decode latency table, then exit")
+    m.add_argument(
+        "--benchmark", action="store_true", help="decode latency table (instead of the demo)"
+    )
     m.add_argument("--batch-sizes", default="1,4,16", help="batch sizes for --benchmark")
     m.add_argument("--bench-steps", type=int, default=4, help="decode steps per timed call")
     m.add_argument("--bench-repeats", type=int, default=3, help="timed calls (median is shown)")
-    m.add_argument("--eval-ppl", metavar="FILE", help="perplexity on a local text file, then exit")
+    m.add_argument(
+        "--eval-ppl", metavar="FILE", help="perplexity on a local text file (instead of the demo)"
+    )
     m.add_argument("--ppl-seq-len", type=int, default=512)
     m.add_argument("--ppl-max-windows", type=int, help="only the first N windows")
     return p.parse_args(argv)
@@ -348,11 +352,11 @@ def main(argv=None) -> None:
     log(f"jax {jax.__version__} on {jax.devices()[0].platform}")
     config, params, tokenizer, is_random = load_float_model(args)
     qparams = quantize_or_load(args, config, params, is_random)
+    if args.eval_ppl:
+        eval_ppl(args, config, params, qparams, tokenizer)
     if args.benchmark:
         benchmark(args, config, params, qparams)
-    elif args.eval_ppl:
-        eval_ppl(args, config, params, qparams, tokenizer)
-    else:
+    if not (args.benchmark or args.eval_ppl):
         demo(args, config, params, qparams, tokenizer)
     log(f"\ntotal wall time {time.perf_counter() - t_start:.1f} s")
 
