@@ -1,7 +1,8 @@
 // XLA FFI handler for the CPU LUT-GEMM kernel and the nanobind module that exports it.
 //
 // Attributes: in_features, out_features, num_bits, group_size (validated by CheckOperands) and
-// mode (0 = exact float32 tables, 1 = fast int8 tables). Work is spread over XLA's intra-op
+// mode (0 = exact float32 tables, 1 = fast int8 tables, 2 = dequantized tiles + dense GEMM, the
+// large-batch path). Work is spread over XLA's intra-op
 // thread pool (ffi::ThreadPool); the calling thread works too.
 // Environment (read per call, for tests and benchmarks):
 //   LUTGEMM_CPU_ISA=portable|avx2   force the code path (default: best the CPU supports)
@@ -17,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 
 #include "lut_gemm_cpu.h"
 #include "lutgemm/ffi_checks.h"
@@ -72,6 +74,15 @@ void PoolParallelFor(ffi::ThreadPool& pool, int64_t helpers, int64_t count,
   st->cv.wait(lock, [&] { return st->done.load() == count; });
 }
 
+int64_t NumThreads(ffi::ThreadPool& pool) {
+  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  if (const char* env = std::getenv("LUTGEMM_CPU_THREADS")) {
+    const long v = std::atol(env);
+    if (v > 0) threads = v;
+  }
+  return threads;
+}
+
 ffi::Error LutGemmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer bits,
                           ffi::AnyBuffer alpha, ffi::AnyBuffer offset,
                           ffi::Result<ffi::AnyBuffer> y, int64_t in_features,
@@ -82,8 +93,9 @@ ffi::Error LutGemmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
                                      num_bits, group_size, &p);
       err.failure())
     return err;
-  if (mode != static_cast<int64_t>(Mode::kExact) && mode != static_cast<int64_t>(Mode::kFast))
-    return ffi::Error::InvalidArgument("lut_gemm: mode must be 0 (exact) or 1 (fast)");
+  if (mode < static_cast<int64_t>(Mode::kExact) || mode > static_cast<int64_t>(Mode::kDense))
+    return ffi::Error::InvalidArgument(
+        "lut_gemm: mode must be 0 (exact LUT), 1 (fast LUT) or 2 (dequantize + dense GEMM)");
   if (p.m == 0) return ffi::Error::Success();
 
   if (const char* env = std::getenv("LUTGEMM_CPU_POISON"); env != nullptr && env[0] == '1')
@@ -100,11 +112,7 @@ ffi::Error LutGemmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
   op.alpha_type = ToDType(alpha.element_type());
   op.y = y->untyped_data();
 
-  int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  if (const char* env = std::getenv("LUTGEMM_CPU_THREADS")) {
-    const long v = std::atol(env);
-    if (v > 0) threads = v;
-  }
+  const int64_t threads = NumThreads(pool);
   ParallelFor pf = [&pool, threads](int64_t count, const std::function<void(int64_t)>& fn) {
     PoolParallelFor(pool, std::min(threads, count) - 1, count, fn);
   };

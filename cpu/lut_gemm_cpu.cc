@@ -71,6 +71,7 @@ struct Prep {
 struct SignTable {
   float v[kMu][kEntries];
   SignTable() {
+    #pragma GCC unroll 8
     for (int j = 0; j < kMu; ++j)
       for (int p = 0; p < kEntries; ++p) v[j][p] = (p >> j) & 1 ? 1.f : -1.f;
   }
@@ -143,13 +144,16 @@ void ExactScalar(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc
       const int64_t c0 = (kw0 + w) * kChunksPerWord;
       for (int nib = 0; nib < kChunksPerWord; ++nib) {
         const uint32_t idx = (word >> (kMu * nib)) & (kEntries - 1);
+        #pragma GCC unroll 8
         for (int r = 0; r < R; ++r)
           acc[r] += p.ft[((r0 + r) * p.nchunks + c0 + nib) * kEntries + idx];
       }
     }
     const float a = ToF32(p.alpha, p.at, (grp * q + i) * n + col);
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) tot[r] += acc[r] * a;
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) facc[r * ld] += tot[r];
 }
 
@@ -164,13 +168,16 @@ void FastScalar(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc,
       const int64_t c0 = (kw0 + w) * kChunksPerWord;
       for (int nib = 0; nib < kChunksPerWord; ++nib) {
         const uint32_t idx = (word >> (kMu * nib)) & (kEntries - 1);
+        #pragma GCC unroll 8
         for (int r = 0; r < R; ++r)
           acc[r] += p.qt[((r0 + r) * p.nchunks + c0 + nib) * kEntries + idx];
       }
     }
     const float a = ToF32(p.alpha, p.at, (grp * q + i) * n + col);
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) tot[r] += static_cast<float>(acc[r]) * a;
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) facc[r * ld] += tot[r] * p.qscale[(r0 + r) * p.nsb + sb];
 }
 
@@ -198,11 +205,14 @@ LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, 
                             int64_t ld) {
   const int64_t n = p.s.n, q = p.s.q, kw0 = sb * p.wps, grp = kw0 * kWordBits / p.g;
   const float* ft[R];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) ft[r] = p.ft.data() + (r0 + r) * p.nchunks * kEntries;
   __m256 tot[R][2];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) tot[r][0] = tot[r][1] = _mm256_setzero_ps();
   for (int64_t i = 0; i < q; ++i) {
     __m256 acc[R][2];
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int64_t w = 0; w < p.wps; ++w) {
       const uint32_t* src = p.bits + ((kw0 + w) * q + i) * n + col;
@@ -213,6 +223,7 @@ LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, 
       for (int nib = 0; nib < kChunksPerWord; ++nib) {
         const __m256 s0 = _mm256_castsi256_ps(_mm256_slli_epi32(v0, 28));
         const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(v1, 28));
+        #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
           const float* t = ft[r] + (c0 + nib) * kEntries;
           const __m256 tlo = _mm256_loadu_ps(t), thi = _mm256_loadu_ps(t + 8);
@@ -229,11 +240,13 @@ LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, 
     }
     const int64_t ai = (grp * q + i) * n + col;
     const __m256 al0 = LoadAlpha8<AT>(p.alpha, ai), al1 = LoadAlpha8<AT>(p.alpha, ai + 8);
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       tot[r][0] = _mm256_fmadd_ps(acc[r][0], al0, tot[r][0]);
       tot[r][1] = _mm256_fmadd_ps(acc[r][1], al1, tot[r][1]);
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     float* f = facc + r * ld;
     _mm256_storeu_ps(f, _mm256_add_ps(_mm256_loadu_ps(f), tot[r][0]));
@@ -251,15 +264,19 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
                            int64_t ld) {
   const int64_t n = p.s.n, q = p.s.q, kw0 = sb * p.wps, grp = kw0 * kWordBits / p.g;
   const int8_t* qt[R];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) qt[r] = p.qt.data() + (r0 + r) * p.nchunks * kEntries;
   const __m256i by_byte = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
                                            0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi8(1);
   __m256 tot[R][4];
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
     for (int v = 0; v < 4; ++v) tot[r][v] = _mm256_setzero_ps();
   for (int64_t i = 0; i < q; ++i) {
     __m256i acc[R][2];
+    #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for (int64_t w = 0; w < p.wps; ++w) {
       const __m256i* src =
@@ -276,29 +293,37 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
       bj[2] = _mm256_unpacklo_epi64(ab_hi, cd_hi);
       bj[3] = _mm256_unpackhi_epi64(ab_hi, cd_hi);
       const int64_t c0 = (kw0 + w) * kChunksPerWord;
-#pragma GCC unroll 4
+      __m256i nib[8];  // low and high nibbles of byte j: table indices of chunks c0+2j, c0+2j+1
+      #pragma GCC unroll 8
       for (int j = 0; j < 4; ++j) {
-        const __m256i lo = _mm256_and_si256(bj[j], low4);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bj[j], 4), low4);
-        for (int r = 0; r < R; ++r) {
-          const int8_t* t = qt[r] + (c0 + 2 * j) * kEntries;
-          const __m256i tlo =
-              _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t)));
+        nib[2 * j] = _mm256_and_si256(bj[j], low4);
+        nib[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(bj[j], 4), low4);
+      }
+      #pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const int8_t* t = qt[r] + c0 * kEntries;
+        __m256i a0 = acc[r][0], a1 = acc[r][1];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          const __m256i tlo = _mm256_broadcastsi128_si256(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(t + 2 * j * kEntries)));
           const __m256i thi = _mm256_broadcastsi128_si256(
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(t + kEntries)));
-          const __m256i l = _mm256_shuffle_epi8(tlo, lo);
-          const __m256i h = _mm256_shuffle_epi8(thi, hi);
-          acc[r][0] = _mm256_add_epi16(acc[r][0],
-                                       _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(l, h)));
-          acc[r][1] = _mm256_add_epi16(acc[r][1],
-                                       _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(l, h)));
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(t + (2 * j + 1) * kEntries)));
+          const __m256i l = _mm256_shuffle_epi8(tlo, nib[2 * j]);
+          const __m256i h = _mm256_shuffle_epi8(thi, nib[2 * j + 1]);
+          a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(l, h)));
+          a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(l, h)));
         }
+        acc[r][0] = a0;
+        acc[r][1] = a1;
       }
     }
     const int64_t ai = (grp * q + i) * n + col;
+    #pragma GCC unroll 8
     for (int h = 0; h < 2; ++h) {
       const __m256 al0 = LoadAlpha8<AT>(p.alpha, ai + 16 * h);
       const __m256 al1 = LoadAlpha8<AT>(p.alpha, ai + 16 * h + 8);
+      #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const __m256 f0 =
             _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[r][h])));
@@ -312,9 +337,11 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
       }
     }
   }
+  #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     const __m256 sc = _mm256_set1_ps(p.qscale[(r0 + r) * p.nsb + sb]);
     float* f = facc + r * ld;
+    #pragma GCC unroll 8
     for (int v = 0; v < 4; ++v)
       _mm256_storeu_ps(f + 8 * v, _mm256_fmadd_ps(tot[r][v], sc, _mm256_loadu_ps(f + 8 * v)));
   }
@@ -409,6 +436,133 @@ void RunColumns(const Prep& p, const Kernels& kr, const Operands& op, int64_t c_
   }
 }
 
+// ---- dense path (large batches): dequantized tiles + FMA micro-kernel --------------------------
+
+constexpr int kNB = 64;   // columns per dequantized tile
+constexpr int kKB = 128;  // rows of K per tile (tile = 32 KiB of float32)
+constexpr int kMR = 6;    // rows of x per micro-kernel call
+
+// W_hat[k0 .. k0+kc, c0 .. c0+nc] into wt[kKB][kNB]; columns >= nc are zero.
+template <DType AT>
+inline void DequantTile(const Prep& p, int64_t k0, int64_t kc, int64_t c0, int64_t nc, float* wt) {
+  const int64_t n = p.s.n, q = p.s.q;
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    const int64_t k = k0 + kk, grp = k / p.g, kw = k / kWordBits, t = k % kWordBits;
+    float* d = wt + kk * kNB;
+    for (int64_t c = 0; c < nc; ++c) d[c] = p.offset ? ToF32(p.offset, AT, grp * n + c0 + c) : 0.f;
+    for (int64_t c = nc; c < kNB; ++c) d[c] = 0.f;
+    for (int64_t i = 0; i < q; ++i) {
+      const uint32_t* b = p.bits + (kw * q + i) * n + c0;
+      const int64_t ai = (grp * q + i) * n + c0;
+      for (int64_t c = 0; c < nc; ++c)
+        d[c] += ToF32(p.alpha, AT, ai + c) *
+                static_cast<float>(static_cast<int>((b[c] >> t) & 1u) * 2 - 1);
+    }
+  }
+}
+
+template <int MR>
+void MicroPortable(const float* x, int64_t ldx, const float* wt, int64_t kc, float* c,
+                   int64_t ldc) {
+  #pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+    for (int64_t k = 0; k < kc; ++k) {
+      const float xv = x[r * ldx + k];
+      for (int j = 0; j < 16; ++j) c[r * ldc + j] += xv * wt[k * kNB + j];
+    }
+}
+
+template <DType AT>
+LUTGEMM_AVX2 void DequantTileAvx2(const Prep& p, int64_t k0, int64_t kc, int64_t c0, int64_t nc,
+                                  float* wt) {
+  if (nc < kNB) return DequantTile<AT>(p, k0, kc, c0, nc, wt);
+  const int64_t n = p.s.n, q = p.s.q;
+  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  for (int64_t kk = 0; kk < kc; ++kk) {
+    const int64_t k = k0 + kk, grp = k / p.g, kw = k / kWordBits, t = k % kWordBits;
+    const __m128i shift = _mm_cvtsi32_si128(static_cast<int>(31 - t));
+    float* d = wt + kk * kNB;
+    for (int c = 0; c < kNB; c += 8) {
+      __m256 acc = p.offset ? LoadAlpha8<AT>(p.offset, grp * n + c0 + c) : _mm256_setzero_ps();
+      for (int64_t i = 0; i < q; ++i) {
+        const __m256i w = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(p.bits + (kw * q + i) * n + c0 + c));
+        const __m256i flip = _mm256_andnot_si256(_mm256_sll_epi32(w, shift), sign);
+        const __m256 a = LoadAlpha8<AT>(p.alpha, (grp * q + i) * n + c0 + c);
+        acc = _mm256_add_ps(acc, _mm256_xor_ps(a, _mm256_castsi256_ps(flip)));
+      }
+      _mm256_storeu_ps(d + c, acc);
+    }
+  }
+}
+
+template <int MR>
+LUTGEMM_AVX2 void MicroAvx2(const float* x, int64_t ldx, const float* wt, int64_t kc, float* c,
+                            int64_t ldc) {
+  __m256 acc[MR][2];
+  #pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    acc[r][0] = _mm256_loadu_ps(c + r * ldc);
+    acc[r][1] = _mm256_loadu_ps(c + r * ldc + 8);
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 w0 = _mm256_loadu_ps(wt + k * kNB), w1 = _mm256_loadu_ps(wt + k * kNB + 8);
+    #pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m256 xv = _mm256_broadcast_ss(x + r * ldx + k);
+      acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    _mm256_storeu_ps(c + r * ldc, acc[r][0]);
+    _mm256_storeu_ps(c + r * ldc + 8, acc[r][1]);
+  }
+}
+
+using TileFn = void (*)(const Prep&, int64_t, int64_t, int64_t, int64_t, float*);
+using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
+
+struct DenseKernels {
+  TileFn tile;
+  MicroFn micro[kMR];
+};
+
+template <DType AT>
+DenseKernels GetDenseKernels(bool avx2) {
+  if (avx2)
+    return {DequantTileAvx2<AT>,
+            {MicroAvx2<1>, MicroAvx2<2>, MicroAvx2<3>, MicroAvx2<4>, MicroAvx2<5>, MicroAvx2<6>}};
+  return {DequantTile<AT>,
+          {MicroPortable<1>, MicroPortable<2>, MicroPortable<3>, MicroPortable<4>,
+           MicroPortable<5>, MicroPortable<6>}};
+}
+
+// Columns [c_begin, c_end) of every row; x32 is [m][k] float32. Each column's sums run over k in
+// the same order whatever the column split, so results do not depend on the thread count.
+void RunDense(const Prep& p, const DenseKernels& dk, const Operands& op, const float* x32,
+              int64_t c_begin, int64_t c_end) {
+  const int64_t m = p.m, k = p.s.k, n = p.s.n;
+  std::vector<float> wt(kKB * kNB), facc(m * kNB);
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += kNB) {
+    const int64_t nc = std::min<int64_t>(kNB, c_end - c0);
+    std::fill(facc.begin(), facc.end(), 0.f);
+    for (int64_t k0 = 0; k0 < k; k0 += kKB) {
+      const int64_t kc = std::min<int64_t>(kKB, k - k0);
+      dk.tile(p, k0, kc, c0, nc, wt.data());
+      for (int64_t m0 = 0; m0 < m; m0 += kMR) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMR, m - m0));
+        for (int64_t cs = 0; cs < nc; cs += 16)
+          dk.micro[mr - 1](x32 + m0 * k + k0, k, wt.data() + cs, kc, facc.data() + m0 * kNB + cs,
+                           kNB);
+      }
+    }
+    for (int64_t r = 0; r < m; ++r)
+      StoreRow(facc.data() + r * kNB, op.x_type, op.y, r * n + c0, nc);
+  }
+}
+
 }  // namespace
 
 bool IsaSupported(Isa isa) {
@@ -429,9 +583,46 @@ Isa SelectIsa() {
   return avx2 ? Isa::kAvx2 : Isa::kPortable;
 }
 
+namespace {
+void RunDenseAll(const Prep& p, const Operands& op, Isa isa, int64_t max_tasks,
+                 const ParallelFor& parallel_for) {
+  const bool avx2 = isa == Isa::kAvx2;
+  DenseKernels dk;
+  switch (p.at) {
+    case DType::kF32:
+      dk = GetDenseKernels<DType::kF32>(avx2);
+      break;
+    case DType::kBF16:
+      dk = GetDenseKernels<DType::kBF16>(avx2);
+      break;
+    default:
+      dk = GetDenseKernels<DType::kF16>(avx2);
+      break;
+  }
+  const int64_t m = p.m, k = p.s.k, n = p.s.n;
+  std::vector<float> xbuf;
+  const float* x32 = static_cast<const float*>(op.x);
+  if (op.x_type != DType::kF32) {
+    xbuf.resize(m * k);
+    for (int64_t i = 0; i < m * k; ++i) xbuf[i] = ToF32(op.x, op.x_type, i);
+    x32 = xbuf.data();
+  }
+  const int64_t tasks = std::max<int64_t>(1, max_tasks);
+  int64_t chunk = (n + tasks * 4 - 1) / (tasks * 4);
+  chunk = std::max<int64_t>(kNB, (chunk + kNB - 1) / kNB * kNB);
+  const int64_t nchunk = (n + chunk - 1) / chunk;
+  auto run = [&](int64_t i) { RunDense(p, dk, op, x32, i * chunk, std::min(n, (i + 1) * chunk)); };
+  if (nchunk == 1 || tasks == 1) {
+    for (int64_t i = 0; i < nchunk; ++i) run(i);
+  } else {
+    parallel_for(nchunk, run);
+  }
+}
+}  // namespace
+
 void LutGemm(const Operands& op, Mode mode, Isa isa, int64_t max_tasks,
              const ParallelFor& parallel_for) {
-  const bool fast = mode == Mode::kFast;
+  const bool fast = mode == Mode::kFast, dense = mode == Mode::kDense;
   if (isa == Isa::kAvx2 && !IsaSupported(Isa::kAvx2)) isa = Isa::kPortable;
   Prep p;
   p.s = op.shape;
@@ -448,9 +639,13 @@ void LutGemm(const Operands& op, Mode mode, Isa isa, int64_t max_tasks,
   p.offset = op.offset;
   p.at = op.alpha_type;
 
-  // Activations as float32, zero-padded to Kp; tables and group sums per row.
   const int64_t k = p.s.k;
+  // Activations as float32, zero-padded to Kp; tables and group sums per row.
   std::vector<float> xrow(p.kp, 0.f);
+  if (dense) {
+    RunDenseAll(p, op, isa, max_tasks, parallel_for);
+    return;
+  }
   if (fast) {
     p.qt.resize(p.m * p.nchunks * kEntries);
     p.qscale.resize(p.m * p.nsb);

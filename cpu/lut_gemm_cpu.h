@@ -23,7 +23,9 @@
 
 namespace lutgemm::cpu {
 
-enum class Mode : int64_t { kExact = 0, kFast = 1 };
+// kDense: the large-batch path, y = x @ W_hat with W_hat dequantized one small tile at a time
+// (never a full [K, N] copy) and multiplied with a register-blocked FMA micro-kernel.
+enum class Mode : int64_t { kExact = 0, kFast = 1, kDense = 2 };
 enum class Isa : int { kPortable = 0, kAvx2 = 1 };
 enum class DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 

@@ -6,6 +6,7 @@ served from the last-level cache (cold weights, as in a decode step of a large m
 * ``lut``:        ``lut_gemm(x, w, mode=...)`` as users call it (LUT kernel, or dequantize + dot
                   beyond the batch crossover ``ops.CPU_CROSSOVER``);
 * ``lut_kernel``: the native LUT kernel at every batch size (``jax.ffi.ffi_call``, no crossover);
+* ``dense``:      the kernel's large-batch path at every batch size (dequantized tiles + FMA);
 * ``xla``:        XLA float32 ``x @ W`` on a dense float32 weight;
 * ``numpy``:      numpy/OpenBLAS float32 ``x @ W``;
 * ``jnp``:        the pure-jnp path (`ops.lut_gemm_reference`: dequantize + dot, fused by XLA).
@@ -35,7 +36,7 @@ from lutgemm_jax import _native, ops
 from lutgemm_jax.format import BCQWeight
 
 L3_BYTES = 32 << 20
-ALL_BACKENDS = ("lut", "lut_kernel", "xla", "numpy", "jnp")
+ALL_BACKENDS = ("lut", "lut_kernel", "dense", "xla", "numpy", "jnp")
 
 
 def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 7) -> float:
@@ -73,12 +74,14 @@ def _offset(w: BCQWeight):
 
 
 def _kernel_call(x, w: BCQWeight, mode: str):
-    """The native CPU kernel at any batch size (bypasses the crossover)."""
+    """The native CPU kernel at any batch size (bypasses the crossover); mode "dense" is the
+    kernel's large-batch path."""
     call = jax.ffi.ffi_call(
         _native.CPU_TARGET, jax.ShapeDtypeStruct((*x.shape[:-1], w.out_features), x.dtype)
     )
     attrs = {k: np.int64(v) for k, v in ops._params(w).items()}
-    return call(x, w.bits, w.alpha, _offset(w), **attrs, mode=np.int64(ops.MODES.index(mode)))
+    kernel_mode = 2 if mode == "dense" else ops.MODES.index(mode)
+    return call(x, w.bits, w.alpha, _offset(w), **attrs, mode=np.int64(kernel_mode))
 
 
 def _time(fn, args_list, reps: int, warmup: int, budget_s: float) -> float:
@@ -164,6 +167,9 @@ def run(args) -> list[dict]:
                 res["lut_kernel"] = _time(
                     f, [(x, w) for w in ws], args.reps, args.warmup, args.budget
                 )
+            if "dense" in args.backends and mode == args.modes[0]:
+                f = jax.jit(lambda x, w: _kernel_call(x, w, "dense"))
+                res["dense"] = _time(f, [(x, w) for w in ws], args.reps, args.warmup, args.budget)
             for name, t in res.items():
                 row = dict(
                     K=k,

@@ -242,29 +242,19 @@ def _ffi_attributes(params) -> dict[str, np.int64]:
 
 
 CPU_CROSSOVER = {"exact": 1 << 62, "fast": 1 << 62}
-"""Per mode: the number of rows M (product of x's leading dims) from which the CPU lowering
-uses dequantize + dense matmul (`_cpu_dequant_dot`) instead of the LUT kernel. Measured with
-``python -m lutgemm_jax.bench --sweep`` (BENCHMARKS.md)."""
-
-
-def _cpu_dequant_dot(x, bits, alpha, offset, **params):
-    """Native dequantization to float32 [K, N] (cpu/), then XLA's float32 dot."""
-    k, n = params["in_features"], params["out_features"]
-    dense = jax.ffi.ffi_call(_native.CPU_DEQUANT_TARGET, jax.ShapeDtypeStruct((k, n), jnp.float32))(
-        bits, alpha, offset, **_ffi_attributes(params)
-    )
-    return jnp.matmul(x.astype(jnp.float32), dense).astype(x.dtype)
+"""Per mode: the number of rows M (product of x's leading dims) from which the CPU kernel uses
+its dense path (W_hat dequantized one 128 x 64 tile at a time, FMA GEMM; FFI mode 2) instead of
+lookup tables. Static at lowering. Measured with ``python -m lutgemm_jax.bench --sweep``
+(BENCHMARKS.md)."""
 
 
 def _cpu_lowering(ctx, x, bits, alpha, offset, **params):
     mode = params.get("mode", DEFAULT_MODE)
     rows = int(np.prod(ctx.avals_in[0].shape[:-1], dtype=np.int64))
-    if rows >= CPU_CROSSOVER[mode]:
-        return mlir.lower_fun(_cpu_dequant_dot, multiple_results=False)(
-            ctx, x, bits, alpha, offset, **params
-        )
+    # FFI mode attribute: 0 exact LUT, 1 fast LUT, 2 dequantized tiles + dense FMA GEMM.
+    kernel_mode = 2 if rows >= CPU_CROSSOVER[mode] else MODES.index(mode)
     return jax.ffi.ffi_lowering(_native.CPU_TARGET)(
-        ctx, x, bits, alpha, offset, **_ffi_attributes(params), mode=np.int64(MODES.index(mode))
+        ctx, x, bits, alpha, offset, **_ffi_attributes(params), mode=np.int64(kernel_mode)
     )
 
 

@@ -3,12 +3,15 @@
 The kernel is called through ``jax.ffi.ffi_call`` on the registered target (so every mode, batch
 size and path is reachable regardless of the op's crossover), with the code path forced by
 ``LUTGEMM_CPU_ISA`` and the thread count by ``LUTGEMM_CPU_THREADS`` (both read per call).
-``LUTGEMM_CPU_POISON=1`` makes the handler fill the output with NaN before computing, so a finite
-result proves that every element was written.
+Three kernel paths: the LUT kernel in "exact" and "fast" mode, and "dense" (FFI mode 2, the
+large-batch path the op switches to at ``ops.CPU_CROSSOVER``: dequantized 128 x 64 tiles and an
+FMA GEMM). ``LUTGEMM_CPU_POISON=1`` makes the handler fill the output with NaN before computing,
+so a finite result proves that every element was written.
 
 Tolerances (max |y - y64| over max |y64|, y64 = float64 x @ W_hat from the unpacked signs):
-* exact, float32: 1e-5 (the issue's contract; float32 tables of 4 activations, float32 sums of
-  <= 32 lookups per scale block, then FMAs into a float32 accumulator: ~K/128 * 2^-24 relative).
+* exact and dense, float32: 1e-5 (the issue's contract; float32 tables of 4 activations,
+  float32 sums of <= 32 lookups per scale block, then FMAs into a float32 accumulator; the dense
+  path: float32 FMAs over K).
 * fast: the stated worst-case bound, per output element,
       |y_fast - y_exact| <= sum_{scale blocks b} (S/4) * (s_b / 2) * sum_i |alpha[grp(b), i, n]|
   with s_b = max_{chunks c in b} sum_{j<4} |x[4c+j]| / 127 (each int8 table entry is rounded by
@@ -32,6 +35,7 @@ from lutgemm_jax import _lutgemm_cpu, _native, ops
 from lutgemm_jax.format import padded_in_features, resolve_group_size
 
 MODES = ("exact", "fast")
+ALL_PATHS = ("exact", "fast", "dense")  # "dense": the large-batch path (FFI mode 2)
 ISAS = ("portable", "avx2") if _lutgemm_cpu.avx2_supported() else ("portable",)
 OUT_TOL = {jnp.float32: 0.0, jnp.bfloat16: 2.0**-8, jnp.float16: 2.0**-10}
 EXACT_TOL = 1e-5
@@ -52,7 +56,7 @@ def _offset(w):
 def kernel(x, w, mode, **overrides):
     """Raw FFI call of the CPU target (no crossover, no Python-side checks)."""
     attrs = {k: np.int64(v) for k, v in ops._params(w).items()}
-    attrs["mode"] = np.int64(ops.MODES.index(mode) if isinstance(mode, str) else mode)
+    attrs["mode"] = np.int64(ALL_PATHS.index(mode) if isinstance(mode, str) else mode)
     attrs.update({k: np.int64(v) for k, v in overrides.items()})
     out = jax.ShapeDtypeStruct((*x.shape[:-1], w.out_features), x.dtype)
     return jax.ffi.ffi_call(_native.CPU_TARGET, out)(x, w.bits, w.alpha, _offset(w), **attrs)
@@ -83,7 +87,7 @@ def check(y, x, w, w64, mode, dtype=jnp.float32):
     assert np.all(np.isfinite(y)), "an output element was not written (poison left)"
     scale = max(np.max(np.abs(ref)), 1e-30)
     tol = (EXACT_TOL + OUT_TOL[dtype]) * scale
-    if mode == "exact":
+    if mode in ("exact", "dense"):
         assert np.max(np.abs(y - ref)) <= tol, rel_err(y, ref)
     else:
         excess = np.abs(y - ref) - (fast_bound(x, w) * (1 + 1e-3) + tol)
@@ -99,7 +103,7 @@ def _case(
     return x, w, w64
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_PATHS)
 @pytest.mark.parametrize("g", [32, 64, 128, None])
 def test_all_q_groups_offsets(isa, mode, g):
     # K not a multiple of 32 (or of g), odd N, N not a multiple of the 32/16-column vector block.
@@ -109,7 +113,7 @@ def test_all_q_groups_offsets(isa, mode, g):
             check(_kernel_jit(x, w, mode), x, w, w64, mode)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_PATHS)
 @pytest.mark.parametrize("batch", [(), (1,), (2, 3), (9,), (17,)])
 def test_batch_and_leading_dims(isa, mode, batch):
     # 9 and 17 rows: blocks of 4 rows plus remainders, and column tiling for M > 4.
@@ -119,7 +123,7 @@ def test_batch_and_leading_dims(isa, mode, batch):
     check(y, x, w, w64, mode)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_PATHS)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("alpha_dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_dtypes(isa, mode, dtype, alpha_dtype):
@@ -133,11 +137,11 @@ def test_per_column_group_long_k(isa):
     # g = K rounded up to 32: 12 scale blocks of 96 share one alpha per column.
     x, w, w64 = _case(3, 1150, 45, 2, None, True, batch=(2,))
     assert w.group_size == resolve_group_size(1150, None) == 1152
-    for mode in MODES:
+    for mode in ALL_PATHS:
         check(_kernel_jit(x, w, mode), x, w, w64, mode)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_PATHS)
 def test_nan_inf_propagate_to_their_rows_only(isa, mode):
     x, w, w64 = _case(9, 256, 70, 3, 128, True, batch=(5,))
     x = x.at[1, 17].set(jnp.nan).at[3, 200].set(jnp.inf)
@@ -162,7 +166,7 @@ def test_modes_and_paths_agree(monkeypatch):
         assert all(np.max(np.abs(y - ys[0])) <= 1e-5 * scale for y in ys)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_PATHS)
 def test_deterministic_across_thread_counts(isa, mode, monkeypatch):
     # 1100 columns: 1..5 column chunks depending on the thread count; results must be bitwise equal.
     x, w, _ = _case(6, 96, 1100, 3, 32, True, batch=(6,))
@@ -201,18 +205,18 @@ def test_deterministic_with_one_or_all_cpus():
     assert outs[0] == outs[1]
 
 
-def test_op_uses_native_kernel_and_crossover(monkeypatch):
+def test_op_crossover_to_dense_path(monkeypatch):
+    # At M >= CPU_CROSSOVER[mode] the op lowers to the kernel's dense path (FFI mode 2).
     x1, w, w64 = _case(8, 200, 40, 3, 64, True, batch=(1,))
     x6 = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 200)), jnp.float32)
-    monkeypatch.setitem(ops.CPU_CROSSOVER, "exact", 4)
-    f = jax.jit(lambda x, w: lj.lut_gemm(x, w, mode="exact"))
-    assert "custom_call @lutgemm_cpu" in f.lower(x1, w).as_text()
-    assert "custom_call" not in f.lower(x6, w).as_text()  # 6 rows >= crossover: dequant + dot
-    for x in (x1, x6):
-        y = f(x, w)
-        assert rel_err(y, reference(x, w64)) <= EXACT_TOL
-    y_kernel = _kernel_jit(x6, w, "exact")
-    assert rel_err(f(x6, w), np.asarray(y_kernel, np.float64)) <= EXACT_TOL
+    monkeypatch.setitem(ops.CPU_CROSSOVER, "fast", 4)
+    f = jax.jit(lambda x, w: lj.lut_gemm(x, w, mode="fast"))
+    text1, text6 = f.lower(x1, w).as_text(), f.lower(x6, w).as_text()
+    assert "custom_call @lutgemm_cpu" in text1 and "mode = 1 : i64" in text1
+    assert "custom_call @lutgemm_cpu" in text6 and "mode = 2 : i64" in text6
+    check(f(x1, w), x1, w, w64, "fast")
+    check(f(x6, w), x6, w, w64, "dense")
+    np.testing.assert_array_equal(np.asarray(f(x6, w)), np.asarray(_kernel_jit(x6, w, "dense")))
 
 
 def test_op_default_mode_and_bad_mode():
@@ -244,7 +248,7 @@ def test_bad_operands_raise(case):
     elif case == "group_size":
         attrs["group_size"] = np.int64(48)
     elif case == "mode":
-        attrs["mode"] = np.int64(2)
+        attrs["mode"] = np.int64(3)
     elif case == "out_shape":
         out = jax.ShapeDtypeStruct((2, 41), x.dtype)
     call = jax.ffi.ffi_call(_native.CPU_TARGET, out)
