@@ -9,8 +9,11 @@ Public API:
   dequantize           BCQWeight -> dense ``[K, N]``
   lut_gemm             ``x: [..., K]`` @ BCQWeight -> ``[..., N]``
   build_info           which native backends are compiled in
+  linen, nnx           Flax: LutDense / LutLinear, quantize_params / quantize_model, LoRA
+  checkpoint           save / load quantized params as safetensors
 """
 
+from lutgemm_jax import checkpoint, linen, nnx
 from lutgemm_jax._native import build_info
 from lutgemm_jax.format import PER_COLUMN, BCQWeight, dequantize, pack_signs, unpack_signs
 from lutgemm_jax.ops import lut_gemm, lut_gemm_p
@@ -21,9 +24,12 @@ __all__ = [
     "PER_COLUMN",
     "BCQWeight",
     "build_info",
+    "checkpoint",
     "dequantize",
+    "linen",
     "lut_gemm",
     "lut_gemm_p",
+    "nnx",
     "pack_signs",
     "quantize",
     "unpack_signs",
