@@ -20,6 +20,7 @@ from flax.linen import dtypes as flax_dtypes
 
 from lutgemm_jax.format import BCQWeight
 from lutgemm_jax.ops import lut_gemm
+from lutgemm_jax.quantize import quantize
 
 PathFilter = str | Callable[[str], bool] | None
 """A layer selector: a regular expression (``re.search`` on the ``/``-joined path), a
@@ -53,26 +54,16 @@ def quantize_kernel(
     A stack (e.g. the kernels of an ``nn.scan``-ned layer, ``[L, K, N]``) is quantized one
     ``[K, N]`` slice at a time; the result's arrays get the same leading axes.
     """
-    from lutgemm_jax.quantize import quantize
 
-    kernel = jnp.asarray(kernel)
-    if kernel.ndim < 2:
+    def one(w: jax.Array) -> BCQWeight:
+        return quantize(w, bits, group_size, method, alpha_dtype=alpha_dtype, **quantize_kwargs)
+
+    if len(kernel.shape) < 2:
         raise ValueError(f"quantize_kernel: kernel must be [..., K, N], got {kernel.shape}")
-    lead = kernel.shape[:-2]
-    flat = kernel.reshape(-1, *kernel.shape[-2:])
-    parts = [
-        quantize(
-            flat[i],
-            bits,
-            group_size,
-            method,
-            alpha_dtype=alpha_dtype,
-            **quantize_kwargs,
-        )
-        for i in range(flat.shape[0])
-    ]
+    lead = tuple(kernel.shape[:-2])
     if not lead:
-        return parts[0]
+        return one(kernel)
+    parts = [one(kernel[index]) for index in np.ndindex(*lead)]
     return jax.tree.map(lambda *leaves: jnp.stack(leaves).reshape(*lead, *leaves[0].shape), *parts)
 
 
@@ -116,7 +107,7 @@ def dense_apply(
     """
     extra = [] if lora is None else [lora[0], lora[1]]
     if dtype is None:
-        probes = [inputs, jnp.zeros((), kernel.dtype), *extra]
+        probes = [inputs, np.zeros((), kernel.dtype), *extra]
         if bias is not None:
             probes.append(bias)
         dtype = flax_dtypes.canonicalize_dtype(*probes, inexact=True)
