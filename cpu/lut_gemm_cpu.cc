@@ -551,11 +551,14 @@ void RunDense(const Prep& p, const DenseKernels& dk, const Operands& op, const f
     for (int64_t k0 = 0; k0 < k; k0 += kKB) {
       const int64_t kc = std::min<int64_t>(kKB, k - k0);
       dk.tile(p, k0, kc, c0, nc, wt.data());
-      for (int64_t m0 = 0; m0 < m; m0 += kMR) {
-        const int mr = static_cast<int>(std::min<int64_t>(kMR, m - m0));
-        for (int64_t cs = 0; cs < nc; cs += 16)
-          dk.micro[mr - 1](x32 + m0 * k + k0, k, wt.data() + cs, kc, facc.data() + m0 * kNB + cs,
-                           kNB);
+      // 16-column slices outer: a slice of the tile (kc x 16 floats, 8 KiB) stays in L1 while
+      // every row block of x streams past it.
+      for (int64_t cs = 0; cs < nc; cs += 16) {
+        for (int64_t m0 = 0; m0 < m; m0 += kMR) {
+          const int mr = static_cast<int>(std::min<int64_t>(kMR, m - m0));
+          dk.micro[mr - 1](x32 + m0 * k + k0, k, wt.data() + cs, kc,
+                           facc.data() + m0 * kNB + cs, kNB);
+        }
       }
     }
     for (int64_t r = 0; r < m; ++r)

@@ -219,6 +219,14 @@ def test_op_crossover_to_dense_path(monkeypatch):
     np.testing.assert_array_equal(np.asarray(f(x6, w)), np.asarray(_kernel_jit(x6, w, "dense")))
 
 
+def test_library_default_mode_is_fast():
+    # conftest.py pins the tests' default to "exact"; without the variable the default is "fast".
+    env = {k: v for k, v in os.environ.items() if k != "LUTGEMM_DEFAULT_MODE"}
+    code = "from lutgemm_jax import ops; print(ops.DEFAULT_MODE)"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "fast", r.stderr[-2000:]
+
+
 def test_op_default_mode_and_bad_mode():
     assert ops.DEFAULT_MODE in ops.MODES
     x, w, w64 = _case(2, 100, 37, 3, 32, True, batch=(2,))
