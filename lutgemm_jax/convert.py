@@ -86,6 +86,7 @@ def dense_apply(
     dtype: Any = None,
     precision: Any = None,
     lora: tuple[jax.Array, jax.Array, float] | None = None,
+    mode: str | None = None,
 ) -> jax.Array:
     """``y = lut_gemm(x, kernel) + (x @ A) @ B * scale + bias`` for ``x: [..., K] -> [..., N]``.
 
@@ -101,6 +102,8 @@ def dense_apply(
       dtype: computation dtype (float32, bfloat16 or float16), or ``None``.
       precision: `jax.lax.Precision` of the LoRA matmuls.
       lora: ``(A [K, r], B [r, N], scale)``, or ``None``.
+      mode: `lut_gemm`'s accuracy mode of the native CPU kernel (``"exact"`` or ``"fast"``;
+        ``None`` = the library default).
 
     Returns:
       ``[..., N]`` in the computation dtype.
@@ -112,7 +115,7 @@ def dense_apply(
             probes.append(bias)
         dtype = flax_dtypes.canonicalize_dtype(*probes, inexact=True)
     x = jnp.asarray(inputs, dtype)
-    y = lut_gemm(x, kernel)
+    y = lut_gemm(x, kernel, mode=mode)
     if lora is not None:
         a, b, scale = lora
         h = jnp.matmul(x, a.astype(dtype), precision=precision)

@@ -119,6 +119,8 @@ class LutDense(nn.Module):
       lora_rank: rank ``r`` of the LoRA adapter; 0 = none.
       lora_alpha: LoRA scale numerator (``scale = lora_alpha / r``); ``None`` = scale 1.
       lora_a_init: initializer of ``lora_a``.
+      mode: accuracy mode of `lut_gemm`'s native CPU kernel (``"exact"``, ``"fast"``, or
+        ``None`` for the library default).
     """
 
     features: int
@@ -136,6 +138,7 @@ class LutDense(nn.Module):
     lora_rank: int = 0
     lora_alpha: float | None = None
     lora_a_init: Any = nn.initializers.lecun_normal()
+    mode: str | None = None
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -170,7 +173,13 @@ class LutDense(nn.Module):
             scale = 1.0 if self.lora_alpha is None else self.lora_alpha / self.lora_rank
             lora = (a, b, scale)
         return dense_apply(
-            inputs, kernel, bias, dtype=self.dtype, precision=self.precision, lora=lora
+            inputs,
+            kernel,
+            bias,
+            dtype=self.dtype,
+            precision=self.precision,
+            lora=lora,
+            mode=self.mode,
         )
 
 
@@ -305,30 +314,35 @@ def _is_kernel(key: tuple[Any, ...], value: Any, stacked: bool) -> bool:
 # ---- running unmodified nn.Dense models ----------------------------------------------------
 
 
-def _dense_interceptor(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
-    module = context.module
-    if (
-        context.method_name != "__call__"
-        or not isinstance(module, nn.Dense)
-        or type(module).__call__ is not nn.Dense.__call__
-        or module.scope is None
-        or not module.has_variable("params", "kernel")
-    ):
-        return next_fun(*args, **kwargs)
-    kernel = module.get_variable("params", "kernel")
-    if not isinstance(kernel, BCQWeight):
-        return next_fun(*args, **kwargs)
-    bias = None
-    if module.use_bias:
-        bias = module.get_variable("params", "bias")
-        if bias is None:
-            raise ValueError(f"nn.Dense at {'/'.join(module.path)} has use_bias=True but no bias")
-    (inputs,) = args
-    return dense_apply(inputs, kernel, bias, dtype=module.dtype, precision=module.precision)
+def _dense_interceptor(mode: str | None) -> Any:
+    def interceptor(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
+        module = context.module
+        if (
+            context.method_name != "__call__"
+            or not isinstance(module, nn.Dense)
+            or type(module).__call__ is not nn.Dense.__call__
+            or module.scope is None
+            or not module.has_variable("params", "kernel")
+        ):
+            return next_fun(*args, **kwargs)
+        kernel = module.get_variable("params", "kernel")
+        if not isinstance(kernel, BCQWeight):
+            return next_fun(*args, **kwargs)
+        bias = None
+        if module.use_bias:
+            bias = module.get_variable("params", "bias")
+            if bias is None:
+                raise ValueError(f"nn.Dense at {'/'.join(module.path)} has use_bias=True, no bias")
+        (inputs,) = args
+        return dense_apply(
+            inputs, kernel, bias, dtype=module.dtype, precision=module.precision, mode=mode
+        )
+
+    return interceptor
 
 
 @contextlib.contextmanager
-def intercept_dense() -> Iterator[None]:
+def intercept_dense(mode: str | None = None) -> Iterator[None]:
     """Routes ``flax.linen.Dense.__call__`` through `lut_gemm` when its kernel is a `BCQWeight`.
 
     Inside the ``with`` block, every ``nn.Dense`` (created in ``setup`` or ``@compact``, at any
@@ -342,7 +356,9 @@ def intercept_dense() -> Iterator[None]:
         with intercept_dense():
             y = model.apply({"params": qparams}, x)
 
-    Tracing happens inside the block: call ``jax.jit``-compiled functions (first call) there.
+    Interception happens while tracing: put the ``with`` block inside the function that
+    ``jax.jit`` compiles (or make the first, tracing call of a jitted function inside it).
+    ``mode`` is `lut_gemm`'s accuracy mode (``"exact"``, ``"fast"``; ``None`` = the default).
     """
-    with nn.intercept_methods(_dense_interceptor):
+    with nn.intercept_methods(_dense_interceptor(mode)):
         yield

@@ -65,6 +65,8 @@ class LutLinear(nnx.Module):
         (``None`` = 1); lora_a_init: initializer of ``lora_a``.
       kernel: an existing `BCQWeight` to use instead of initialising one (its ``q``, ``g`` and
         offset win over ``bits``/``group_size``/``has_offset``).
+      mode: accuracy mode of `lut_gemm`'s native CPU kernel (``"exact"``, ``"fast"``, or
+        ``None`` for the library default).
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class LutLinear(nnx.Module):
         lora_alpha: float | None = None,
         lora_a_init: Callable[..., jax.Array] = _default_kernel_init,
         kernel: BCQWeight | None = None,
+        mode: str | None = None,
         rngs: nnx.Rngs,
     ) -> None:
         if kernel is None:
@@ -109,6 +112,7 @@ class LutLinear(nnx.Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
+        self.mode = mode
         self.lora_rank = lora_rank
         self.lora_scale = 1.0 if lora_alpha is None or not lora_rank else lora_alpha / lora_rank
         self.kernel = QuantizedWeight(kernel)
@@ -135,6 +139,7 @@ class LutLinear(nnx.Module):
             dtype=self.dtype,
             precision=self.precision,
             lora=lora,
+            mode=self.mode,
         )
 
     @classmethod
@@ -147,12 +152,14 @@ class LutLinear(nnx.Module):
         method: str = "alternating",
         lora_rank: int = 0,
         lora_alpha: float | None = None,
+        mode: str | None = None,
         rngs: nnx.Rngs | None = None,
         **quantize_kwargs: Any,
     ) -> LutLinear:
         """Quantizes a trained `nnx.Linear`: same features, dtype, precision and bias.
 
-        ``quantize_kwargs`` go to `lutgemm_jax.quantize.quantize` (``fit_offset``, ``rounds``,
+        ``mode`` is the layer's `lut_gemm` accuracy mode. ``quantize_kwargs`` go to
+        `lutgemm_jax.quantize.quantize` (``fit_offset``, ``rounds``,
         ...; ``alpha_dtype`` defaults to the kernel's dtype). ``rngs`` initialises ``lora_a``
         (default ``nnx.Rngs(0)``).
         """
@@ -169,6 +176,7 @@ class LutLinear(nnx.Module):
             lora_rank=lora_rank,
             lora_alpha=lora_alpha,
             kernel=packed,
+            mode=mode,
             rngs=rngs if rngs is not None else nnx.Rngs(0),
         )
         if linear.bias is not None:
@@ -186,6 +194,7 @@ def quantize_model(
     exclude: PathFilter = None,
     lora_rank: int = 0,
     lora_alpha: float | None = None,
+    mode: str | None = None,
     rngs: nnx.Rngs | None = None,
     progress: bool = False,
     return_summary: bool = False,
@@ -201,6 +210,7 @@ def quantize_model(
       model: an NNX module; modified in place.
       bits, group_size, method, **quantize_kwargs: passed to `LutLinear.from_linear`.
       lora_rank, lora_alpha, rngs: give every converted layer a LoRA adapter.
+      mode: `lut_gemm` accuracy mode of the converted layers (``None`` = library default).
       progress: tqdm progress bar over the layers.
       return_summary: also return a `ConversionSummary`.
 
@@ -223,6 +233,7 @@ def quantize_model(
             method=method,
             lora_rank=lora_rank,
             lora_alpha=lora_alpha,
+            mode=mode,
             rngs=rngs,
             **quantize_kwargs,
         )

@@ -1,8 +1,10 @@
 """Flax linen integration: LutDense, quantize_params, intercept_dense, LoRA.
 
 Tolerance: a converted model is compared with the *same* model run on the dequantized dense
-kernels (``dequantize_params``), so the only difference is float32 accumulation order inside
-``lut_gemm`` vs XLA's dot: max |y - ref| <= 1e-5 * max |ref| (RTOL).
+kernels (``dequantize_params``). With ``mode="exact"`` the only difference is float32
+accumulation order inside ``lut_gemm`` vs XLA's dot: max |y - ref| <= 1e-5 * max |ref| (RTOL).
+The library's default mode may be the CPU kernel's approximate ``"fast"`` mode (int8 lookup
+tables, ~5e-3 of max |y|); it is checked against FAST_RTOL = 3e-2.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from lutgemm_jax.linen import (
 )
 
 RTOL = 1e-5
+FAST_RTOL = 3e-2
 FAST = dict(bits=3, group_size=32, method="greedy")  # one quantizer compile per kernel shape
 
 
@@ -103,7 +106,7 @@ def test_intercepted_model_matches_dequantized(model, shape, kwargs):
     params, x = _init(model, shape)
     qparams = quantize_params(params, **kwargs)
     ref = jax.jit(model.apply)({"params": dequantize_params(qparams)}, x)
-    with intercept_dense():
+    with intercept_dense(mode="exact"):
         eager = model.apply({"params": qparams}, x)
         jitted = jax.jit(model.apply)({"params": qparams}, x)
         mapped = jax.jit(jax.vmap(lambda xi: model.apply({"params": qparams}, xi)))(x)
@@ -121,17 +124,33 @@ def test_intercept_inside_jitted_function_and_without_it():
 
     @jax.jit
     def forward(p, x):
-        with intercept_dense():
+        with intercept_dense(mode="exact"):
             return model.apply({"params": p}, x)
 
     ref = jax.jit(model.apply)({"params": dequantize_params(qparams)}, x)
     assert rel_err(forward(qparams, x), ref) <= RTOL
     # Dense params still run the ordinary way, inside or outside the context.
-    with intercept_dense():
+    with intercept_dense(mode="exact"):
         assert rel_err(model.apply({"params": params}, x), forward(params, x)) <= 1e-6
     # Outside the context, nn.Dense cannot consume a BCQWeight.
     with pytest.raises(Exception):  # noqa: B017 - flax/jax raise various types here
         model.apply({"params": qparams}, x)
+
+
+def test_default_mode_is_close():
+    model = MLP()
+    params, x = _init(model, (4, 64))
+    qparams = quantize_params(params, **FAST)
+    ref = jax.jit(model.apply)({"params": dequantize_params(qparams)}, x)
+    with intercept_dense():
+        y = jax.jit(model.apply)({"params": qparams}, x)
+    assert rel_err(y, ref) <= FAST_RTOL
+    h = jnp.asarray(np.random.default_rng(2).normal(size=(2, 96)), jnp.float32)
+    ys = {
+        mode: LutDense(40, group_size=32, mode=mode).apply({"params": qparams["head"]}, h)
+        for mode in ("fast", "exact")
+    }
+    assert rel_err(ys["fast"], ys["exact"]) <= FAST_RTOL
 
 
 def test_intercept_under_nn_scan_with_stacked_kernels():
@@ -144,7 +163,7 @@ def test_intercept_under_nn_scan_with_stacked_kernels():
     w = qparams["ScanLayer_0"]["Dense_0"]["kernel"]
     assert isinstance(w, BCQWeight) and w.batch_shape == (3,)
     ref = jax.jit(model.apply)({"params": dequantize_params(qparams)}, x)
-    with intercept_dense():
+    with intercept_dense(mode="exact"):
         y = jax.jit(model.apply)({"params": qparams}, x)
     assert rel_err(y, ref) <= RTOL
 
@@ -186,7 +205,7 @@ def test_lutdense_is_a_drop_in_for_dense():
     dense = nn.Dense(48)
     params, x = _init(dense, (2, 3, 5, 64))
     qparams = quantize_params(params, **FAST)
-    lut = LutDense(48, bits=3, group_size=32, init_method="zeros")
+    lut = LutDense(48, bits=3, group_size=32, init_method="zeros", mode="exact")
     init = lut.init(jax.random.key(0), x)["params"]
     assert jax.tree.structure(init) == jax.tree.structure(qparams)
     y = lut.apply({"params": qparams}, x)
@@ -236,8 +255,10 @@ def test_lutdense_init_options():
 class LoraMLP(nn.Module):
     @nn.compact
     def __call__(self, x):
-        x = nn.relu(LutDense(64, bits=3, group_size=32, lora_rank=4, lora_alpha=8.0)(x))
-        return LutDense(8, bits=3, group_size=32, lora_rank=4, lora_alpha=8.0)(x)
+        x = nn.relu(
+            LutDense(64, bits=3, group_size=32, lora_rank=4, lora_alpha=8.0, mode="exact")(x)
+        )
+        return LutDense(8, bits=3, group_size=32, lora_rank=4, lora_alpha=8.0, mode="exact")(x)
 
 
 def test_lora_training_lowers_loss_and_keeps_codes():
