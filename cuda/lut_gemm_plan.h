@@ -51,6 +51,7 @@ constexpr int kPlanSms = 132;  // H100 SXM
 inline int SplitsFor(int64_t m, int64_t n, int64_t num_words, int num_sms = kPlanSms) {
   const LutPlan p = BaseLutPlan(m, n);
   const int64_t xz = static_cast<int64_t>(p.col_blocks) * p.row_blocks;
+  if (xz == 0) return 1;  // M == 0: nothing to split
   const int64_t want = std::max<int64_t>(1, (2 * static_cast<int64_t>(num_sms) + xz - 1) / xz);
   const int64_t most = std::max<int64_t>(1, num_words / kMinSplitWords);
   return static_cast<int>(std::min(want, most));

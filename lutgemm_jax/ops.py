@@ -282,6 +282,8 @@ def _cuda_splits(m: int, n: int, num_words: int) -> int:
     """K slices of the CUDA LUT kernel's split-K (mirrors SplitsFor in cuda/lut_gemm_plan.h)."""
     rows_per_block = 1 if m <= 1 else 2 if m <= 2 else 4 if m <= 4 else 8
     blocks = -(-n // 512) * -(-m // rows_per_block)
+    if blocks == 0:  # M == 0
+        return 1
     want = max(1, -(-2 * _CUDA_PLAN_SMS // blocks))
     return min(want, max(1, num_words // 8))
 

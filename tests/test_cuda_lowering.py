@@ -134,6 +134,13 @@ def test_large_m_path(dtype):
     assert "-> tensor<9x40xf32>" in dot or "tensor<3x3x40xf32>" in dot
 
 
+def test_zero_rows():
+    w = make_weight()
+    text = lower_cuda(jnp.zeros((0, 300), jnp.bfloat16), w)
+    assert custom_calls(text) == [_native.CUDA_TARGET]
+    assert "-> (tensor<0x96xbf16>, tensor<0xf32>)" in text
+
+
 def test_crossover_constant():
     assert ops.CUDA_LUT_MAX_ROWS == 8
     w = make_weight()
