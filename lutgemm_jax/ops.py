@@ -249,18 +249,30 @@ def _ffi_attributes(params) -> dict[str, np.int64]:
     return {name: np.int64(value) for name, value in params.items() if name != "mode"}
 
 
-CPU_CROSSOVER = {"exact": 1 << 62, "fast": 1 << 62}
-"""Per mode: the number of rows M (product of x's leading dims) from which the CPU kernel uses
-its dense path (W_hat dequantized one 128 x 64 tile at a time, FMA GEMM; FFI mode 2) instead of
-lookup tables. Static at lowering. Measured with ``python -m lutgemm_jax.bench --sweep``
-(BENCHMARKS.md)."""
+_NEVER = 1 << 62
+CPU_CROSSOVER: dict[str, int | tuple[int, ...]] = {
+    "exact": (8,) * 8,
+    "fast": (_NEVER,) * 4 + tuple(512 // q for q in range(5, 9)),
+}
+"""Per mode (an int, or a tuple indexed by q - 1): the number of rows M (product of x's leading
+dims) from which the CPU kernel uses its dense path (W_hat dequantized one 128 x 64 tile at a
+time into L1/L2, FMA GEMM; FFI mode 2) instead of lookup tables. Static at lowering. Measured on
+4096 x 4096, g = 128 with ``python -m lutgemm_jax.bench --backends lut_kernel dense --sweep``
+(BENCHMARKS.md): exact LUT loses to the dense path between M = 4 and 16 for every q; fast LUT
+beats it at every M <= 256 for q <= 4, and its per-row cost grows with q (crossover about 64 at
+q = 8, so 512 // q above q = 4)."""
+
+
+def _cpu_crossover(mode: str, q: int) -> int:
+    c = CPU_CROSSOVER[mode]
+    return c if isinstance(c, int) else c[q - 1]
 
 
 def _cpu_lowering(ctx, x, bits, alpha, offset, **params):
     mode = params.get("mode", DEFAULT_MODE)
     rows = int(np.prod(ctx.avals_in[0].shape[:-1], dtype=np.int64))
     # FFI mode attribute: 0 exact LUT, 1 fast LUT, 2 dequantized tiles + dense FMA GEMM.
-    kernel_mode = 2 if rows >= CPU_CROSSOVER[mode] else MODES.index(mode)
+    kernel_mode = 2 if rows >= _cpu_crossover(mode, params["num_bits"]) else MODES.index(mode)
     return jax.ffi.ffi_lowering(_native.CPU_TARGET)(
         ctx, x, bits, alpha, offset, **_ffi_attributes(params), mode=np.int64(kernel_mode)
     )
