@@ -8,8 +8,10 @@ Shapes (K x N): the OPT-175B layer shapes 12288 x 12288, 12288 x 49152, 49152 x 
 (R chosen so that R weights exceed 3x the L2 size), and the time per call is the step time / R
 (median over repeats). The roofline is the bytes each call must move (bits + alpha [+ offset] +
 x + y for LUT-GEMM; K*N*2 + x + y for the dense dot) at the device's measured copy bandwidth
-(and the nominal one with --peak-gbs). Exits with a message, without timing anything, when no
-GPU is present.
+(and the nominal one with --peak-gbs). For M > 8 the lowering takes the dequantize + dot path;
+the LUT kernel is then also timed directly (`lut_kernel_us`), which measures the crossover
+(`--batches 1 2 4 8 16 32`). Exits with a message, without timing anything, when no GPU is
+present.
 """
 
 from __future__ import annotations
@@ -85,8 +87,21 @@ def main(argv=None) -> int:
     if _gpu() is None:
         print("bench_gpu: no GPU visible to JAX; nothing timed.")
         return 0
-    from lutgemm_jax import _native
+    from lutgemm_jax import _native, ops
     from lutgemm_jax.ops import lut_gemm
+
+    def _lut_kernel(x, w):
+        offset = w.offset if w.has_offset else jnp.zeros((0, w.out_features), w.alpha.dtype)
+        return ops._cuda_lut(
+            x,
+            w.bits,
+            w.alpha,
+            offset,
+            in_features=w.in_features,
+            out_features=w.out_features,
+            num_bits=w.num_bits,
+            group_size=w.group_size,
+        )
 
     if not _native.HAS_CUDA:
         print("bench_gpu: the CUDA extension is not built; nothing timed.")
@@ -111,6 +126,9 @@ def main(argv=None) -> int:
         ]
         dense_ws = [jnp.asarray(rng.normal(size=(k, n)) * 0.02, dtype) for _ in range(r_dense)]
         lut_step = jax.jit(lambda x, ws: [lut_gemm(x, w) for w in ws])
+        # The LUT kernel itself at any M (the lowering switches to dequantize + dot above
+        # ops.CUDA_LUT_MAX_ROWS): for measuring the crossover.
+        kernel_step = jax.jit(lambda x, ws: [_lut_kernel(x, w) for w in ws])
         dense_step = jax.jit(
             lambda x, ws: [
                 jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype) for w in ws
@@ -120,6 +138,9 @@ def main(argv=None) -> int:
             x = jnp.asarray(rng.normal(size=(m, k)), dtype)
             t_lut = median_time(lut_step, (x, lut_ws), args.repeats) / r_lut
             t_dense = median_time(dense_step, (x, dense_ws), args.repeats) / r_dense
+            t_kernel = t_lut
+            if m > ops.CUDA_LUT_MAX_ROWS:
+                t_kernel = median_time(kernel_step, (x, lut_ws), args.repeats) / r_lut
             b_lut = lut_bytes(k, n, args.bits, args.group_size, m, act, act, args.offset)
             b_dense = k * n * act + m * (k + n) * act
             row = dict(
@@ -130,6 +151,8 @@ def main(argv=None) -> int:
                 g=args.group_size,
                 dtype=args.dtype,
                 lut_us=t_lut * 1e6,
+                lut_kernel_us=t_kernel * 1e6,
+                path="lut" if m <= ops.CUDA_LUT_MAX_ROWS else "dequant+dot",
                 dense_us=t_dense * 1e6,
                 speedup=t_dense / t_lut,
                 lut_roofline_pct=100 * b_lut / bw / t_lut,
@@ -139,10 +162,10 @@ def main(argv=None) -> int:
             )
             rows.append(row)
             print(
-                f"{k:>6} x {n:<6} M={m}: LUT {row['lut_us']:8.1f} us "
+                f"{k:>6} x {n:<6} M={m}: lut_gemm ({row['path']}) {row['lut_us']:8.1f} us "
                 f"({row['lut_roofline_pct']:5.1f}% of measured BW) | XLA {args.dtype} dot "
                 f"{row['dense_us']:8.1f} us ({row['dense_roofline_pct']:5.1f}%) | "
-                f"speedup {row['speedup']:.2f}x"
+                f"speedup {row['speedup']:.2f}x | LUT kernel {row['lut_kernel_us']:8.1f} us"
             )
         del lut_ws, dense_ws
     if args.out:
