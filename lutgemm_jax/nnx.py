@@ -221,7 +221,7 @@ def quantize_model(
     before = tree_nbytes(nnx.state(model))
     targets = [
         (path, module)
-        for path, module in nnx.iter_modules(model)
+        for path, module in _iter_modules(model)
         if type(module) is nnx.Linear and path_matches(_join(path), include, exclude)
     ]
     layers = []
@@ -250,6 +250,12 @@ def quantize_model(
         total_bytes_after=tree_nbytes(nnx.state(model)),
     )
     return model, summary
+
+
+def _iter_modules(model: nnx.Module) -> Any:
+    """``(path, module)`` pairs: ``nnx.iter_modules`` (flax >= 0.11) or the older method."""
+    iterate = getattr(nnx, "iter_modules", None)
+    return iterate(model) if iterate is not None else model.iter_modules()
 
 
 def _join(path: tuple[Any, ...]) -> str:
