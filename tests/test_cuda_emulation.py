@@ -262,9 +262,9 @@ def test_nonfinite_inputs_propagate(emu):
     np.testing.assert_array_equal(np.isfinite(y), np.isfinite(ref))
 
 
-def test_plan():
+def test_plan(emu):
     """Split-K planning: about 2 blocks per SM (at least 1), slices of >= 8 words, whole tiles."""
-    lib = _bind(_compile_once())
+    lib = emu
     out = (ctypes.c_int * 6)()
     lib.emu_plan(1, 12288, 12288 // 32, 132, out)  # 24 column tiles
     mt, cols, rows, want, splits, per = out
@@ -279,26 +279,15 @@ def test_plan():
 
 
 @pytest.mark.parametrize("m", [0, 1, 2, 3, 5, 8, 9, 40])
-def test_lowering_mirrors_plan(m):
+def test_lowering_mirrors_plan(emu, m):
     """The CUDA lowering sizes the split-K workspace with the same rule as the C++ planner."""
     from lutgemm_jax import ops
 
-    lib = _bind(_compile_once())
+    lib = emu
     out = (ctypes.c_int * 6)()
     for n, k in itertools.product([1, 67, 512, 4096, 12288, 49152], [32, 300, 4096, 49152]):
         lib.emu_plan(m, n, -(-k // 32), 132, out)
         assert ops._cuda_splits(m, n, -(-k // 32)) == out[3], (m, n, k)
-
-
-_ONCE: dict[str, Path] = {}
-
-
-def _compile_once() -> Path:
-    if "lib" not in _ONCE:
-        import tempfile
-
-        _ONCE["lib"] = _compile(Path(tempfile.mkdtemp(prefix="emu_plan_")), ["-O0"])
-    return _ONCE["lib"]
 
 
 # ---- the dequantization kernel (large-M path) -----------------------------------------------
