@@ -58,13 +58,22 @@ LUTGEMM_HD int64_t OffsetIndex(const BcqShape& s, int64_t group, int64_t col) {
   return group * s.n + col;
 }
 
+// Attributes come from the caller (an FFI call can carry any int64): K and g are bounded so that
+// padded_k() = (k + g - 1) / g * g cannot overflow int64 (an overflowed Kp of 0 would let empty
+// weight buffers pass the shape checks while the kernel reads K activations), and N so that the
+// index arithmetic stays far from overflow. No real weight comes near these bounds.
+constexpr int64_t kMaxDim = int64_t{1} << 40;
+
 // Returns nullptr when the shape is a valid format instance, or a message saying what is wrong.
 inline const char* CheckShape(const BcqShape& s) {
   if (s.k <= 0) return "K (in_features) must be positive";
+  if (s.k > kMaxDim) return "K (in_features) is too large (more than 2^40)";
   if (s.n <= 0) return "N (out_features) must be positive";
+  if (s.n > kMaxDim) return "N (out_features) is too large (more than 2^40)";
   if (s.q < 1 || s.q > kMaxBits) return "q (num_bits) must be in 1..8";
   if (s.group_size <= 0 || s.group_size % kWordBits != 0)
     return "group_size must be a positive multiple of 32";
+  if (s.group_size > kMaxDim) return "group_size is too large (more than 2^40)";
   return nullptr;
 }
 
