@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Regenerates the CPU tables of BENCHMARKS.md (results/*.md, *.json, *.csv, speedup_vs_batch.png).
+# Run from the repository root on an otherwise idle machine; takes about 10-15 minutes.
+set -euo pipefail
+out=benchmarks/results
+mkdir -p "$out"
+shapes="4096x4096 4096x16384 16384x4096"
+bench() { python -m lutgemm_jax.bench --quiet "$@"; }
+uptime | tee "$out/load.txt"
+bench --shapes $shapes --q 3 --batch 1 --modes fast exact --backends lut xla numpy jnp \
+  --accuracy --json "$out/batch1.json" --csv "$out/batch1.csv" | tee "$out/batch1.md"
+bench --shapes $shapes --q 2 3 4 --batch 1 --modes fast --backends lut xla numpy \
+  --json "$out/qscaling.json" | tee "$out/qscaling.md"
+bench --shapes $shapes --q 3 --batch 8 --modes fast exact --backends lut xla numpy \
+  --json "$out/batch8.json" | tee "$out/batch8.md"
+bench --shapes 4096x4096 --q 3 --sweep --modes fast exact --backends lut dense xla \
+  --budget 2 --reps 15 --json "$out/sweep.json" --csv "$out/sweep.csv" \
+  --plot benchmarks/speedup_vs_batch.png | tee "$out/sweep.md"
+uptime | tee -a "$out/load.txt"
