@@ -26,11 +26,13 @@ Trees: nested dicts/lists/tuples of arrays and `BCQWeight` (linen params), and N
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import struct
 import tempfile
+import warnings
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
@@ -73,11 +75,19 @@ class CheckpointError(ValueError):
 # ---- tree <-> entries ----------------------------------------------------------------------
 
 
-def _is_variable(x: Any) -> bool:
+@functools.cache
+def _variable_types() -> tuple[type, ...]:
+    """NNX variable classes: ``nnx.Variable`` (and ``nnx.VariableState`` on flax < 0.12)."""
     from flax import nnx
 
-    kinds = tuple(k for k in (nnx.Variable, getattr(nnx, "VariableState", None)) if k)
-    return isinstance(x, kinds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # an alias of Variable on 0.12
+        state = getattr(nnx, "VariableState", None)
+    return tuple({nnx.Variable, state} - {None})
+
+
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, _variable_types())
 
 
 def _variable_value(v: Any) -> Any:

@@ -119,12 +119,12 @@ def test_nnx_state_round_trip(tmp_path):
     path = tmp_path / "nnx.safetensors"
     save(path, nnx.state(model))
     other = make(1)  # different packed codes, LoRA factors and head
-    before = jax.tree.map(np.array, nnx.state(other).to_pure_dict())
+    before = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(other)))
     state = load(path, like=nnx.state(other))
     assert type(state) is type(nnx.state(other))
     nnx.update(other, state)
-    assert_trees_identical(nnx.state(other).to_pure_dict(), nnx.state(model).to_pure_dict())
-    after = nnx.state(other).to_pure_dict()
+    assert_trees_identical(nnx.to_pure_dict(nnx.state(other)), nnx.to_pure_dict(nnx.state(model)))
+    after = nnx.to_pure_dict(nnx.state(other))
     assert not np.array_equal(before["head"]["kernel"], after["head"]["kernel"])
     assert not np.array_equal(before["lut"]["kernel"].bits, after["lut"]["kernel"].bits)
     x = jnp.ones((2, 64))

@@ -138,9 +138,9 @@ def test_lutlinear_init_and_variable_types():
     assert isinstance(layer.kernel, QuantizedWeight) and not isinstance(layer.kernel, nnx.Param)
     w = layer.kernel.get_value()
     assert isinstance(w, BCQWeight) and w.shape == (40, 24) and w.has_offset
-    params = nnx.state(layer, nnx.Param).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(layer, nnx.Param))
     assert set(params) == {"bias", "lora_a", "lora_b"}
-    assert set(nnx.state(layer, QuantizedWeight).to_pure_dict()) == {"kernel"}
+    assert set(nnx.to_pure_dict(nnx.state(layer, QuantizedWeight))) == {"kernel"}
     assert layer(jnp.ones((2, 3, 40))).shape == (2, 3, 24)
     with pytest.raises(ValueError, match="expected"):
         LutLinear(41, 24, kernel=w, rngs=nnx.Rngs(0))
@@ -164,7 +164,7 @@ def test_from_linear_keeps_bias_dtype_and_output():
 
 def test_lora_training_with_nnx_optimizer_keeps_codes():
     model = quantize_model(MLP(nnx.Rngs(0)), **FAST, lora_rank=4, lora_alpha=8.0, rngs=nnx.Rngs(5))
-    codes = jax.tree.map(np.array, nnx.state(model, QuantizedWeight).to_pure_dict())
+    codes = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, QuantizedWeight)))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(32, 64)), jnp.float32)
     target = jnp.tanh(x[:, :40])
     optimizer = nnx.Optimizer(model, optax.adam(3e-2), wrt=nnx.Param)
@@ -178,6 +178,6 @@ def test_lora_training_with_nnx_optimizer_keeps_codes():
 
     losses = [float(step(model, optimizer)) for _ in range(15)]
     assert losses[-1] < 0.8 * losses[0]
-    after = nnx.state(model, QuantizedWeight).to_pure_dict()
+    after = nnx.to_pure_dict(nnx.state(model, QuantizedWeight))
     jax.tree.map(np.testing.assert_array_equal, after, codes)
     assert not np.allclose(model.fc1.lora_b[...], 0)
