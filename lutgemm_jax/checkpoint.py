@@ -12,12 +12,15 @@ header's string-to-string ``__metadata__`` holds:
   entry per leaf: ``{"path": [keys], "kind": "array", "tensor": name}`` or
   ``{"path": [...], "kind": "bcq", "K", "N", "q", "g", "has_offset", "dtype", "tensors":
   {"bits": name, "alpha": name, "offset": name}}`` (keys are JSON strings or ints);
-* ``lutgemm_jax.user``: JSON of the caller's ``metadata`` (str -> str).
+* ``lutgemm_jax.user``: JSON of the caller's ``metadata`` (str -> str);
+* ``lutgemm_jax.header_sha256``: SHA-256 of the rest of the header (`_header_digest`: its JSON
+  with sorted keys and no whitespace), so that a corrupted header is detected like corrupted
+  tensor data. Integrity only: anyone can recompute it, it is not a signature.
 
 Writes are atomic: a temporary file in the destination directory is written, flushed, fsynced,
 then renamed over the destination, so a failure leaves any previous file intact. `load` checks
-everything (header, sizes, offsets, SHA-256 of every tensor, the `BCQWeight` shapes, and the
-structure, shapes and dtypes of ``like``) before building a single array, and raises
+everything (header and its SHA-256, sizes, offsets, SHA-256 of every tensor, the `BCQWeight`
+shapes, and the structure, shapes and dtypes of ``like``) before building a single array, and raises
 `CheckpointError` with the reason.
 
 Trees: nested dicts/lists/tuples of arrays and `BCQWeight` (linen params), and NNX state:
@@ -66,6 +69,7 @@ _DTYPES = {
 _CODES = {dtype: code for code, dtype in _DTYPES.items()}
 _BCQ_FIELDS = ("bits", "alpha", "offset")
 _MAX_HEADER = 100 * 1024 * 1024
+_HEADER_DIGEST = "lutgemm_jax.header_sha256"
 
 
 class CheckpointError(ValueError):
@@ -206,9 +210,17 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: Mapping[str, str] | No
         "lutgemm_jax.tree": json.dumps({"entries": entries, "sha256": digests}),
         "lutgemm_jax.user": json.dumps(dict(metadata or {})),
     }
+    header["__metadata__"][_HEADER_DIGEST] = _header_digest(header)
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
     _atomic_write(os.fspath(path), [struct.pack("<Q", len(blob)), blob, *tensors.values()])
+
+
+def _header_digest(header: dict[str, Any]) -> str:
+    """SHA-256 of the header without its own digest entry, in a canonical JSON form."""
+    meta = {k: v for k, v in (header.get("__metadata__") or {}).items() if k != _HEADER_DIGEST}
+    canonical = json.dumps({**header, "__metadata__": meta}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _write_chunks(f: BinaryIO, chunks: list[Any]) -> None:
@@ -264,7 +276,9 @@ def _read(path: str) -> tuple[dict[str, Any], dict[str, str], memoryview]:
         raise CheckpointError(f"{path}: corrupted safetensors header: {e}") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupted safetensors header: not a JSON object")
-    meta = header.pop("__metadata__", None) or {}
+    meta = header.get("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: corrupted safetensors header: bad __metadata__")
     if meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a lutgemm_jax checkpoint (header format {meta.get('format')!r})"
@@ -277,6 +291,12 @@ def _read(path: str) -> tuple[dict[str, Any], dict[str, str], memoryview]:
             f"{path}: checkpoint format version {version} is not supported by this lutgemm_jax "
             f"(reads versions 1..{FORMAT_VERSION}); upgrade lutgemm_jax"
         )
+    if meta.get(_HEADER_DIGEST) != _header_digest(header):
+        raise CheckpointError(
+            f"{path}: corrupted header: checksum mismatch (SHA-256 of the header differs from "
+            f"its {_HEADER_DIGEST!r} entry)"
+        )
+    header.pop("__metadata__", None)
     data = memoryview(raw)[8 + n :]
     end = 0
     for name, info in sorted(header.items(), key=lambda kv: _offsets(kv[1])[0]):
@@ -364,13 +384,18 @@ def load(path: str | os.PathLike, *, like: Any = None) -> Any:
         dtype = _DTYPES[info["dtype"]].newbyteorder("<")
         arrays[name] = np.frombuffer(chunk, dtype=dtype).reshape(info["shape"])
 
-    values = [_entry_value(path, entry, arrays) for entry in entries]
-    used = [
-        n for e in entries for n in (e["tensors"].values() if e["kind"] == "bcq" else [e["tensor"]])
-    ]
-    if sorted(used) != sorted(header):
-        raise CheckpointError(f"{path}: corrupted header: tree entries and tensors disagree")
-    paths = [tuple(e["path"]) for e in entries]
+    try:
+        values = [_entry_value(path, entry, arrays) for entry in entries]
+        used = [
+            n
+            for e in entries
+            for n in (e["tensors"].values() if e["kind"] == "bcq" else [e["tensor"]])
+        ]
+        if sorted(used) != sorted(header):
+            raise CheckpointError(f"{path}: corrupted header: tree entries and tensors disagree")
+        paths = [tuple(e["path"]) for e in entries]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: corrupted header: bad tree entry ({e!r})") from None
 
     if like is None:
         return _to_device(_nest(path, paths, values), None)

@@ -205,6 +205,8 @@ def rewrite_metadata(path, **changes) -> None:
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + n])
     header["__metadata__"].update(changes)
+    # Re-sign the header, so that the check under test (not the header checksum) rejects it.
+    header["__metadata__"]["lutgemm_jax.header_sha256"] = checkpoint._header_digest(header)
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)
     path.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
