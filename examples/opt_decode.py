@@ -291,15 +291,13 @@ def benchmark(args, config, params, qparams) -> None:
     else:
         variants += [("LUT, f32 lm_head", qparams)]
     sizes = [int(s) for s in args.batch_sizes.split(",")]
-    d, v = config.word_embed_proj_dim, config.vocab_size
+    log("\nweights read per decoded token (embedding rows are gathered, not read whole):")
+    for name, p in variants:
+        log(f"  {name:18s} {weights_read(p) / 2**20:8.0f} MiB")
     log(
-        f"\nweights read per token: float32 {opt.param_bytes(params) / 2**20:.0f} MiB; "
-        f"LUT {opt.param_bytes(qparams) / 2**20:.0f} MiB, of which the float32 lm_head/embedding "
-        f"{d * v * 4 / 2**20:.0f} MiB"
-    )
-    log(
-        f"decode latency per token (median of {args.bench_repeats} x {args.bench_steps} steps, "
-        f"after warm-up), {jax.devices()[0].platform.upper()}, {os.cpu_count()} cores"
+        f"decode step latency in ms (one new token per batch row; median of "
+        f"{args.bench_repeats} calls of {args.bench_steps} steps after a warm-up call), "
+        f"{jax.devices()[0].platform.upper()}, {os.cpu_count()} cores"
     )
     header = f"{'batch':>5s}"
     for name, _ in variants:
@@ -324,6 +322,13 @@ def benchmark(args, config, params, qparams) -> None:
             line += f" | {1e3 * r['median']:22.2f} {r['tokens_per_s']:8.1f}"
         line += " | " + ", ".join(f"{results[0]['median'] / r['median']:.2f}x" for r in results[1:])
         log(line)
+
+
+def weights_read(params) -> int:
+    """Bytes of weights one decode step streams: all params but the position table and, when
+    the lm_head is untied, the token embedding (both are only gathered)."""
+    skip = {"embed_positions"} | ({"embed_tokens"} if "lm_head" in params else set())
+    return opt.param_bytes({k: v for k, v in params.items() if k not in skip})
 
 
 def eval_ppl(args, config, params, qparams, tokenizer) -> None:
