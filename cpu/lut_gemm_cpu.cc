@@ -216,6 +216,7 @@ LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, 
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int64_t w = 0; w < p.wps; ++w) {
       const uint32_t* src = p.bits + ((kw0 + w) * q + i) * n + col;
+      if (sb + 1 < p.nsb) _mm_prefetch(reinterpret_cast<const char*>(src + p.wps * q * n), _MM_HINT_T0);
       __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
       __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 8));
       const int64_t c0 = (kw0 + w) * kChunksPerWord;
@@ -281,6 +282,11 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
     for (int64_t w = 0; w < p.wps; ++w) {
       const __m256i* src =
           reinterpret_cast<const __m256i*>(p.bits + ((kw0 + w) * q + i) * n + col);
+      if (sb + 1 < p.nsb) {  // the same columns of the next scale block: starts its streams
+        const char* next = reinterpret_cast<const char*>(src) + p.wps * q * n * 4;
+        _mm_prefetch(next, _MM_HINT_T0);
+        _mm_prefetch(next + 64, _MM_HINT_T0);
+      }
       const __m256i a = _mm256_shuffle_epi8(_mm256_loadu_si256(src), by_byte);
       const __m256i b = _mm256_shuffle_epi8(_mm256_loadu_si256(src + 1), by_byte);
       const __m256i c = _mm256_shuffle_epi8(_mm256_loadu_si256(src + 2), by_byte);
@@ -674,11 +680,14 @@ void LutGemm(const Operands& op, Mode mode, Isa isa, int64_t max_tasks,
 
   const Kernels kr = GetKernels(isa, fast, p.at);
   // Column chunks: multiples of 32 columns (no two tasks share a 128-byte line of y or of a sign
-  // word row), about 4 per task for load balance, at least 256 columns each.
+  // word row), up to 4 per task for load balance.
   const int64_t n = p.s.n;
   const int64_t tasks = std::max<int64_t>(1, max_tasks);
-  int64_t chunk = (n + tasks * 4 - 1) / (tasks * 4);
-  chunk = std::max<int64_t>(256, (chunk + 31) / 32 * 32);
+  // Chunks of >= 1024 columns where N allows (>= 4 KiB contiguous per sign-word row and scale
+  // block, so that hardware prefetch streams run long), but at least one chunk per task.
+  int64_t chunk = std::max<int64_t>(1024, (n + tasks * 4 - 1) / (tasks * 4));
+  chunk = std::min<int64_t>(chunk, (n + tasks - 1) / tasks);
+  chunk = std::max<int64_t>(32, (chunk + 31) / 32 * 32);
   const int64_t nchunk = (n + chunk - 1) / chunk;
   auto run = [&](int64_t i) {
     RunColumns(p, kr, op, i * chunk, std::min(n, (i + 1) * chunk));
