@@ -161,7 +161,8 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: Mapping[str, str] | No
         array = np.asarray(value)
         if array.dtype not in _CODES:
             raise CheckpointError(f"leaf {name!r} has unsupported dtype {array.dtype}")
-        tensors[name] = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<")))
+        # np.asarray(order="C"), not np.ascontiguousarray: that one turns 0-d leaves into [1].
+        tensors[name] = np.asarray(array.astype(array.dtype.newbyteorder("<")), order="C")
         return name
 
     for keys, value in leaves:
