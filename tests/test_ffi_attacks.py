@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -418,10 +417,10 @@ def _emu_validate(lib, which, operands, attrs):
 
 
 @pytest.fixture(scope="module")
-def emu_lib(tmp_path_factory):
-    if shutil.which("g++") is None:
-        pytest.skip("needs g++")
-    return emulation._bind(emulation._compile(tmp_path_factory.mktemp("emu"), ["-O0"]))
+def emu_lib():
+    from test_properties import emulation_lib
+
+    return emulation_lib()
 
 
 @pytest.mark.parametrize("name", list(EMU_CASES))

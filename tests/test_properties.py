@@ -29,7 +29,11 @@ a minute) and "long" (``HYPOTHESIS_PROFILE=long``: 20x the examples, random).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -208,11 +212,18 @@ def test_reference_lowering_matches_float64(p):
 # ---- CUDA kernels under the CPU emulation --------------------------------------------------
 
 
+@functools.cache
+def emulation_lib():
+    """The emulation harness, compiled once per test session (shared by the reliability tests)."""
+    if not shutil.which("g++"):
+        pytest.skip("needs g++")
+    out_dir = Path(tempfile.mkdtemp(prefix="lutgemm_emu_"))
+    return emulation._bind(emulation._compile(out_dir, ["-O1"]))
+
+
 @pytest.fixture(scope="module")
 def emu():
-    if not emulation.shutil.which("g++"):
-        pytest.skip("needs g++")
-    return emulation._bind(emulation._compile_once())
+    return emulation_lib()
 
 
 def _np(a):
