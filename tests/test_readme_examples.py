@@ -21,3 +21,4 @@ def test_flax_doc_examples_run(tmp_path, monkeypatch):
     for i, block in enumerate(blocks):
         exec(compile(block, f"{DOC.name}[block {i}]", "exec"), namespace)  # noqa: S102
     assert namespace["losses"][-1] < namespace["losses"][0]
+    assert namespace["linen_losses"][-1] < namespace["linen_losses"][0]
