@@ -100,8 +100,9 @@ class LutDense(nn.Module):
     ``y = lut_gemm(x, kernel) + (x @ lora_a) @ lora_b * scale + bias`` for ``x: [..., K]``,
     ``y: [..., features]``. Params: ``'kernel'`` (a `BCQWeight` for ``[K, features]``),
     ``'bias'`` ``[features]`` (when ``use_bias``), and with ``lora_rank = r > 0`` ``'lora_a'``
-    ``[K, r]`` and ``'lora_b'`` ``[r, features]`` (zero-initialised, so the adapter starts as
-    the identity). ``scale = lora_alpha / lora_rank`` (1 when ``lora_alpha`` is ``None``).
+    ``[K, r]`` and ``'lora_b'`` ``[r, features]`` (zero-initialised, so the layer starts out
+    equal to its quantized base). ``scale = lora_alpha / lora_rank`` (1 when ``lora_alpha`` is
+    ``None``).
 
     Attributes:
       features, use_bias, dtype, param_dtype, precision, kernel_init, bias_init: as in
