@@ -11,13 +11,15 @@
 # Environment: LUTGEMM_ASAN_TARGET (install dir, default /tmp/lutgemm-asan),
 # LUTGEMM_ASAN_BUILD (CMake build dir, default build/asan), PYTHON (default python3).
 #
-# Default tests (together they reach every kernel code path: both accuracy modes x both ISA
-# paths (portable, AVX2), every q 1..8, every group size incl. per-column, with/without offset,
-# all activation/alpha dtypes, M = 0..17 rows, the column-tiled and row-blocked loops, the
-# dequantize handler, the validation of every malformed call, thread counts 1..5 and 8
-# concurrent Python threads):
+# Default tests (together they reach every kernel code path: the three kernel paths (exact LUT,
+# fast LUT, dense tiles) x both ISA paths (portable, AVX2), every q 1..8, every group size incl.
+# per-column, with/without offset, all activation/alpha dtypes, M = 0..17 rows, the column-tiled
+# and row-blocked loops, NaN/Inf inputs, the validation of every malformed FFI call, thread
+# counts 1..8 and 8 concurrent Python threads):
 #   tests/test_cpu_kernel.py tests/test_ffi_attacks.py tests/test_properties.py (ci profile,
 #   native-kernel properties only) tests/test_concurrency.py tests/test_numerics.py
+# (-k "not emulation and not reference": the CUDA emulation and the pure-jnp path run no code of
+# the sanitized extension).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -31,8 +33,7 @@ if ! "$python" -c "import scikit_build_core, nanobind" 2>/dev/null; then
 fi
 
 start=$(date +%s)
-rm -rf "$target"
-"$python" -m pip install --quiet --no-build-isolation --no-deps --target "$target" . \
+"$python" -m pip install --quiet --upgrade --no-build-isolation --no-deps --target "$target" . \
   -Ccmake.define.LUTGEMM_SANITIZE=ON -Ccmake.define.LUTGEMM_CUDA=OFF -Cbuild-dir="$build_dir"
 echo "sanitize: ASan+UBSan build took $(( $(date +%s) - start )) s"
 
@@ -54,6 +55,7 @@ import sys
 sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__name__.startswith("ScikitBuild")]
 PY
 
+rm -rf "$logs"
 mkdir -p "$logs"
 cxx="${CXX:-g++}"
 asan_rt="$("$cxx" -print-file-name=libasan.so)"
