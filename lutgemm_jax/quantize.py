@@ -257,9 +257,11 @@ def _quantize_chunk(w, *, k, g, q, method, rounds, fit_offset, clip_search, hist
                 return jnp.sum(_times_pow2(errs, 2 * exp[None, :, 0, :]), axis=(1, 2))
     alpha = jnp.stack([_times_pow2(a, exp)[:, 0, :] for a in alpha], axis=1)  # [G, q, C]
     offset = _times_pow2(offset, exp)[:, 0, :]  # [G, C]
-    planes = [((code >> i) & 1).astype(jnp.bool_) & valid for i in range(q)]
-    signs = jnp.stack(planes, axis=2).reshape(kp, q, c)
-    return pack_signs(signs), alpha, offset
+    # Padded rows get bit 0. The barrier materialises the codes once (XLA would otherwise fuse
+    # the whole fit into the packing reduction, ~4x slower); one plane at a time packs fastest.
+    code = lax.optimization_barrier(jnp.where(valid, code, 0)).reshape(kp, 1, c)
+    bits = [pack_signs(((code >> i) & 1).astype(jnp.bool_)) for i in range(q)]
+    return jnp.concatenate(bits, axis=1), alpha, offset
 
 
 def _group_reduce(op, x):

@@ -181,10 +181,10 @@ def test_pack_unpack_round_trip():
 
 
 def test_column_chunking_does_not_change_the_result():
-    W = _gauss(n=37, seed=4)
+    W = _gauss(seed=4)
     for method in METHODS:
         a = quantize(W, 3, G, method)
-        b = quantize(W, 3, G, method, column_chunk=16)
+        b = quantize(W, 3, G, method, column_chunk=12)  # chunks of 12, 12 and 8 (zero-padded)
         assert b.alpha.shape == a.alpha.shape  # sums may associate differently per chunk shape
         np.testing.assert_allclose(b.dequantize(), a.dequantize(), rtol=1e-5, atol=1e-5)
 
