@@ -11,14 +11,14 @@ Public API:
   build_info           which native backends are compiled in
   linen, nnx           Flax: LutDense / LutLinear, quantize_params / quantize_model, LoRA
   checkpoint           save / load quantized params as safetensors
+  export_disabled_checks  what jax.export needs to serialize lut_gemm's custom calls
 """
 
 from lutgemm_jax import checkpoint, linen, nnx
-from lutgemm_jax._native import build_info
+from lutgemm_jax._native import build_info, export_disabled_checks
 from lutgemm_jax.format import PER_COLUMN, BCQWeight, dequantize, pack_signs, unpack_signs
 from lutgemm_jax.ops import lut_gemm, lut_gemm_p
 from lutgemm_jax.quantize import quantize
-
 
 __all__ = [
     "PER_COLUMN",
@@ -26,6 +26,7 @@ __all__ = [
     "build_info",
     "checkpoint",
     "dequantize",
+    "export_disabled_checks",
     "linen",
     "lut_gemm",
     "lut_gemm_p",
