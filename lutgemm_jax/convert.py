@@ -21,6 +21,7 @@ from flax.linen import dtypes as flax_dtypes
 from lutgemm_jax.format import BCQWeight
 from lutgemm_jax.ops import lut_gemm
 from lutgemm_jax.quantize import quantize
+from lutgemm_jax.sharding import shard_like
 
 PathFilter = str | Callable[[str], bool] | None
 """A layer selector: a regular expression (``re.search`` on the ``/``-joined path), a
@@ -52,7 +53,9 @@ def quantize_kernel(
     """Quantizes a dense kernel ``[K, N]`` (or a stack ``[..., K, N]``) to a `BCQWeight`.
 
     A stack (e.g. the kernels of an ``nn.scan``-ned layer, ``[L, K, N]``) is quantized one
-    ``[K, N]`` slice at a time; the result's arrays get the same leading axes.
+    ``[K, N]`` slice at a time; the result's arrays get the same leading axes. A ``[K, N]``
+    kernel sharded over several devices (a `NamedSharding`) gives packed arrays sharded the same
+    way along K and N (`lutgemm_jax.sharding.packed_specs`).
     """
 
     def one(w: jax.Array) -> BCQWeight:
@@ -62,7 +65,12 @@ def quantize_kernel(
         raise ValueError(f"quantize_kernel: kernel must be [..., K, N], got {kernel.shape}")
     lead = tuple(kernel.shape[:-2])
     if not lead:
-        return one(kernel)
+        # A multi-device kernel is quantized on one device (the quantizer's column chunks are
+        # not sharding-aware), then the packed arrays are placed like it (sharding.shard_like).
+        sharding = getattr(kernel, "sharding", None)
+        if sharding is not None and sharding.num_devices > 1:
+            kernel = np.asarray(kernel)
+        return shard_like(one(kernel), sharding)
     parts = [one(kernel[index]) for index in np.ndindex(*lead)]
     return jax.tree.map(lambda *leaves: jnp.stack(leaves).reshape(*lead, *leaves[0].shape), *parts)
 

@@ -13,6 +13,7 @@ Three ways to run a linen model on packed BCQ weights:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 from flax.core import FrozenDict
+from jax.sharding import PartitionSpec as P
 
 from lutgemm_jax.convert import (
     ConversionSummary,
@@ -34,6 +36,7 @@ from lutgemm_jax.convert import (
     tree_nbytes,
 )
 from lutgemm_jax.format import BCQWeight, padded_in_features, resolve_group_size
+from lutgemm_jax.sharding import packed_specs
 
 __all__ = [
     "ConversionSummary",
@@ -82,9 +85,9 @@ def init_bcq_weight(
             num_bits=bits,
             group_size=g,
         )
-    dense = kernel_init(key, shape, param_dtype)
+    dense, names = _unbox(kernel_init(key, shape, param_dtype))
     extra = {} if init_method == "rtn" else {"fit_offset": has_offset}
-    return quantize_kernel(
+    packed = quantize_kernel(
         dense,
         bits=bits,
         group_size=group_size,
@@ -92,6 +95,31 @@ def init_bcq_weight(
         alpha_dtype=alpha_dtype,
         **extra,
     )
+    return _box(packed, names)
+
+
+def _unbox(value: Any) -> tuple[Any, nn.Partitioned | None]:
+    """``(array, box)`` for an ``nn.with_partitioning`` box, else ``(value, None)``."""
+    if isinstance(value, nn.Partitioned):
+        return value.value, value
+    return value, None
+
+
+def _box(w: BCQWeight, box: nn.Partitioned | None) -> BCQWeight:
+    """Boxes each packed array with the partitioning of the dense kernel box it replaces.
+
+    The kernel's ``names = (k_name, n_name)`` become ``(k_name, None, n_name)`` for bits and
+    alpha and ``(k_name, n_name)`` for the offset, so ``nn.get_partition_spec`` and
+    ``nn.logical_to_mesh_sharding`` work on converted params as on dense ones.
+    """
+    if box is None:
+        return w
+    specs = packed_specs(P(*box.names), w.has_offset)
+    boxed = {
+        name: box.replace_boxed(getattr(w, name)).replace(names=tuple(spec))
+        for name, spec in specs.items()
+    }
+    return dataclasses.replace(w, **boxed)
 
 
 class LutDense(nn.Module):
@@ -212,7 +240,10 @@ def quantize_params(
 
     Args:
       params: a nested mapping (``dict`` or ``FrozenDict``; the ``{'params': ...}`` wrapper is
-        allowed) of arrays.
+        allowed) of arrays. A kernel boxed by ``nn.with_partitioning`` (``nn.Partitioned``)
+        gives a `BCQWeight` whose arrays are boxed with the matching names
+        (`lutgemm_jax.sharding.packed_specs`); a kernel sharded over several devices gives
+        packed arrays sharded the same way.
       bits, group_size, method: passed to `lutgemm_jax.quantize.quantize`.
       include: regex (``re.search``) or predicate on the kernel's path; ``None`` = all.
       exclude: regex or predicate; matching kernels are skipped (e.g. ``r"lm_head|embed"``).
@@ -231,17 +262,18 @@ def quantize_params(
         params.unfreeze() if frozen else dict(params), keep_empty_nodes=True
     )
     targets = [
-        (key, value)
-        for key, value in flat.items()
-        if _is_kernel(key, value, stacked)
+        (key, box)
+        for key, box in flat.items()
+        if _is_kernel(key, _unbox(box)[0], stacked)
         and path_matches("/".join(map(str, key)), include, exclude)
     ]
     layers = []
-    for key, value in progress_iter(targets, len(targets), progress, "quantize"):
+    for key, box in progress_iter(targets, len(targets), progress, "quantize"):
+        value, partitioning = _unbox(box)
         kwargs = {"alpha_dtype": alpha_dtype_for(value.dtype), **quantize_kwargs}
         packed = quantize_kernel(value, bits=bits, group_size=group_size, method=method, **kwargs)
         layers.append(layer_summary("/".join(map(str, key)), value, packed))
-        flat[key] = packed
+        flat[key] = _box(packed, partitioning)
     out = traverse_util.unflatten_dict(flat)
     out = FrozenDict(out) if frozen else out
     if not return_summary:
@@ -326,12 +358,12 @@ def _dense_interceptor(mode: str | None) -> Any:
             or not module.has_variable("params", "kernel")
         ):
             return next_fun(*args, **kwargs)
-        kernel = module.get_variable("params", "kernel")
+        kernel = nn.meta.unbox(module.get_variable("params", "kernel"))
         if not isinstance(kernel, BCQWeight):
             return next_fun(*args, **kwargs)
         bias = None
         if module.use_bias:
-            bias = module.get_variable("params", "bias")
+            bias = nn.meta.unbox(module.get_variable("params", "bias"))
             if bias is None:
                 raise ValueError(f"nn.Dense at {'/'.join(module.path)} has use_bias=True, no bias")
         (inputs,) = args

@@ -25,6 +25,7 @@ Inside ``jax.shard_map``, ``lut_gemm`` takes the local shards directly (see ``op
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -153,3 +154,39 @@ def partitioned(kernel, params: tuple[tuple[str, int], ...], has_offset: bool):
         **factor_sizes,
     )
     return call
+
+
+# ---- placing packed weights ----------------------------------------------------------------
+
+
+def packed_specs(kernel_spec: P, has_offset: bool) -> dict[str, P]:
+    """PartitionSpecs of bits/alpha/offset for a dense kernel ``[K, N]`` sharded as ``kernel_spec``.
+
+    ``P(k_axes, n_axes)`` becomes ``bits: P(k_axes, None, n_axes)``, ``alpha: P(k_axes, None,
+    n_axes)``, ``offset: P(k_axes, n_axes)``: K and N keep their mesh axes and the plane axis
+    is replicated. (The K axis of bits counts words, of alpha groups: a K sharding hands each
+    device whole groups when the mesh axis size divides the number of groups.)
+    """
+    k_axes, n_axes = (tuple(kernel_spec) + (None, None))[:2]
+    specs = {"bits": P(k_axes, None, n_axes), "alpha": P(k_axes, None, n_axes)}
+    if has_offset:
+        specs["offset"] = P(k_axes, n_axes)
+    return specs
+
+
+def shard_like(w, kernel_sharding):
+    """Places the arrays of `BCQWeight` ``w`` as the dense kernel it replaces was placed.
+
+    Args:
+      w: an unstacked `BCQWeight` for ``[K, N]``.
+      kernel_sharding: the dense kernel's sharding; only a `NamedSharding` over more than one
+        device moves anything (others are returned unchanged).
+    """
+    if not isinstance(kernel_sharding, NamedSharding) or kernel_sharding.num_devices == 1:
+        return w
+    specs = packed_specs(kernel_sharding.spec, w.has_offset)
+    placed = {
+        name: jax.device_put(getattr(w, name), NamedSharding(kernel_sharding.mesh, spec))
+        for name, spec in specs.items()
+    }
+    return dataclasses.replace(w, **placed)
