@@ -117,10 +117,15 @@ def quantize(
     k, n = W.shape
     has_offset = method == "rtn" or fit_offset
     parts = [
-        _run_chunk(W, start, chunk, g, bits, method, rounds, fit_offset, clip_search, False)
+        [
+            x[..., : min(chunk, n - start)]  # drop the chunk's zero-padded columns
+            for x in _run_chunk(
+                W, start, chunk, g, bits, method, rounds, fit_offset, clip_search, False
+            )
+        ]
         for start in range(0, n, chunk)
     ]
-    bits_, alpha, offset = (jnp.concatenate(p, axis=-1)[..., :n] for p in zip(*parts, strict=True))
+    bits_, alpha, offset = (jnp.concatenate(p, axis=-1) for p in zip(*parts, strict=True))
     w = BCQWeight(
         bits=bits_,
         alpha=_saturate(alpha, alpha_dtype),
@@ -209,14 +214,14 @@ def _validate(W, bits, group_size, method, rounds, fit_offset, clip_search, alph
 
 
 def _run_chunk(W, start, chunk, g, q, method, rounds, fit_offset, clip_search, history):
-    """Quantizes columns ``start : start + chunk`` (zero-padded past N) of ``W``."""
+    """Quantizes columns ``start : start + chunk`` of ``W``, zero-padded to `_chunk_width`."""
     k, n = W.shape
     kp = padded_in_features(k, g)
     cols = W[:, start : start + chunk]
-    cols = jnp.pad(cols, ((0, kp - k), (0, chunk - cols.shape[1])))
+    cols = jnp.pad(cols, ((0, kp - k), (0, _chunk_width(chunk) - cols.shape[1])))
     return _quantize_chunk(
         cols,
-        k=k,
+        jnp.int32(k),
         g=g,
         q=q,
         method=method,
@@ -227,12 +232,19 @@ def _run_chunk(W, start, chunk, g, q, method, rounds, fit_offset, clip_search, h
     )
 
 
+def _chunk_width(chunk: int) -> int:
+    """Compiled chunk width: a power of two below 1024 columns, else a multiple of 128, so
+    that matrices of similar widths share one compilation."""
+    return 1 << (chunk - 1).bit_length() if chunk < 1024 else -(-chunk // 128) * 128
+
+
 @functools.partial(
     jax.jit,
-    static_argnames=("k", "g", "q", "method", "rounds", "fit_offset", "clip_search", "history"),
+    static_argnames=("g", "q", "method", "rounds", "fit_offset", "clip_search", "history"),
 )
-def _quantize_chunk(w, *, k, g, q, method, rounds, fit_offset, clip_search, history):
-    """One column chunk. ``w``: float32 ``[Kp, C]`` (rows >= ``k`` are padding).
+def _quantize_chunk(w, k, *, g, q, method, rounds, fit_offset, clip_search, history):
+    """One column chunk. ``w``: float32 ``[Kp, C]``; rows ``>= k`` (an int32 scalar, traced so
+    that matrices with the same ``Kp`` share a compilation) are padding.
 
     Returns ``(bits uint32 [Kp/32, q, C], alpha f32 [G, q, C], offset f32 [G, C])``, or with
     ``history`` the float32 ``[rounds + 1]`` squared error after greedy and each round.

@@ -151,10 +151,10 @@ def test_ragged_k_padding_is_ignored(method, k, g):
     # The chunk function masks the padded rows: garbage there changes nothing.
     kp = w.padded_in_features
     junk = np.random.default_rng(0).normal(size=(kp - k, 9)).astype(np.float32) * 100
-    cfg = dict(k=k, g=w.group_size, q=3, method=method, rounds=15, fit_offset=method != "rtn")
+    cfg = dict(g=w.group_size, q=3, method=method, rounds=15, fit_offset=method != "rtn")
     cfg.update(clip_search=False, history=False)
-    clean = Q._quantize_chunk(jnp.asarray(np.concatenate([W, 0 * junk])), **cfg)
-    dirty = Q._quantize_chunk(jnp.asarray(np.concatenate([W, junk])), **cfg)
+    clean = Q._quantize_chunk(jnp.asarray(np.concatenate([W, 0 * junk])), k, **cfg)
+    dirty = Q._quantize_chunk(jnp.asarray(np.concatenate([W, junk])), k, **cfg)
     for x, y in zip(clean, dirty, strict=True):
         np.testing.assert_array_equal(x, y)
     # The partial last group is fitted from its real rows only.
