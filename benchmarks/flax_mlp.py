@@ -1,7 +1,7 @@
 """Times a converted Flax MLP (1024 -> 4096 -> GELU -> 1024, the shape of a transformer FFN)
 against the dense one on the CPU; prints compression ratio, error and speed.
 
-Run: python docs/flax_mlp_bench.py   (numbers quoted in docs/flax.md)
+Run: python benchmarks/flax_mlp.py   (numbers quoted in BENCHMARKS.md)
 """
 
 import functools
