@@ -6,7 +6,8 @@
 # sanitizer reports.
 #
 #   scripts/sanitize.sh                 # build (incremental in build/asan) + the default tests
-#   scripts/sanitize.sh tests/test_x.py # build + the given pytest arguments instead
+#   scripts/sanitize.sh -x --durations=9  # the default tests with extra pytest options
+#   scripts/sanitize.sh tests/test_x.py # build + the given test paths (and options) instead
 #
 # Environment: LUTGEMM_ASAN_TARGET (install dir, default /tmp/lutgemm-asan),
 # LUTGEMM_ASAN_BUILD (CMake build dir, default build/asan), PYTHON (default python3).
@@ -18,8 +19,11 @@
 # counts 1..8 and 8 concurrent Python threads):
 #   tests/test_cpu_kernel.py tests/test_ffi_attacks.py tests/test_properties.py (ci profile,
 #   native-kernel properties only) tests/test_concurrency.py tests/test_numerics.py
-# (-k "not emulation and not reference": the CUDA emulation and the pure-jnp path run no code of
-# the sanitized extension).
+# Deselected: the CUDA emulation and the pure-jnp path (they run no code of the sanitized
+# extension), the quantizer property (jnp code; its kernel calls are covered by the others) and
+# the subprocess tests of test_cpu_kernel.py that only compare process-level settings.
+default_filter="not emulation and not reference and not quantize_pack \
+and not one_or_all_cpus and not library_default_mode"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -84,15 +88,21 @@ assert lutgemm_jax.build_info()['cpu'], lutgemm_jax.build_info()
 print('sanitize: testing', m.__file__, 'isa', m.selected_isa())
 "
 args=()
+paths=0
 for arg in "$@"; do  # test paths are relative to the repository root
-  if [[ "$arg" != -* && -e "$root/${arg%%::*}" ]]; then args+=("$root/$arg"); else args+=("$arg"); fi
+  if [[ "$arg" != -* && -e "$root/${arg%%::*}" ]]; then
+    args+=("$root/$arg")
+    paths=$((paths + 1))
+  else
+    args+=("$arg")
+  fi
 done
-set -- ${args[@]+"${args[@]}"}
-if [ "$#" -eq 0 ]; then
-  set -- "$root/tests/test_cpu_kernel.py" "$root/tests/test_ffi_attacks.py" \
-    "$root/tests/test_properties.py" -k "not emulation and not reference" \
-    "$root/tests/test_concurrency.py" "$root/tests/test_numerics.py"
+if [ "$paths" -eq 0 ]; then  # no test paths given (options only, or nothing): the default set
+  args+=("$root/tests/test_cpu_kernel.py" "$root/tests/test_ffi_attacks.py"
+    "$root/tests/test_properties.py" "$root/tests/test_concurrency.py"
+    "$root/tests/test_numerics.py" -k "$default_filter")
 fi
+set -- "${args[@]}"
 status=0
 start=$(date +%s)
 "$python" -m pytest -q -p no:cacheprovider --rootdir "$root" -c "$root/pyproject.toml" "$@" \

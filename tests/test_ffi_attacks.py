@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import test_cuda_emulation as emulation
+from test_properties import environ
 
 from lutgemm_jax import _native
 
@@ -417,7 +418,14 @@ def _emu_validate(lib, which, operands, attrs):
 
 
 @pytest.fixture(scope="module")
-def emu_lib():
+def emu_lib(tmp_path_factory):
+    if os.environ.get("LUTGEMM_SANITIZER_BUILD"):
+        # scripts/sanitize.sh: the CUDA handler's host validation under ASan + UBSan as well
+        # (libasan is preloaded; only emu_validate is called, no fibers).
+        flags = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+        out_dir = tmp_path_factory.mktemp("emu_asan")
+        with environ(LD_PRELOAD=None):  # g++ itself runs without the preloaded runtime
+            return emulation._bind(emulation._compile(out_dir, flags))
     from test_properties import emulation_lib
 
     return emulation_lib()
