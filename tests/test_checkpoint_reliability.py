@@ -21,6 +21,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def test_sigkill_mid_write_leaves_the_previous_file(tmp_path, kill):
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
     )
+    watchdog = threading.Timer(180, proc.kill)  # a hung writer fails the test, not CI
+    watchdog.start()
     try:
         # Let it complete 1 + kill saves, then kill it while a temporary file exists.
         for _ in range(1 + kill):
@@ -80,6 +83,7 @@ def test_sigkill_mid_write_leaves_the_previous_file(tmp_path, kill):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
