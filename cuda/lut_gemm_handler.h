@@ -78,29 +78,15 @@ inline ffi::Error PrepareLutGemm(ffi::AnyBuffer x, ffi::AnyBuffer bits, ffi::Any
 inline ffi::Error PrepareDequant(ffi::AnyBuffer bits, ffi::AnyBuffer alpha, ffi::AnyBuffer offset,
                                  ffi::AnyBuffer w, int64_t in_features, int64_t out_features,
                                  int64_t num_bits, int64_t group_size, DequantArgs* args) {
-  BcqShape s{in_features, out_features, num_bits, group_size, false};
-  if (const char* msg = CheckShape(s))
-    return ffi::Error::InvalidArgument(std::string("lut_gemm dequantize: bad attributes: ") + msg);
-  if (bits.element_type() != ffi::DataType::U32)
-    return ffi::Error::InvalidArgument("lut_gemm dequantize: bits must be uint32");
-  if (!IsFloatType(alpha.element_type()))
-    return ffi::Error::InvalidArgument(
-        "lut_gemm dequantize: alpha must be float32, bfloat16 or float16");
-  if (offset.element_type() != alpha.element_type())
-    return ffi::Error::InvalidArgument("lut_gemm dequantize: offset must have alpha's dtype");
+  BcqShape s{};
+  if (ffi::Error err = CheckWeight("lut_gemm dequantize", bits, alpha, offset, in_features,
+                                   out_features, num_bits, group_size, &s);
+      err.failure())
+    return err;
   if (!IsFloatType(w.element_type()))
     return ffi::Error::InvalidArgument(
         "lut_gemm dequantize: output must be float32, bfloat16 or float16");
-  const int64_t q = s.q, n = s.n, g = s.num_groups();
-  auto bd = bits.dimensions();
-  if (bd.size() != 3 || bd[0] != s.num_words() || bd[1] != q || bd[2] != n)
-    return ShapeError("bits", bd, "[Kp/32, q, N] = " + DimsToString({s.num_words(), q, n}));
-  auto ad = alpha.dimensions();
-  if (ad.size() != 3 || ad[0] != g || ad[1] != q || ad[2] != n)
-    return ShapeError("alpha", ad, "[G, q, N] = " + DimsToString({g, q, n}));
-  auto od = offset.dimensions();
-  if (od.size() != 2 || (od[0] != g && od[0] != 0) || od[1] != n)
-    return ShapeError("offset", od, "[G, N] = " + DimsToString({g, n}) + " or [0, N]");
+  const int64_t n = s.n;
   auto wd = w.dimensions();
   if (wd.size() != 2 || wd[0] != s.k || wd[1] != n)
     return ShapeError("output", wd, "[K, N] = " + DimsToString({s.k, n}));
@@ -108,11 +94,11 @@ inline ffi::Error PrepareDequant(ffi::AnyBuffer bits, ffi::AnyBuffer alpha, ffi:
     return ffi::Error::InvalidArgument("lut_gemm dequantize: K too large (K/32 > 65535)");
   *args = DequantArgs{static_cast<const uint32_t*>(bits.untyped_data()),
                       alpha.untyped_data(),
-                      od[0] == g ? offset.untyped_data() : nullptr,
+                      s.has_offset ? offset.untyped_data() : nullptr,
                       w.untyped_data(),
                       static_cast<int>(s.k),
                       static_cast<int>(n),
-                      static_cast<int>(q),
+                      static_cast<int>(s.q),
                       static_cast<int>(s.num_words()),
                       static_cast<int>(s.words_per_group()),
                       ToElemType(alpha.element_type()),
