@@ -187,7 +187,8 @@ def test_pytorch_bin_gives_conversion_message(tmp_path):
 
 
 def test_hf_tokenizer_json(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers
+
     vocab = {"<pad>": 1, "</s>": 2, "hello": 5, "world": 6, "[UNK]": 0}
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
