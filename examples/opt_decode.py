@@ -8,6 +8,11 @@ per-token latency, tokens/s, top-1 agreement and the max logit difference::
     python examples/opt_decode.py --model ~/models/opt-1.3b --prompt "The capital of France is"
     python examples/opt_decode.py --benchmark --preset 1.3b --method rtn
     python examples/opt_decode.py --model ~/models/opt-125m --eval-ppl wiki.test.raw
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+        python examples/opt_decode.py --mesh dp=2,tp=4 --group-size 64 --prompt a --prompt b
+
+--mesh runs Megatron-style tensor parallelism (column-parallel q/k/v/fc1, row-parallel
+out_proj/fc2) over a ``tp`` mesh axis and splits the prompts over a ``dp`` axis.
 
 A --model directory is a local Hugging Face OPT checkpoint (config.json, *.safetensors, and
 tokenizer.json for text); nothing is ever downloaded. See docs/opt.md.
@@ -16,6 +21,7 @@ tokenizer.json for text); nothing is ever downloaded. See docs/opt.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -25,6 +31,7 @@ import jax
 import numpy as np
 
 from lutgemm_jax.models import opt
+from lutgemm_jax.models import tensor_parallel as tp
 
 DEFAULT_PROMPT = "Lookup tables replace"
 RANDOM_DEFAULT_METHOD = "greedy"
@@ -79,6 +86,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also run the float32 model and compare (default on)",
+    )
+
+    d = p.add_argument_group("several devices")
+    d.add_argument(
+        "--mesh",
+        metavar="SPEC",
+        help="device mesh, e.g. tp=4 or dp=2,tp=4: tensor parallel over tp (column-parallel "
+        "q/k/v/fc1, row-parallel out_proj/fc2), prompts split over dp",
     )
 
     m = p.add_argument_group("measurements")
@@ -239,9 +254,14 @@ def timed_generate(model, params, ids, mask, args, **kw):
     return out, first, time.perf_counter() - t0
 
 
-def demo(args, config, params, qparams, tokenizer) -> None:
+def demo(args, config, params, qparams, tokenizer, mesh=None) -> opt.Generation:
     model = opt.OPT(config)
     prompts, ids, mask = encode_prompts(args, config, tokenizer)
+    if mesh is not None:
+        try:
+            ids, mask = tp.shard_batch(mesh, ids, mask)
+        except ValueError as e:
+            sys.exit(f"error: --mesh: {e} (pass a multiple of dp prompts with --prompt)")
     b, n = ids.shape[0], args.max_new_tokens
     log(
         f"\nprompt{'s' if b > 1 else ''} ({b} x {ids.shape[1]} tokens, left-padded), "
@@ -277,6 +297,7 @@ def demo(args, config, params, qparams, tokenizer) -> None:
             f"{np.asarray(gf.logits).std():.2f})"
         )
         log(f"identical free-running generations: {same:.0%} of {b} prompt(s)")
+    return gq
 
 
 # ---- benchmark and perplexity ----------------------------------------------------------------
@@ -351,18 +372,68 @@ def eval_ppl(args, config, params, qparams, tokenizer) -> None:
         )
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def make_mesh(spec: str):
+    try:
+        mesh = tp.make_mesh(spec)
+    except ValueError as e:
+        sys.exit(f"error: --mesh: {e}")
+    kinds = ", ".join(sorted({d.device_kind for d in mesh.devices.flat}))
+    log(f"mesh {dict(mesh.shape)} over {mesh.size} of {jax.device_count()} devices ({kinds})")
+    return mesh
+
+
+def shard(mesh, params, qparams, args):
+    """(float params, quantized params) placed on ``mesh``; prints the bytes per device."""
+    try:
+        qsharded = tp.shard_params(qparams, mesh)
+        sharded = tp.shard_params(params, mesh) if args.compare or args.benchmark else params
+    except ValueError as e:
+        sys.exit(f"error: --mesh: {e}")
+    log(
+        f"weights per device (on {jax.local_devices()[0]}): LUT-GEMM "
+        f"{_size(tp.device_bytes(qsharded))} of {_size(opt.param_bytes(qparams))} on one device"
+        + (
+            f"; float32 {_size(tp.device_bytes(sharded))} of {_size(opt.param_bytes(params))}"
+            if sharded is not params
+            else ""
+        )
+    )
+    return sharded, qsharded
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     t_start = time.perf_counter()
     log(f"jax {jax.__version__} on {jax.devices()[0].platform}")
+    mesh = make_mesh(args.mesh) if args.mesh else None
     config, params, tokenizer, is_random = load_float_model(args)
-    qparams = quantize_or_load(args, config, params, is_random)
-    if args.eval_ppl:
-        eval_ppl(args, config, params, qparams, tokenizer)
-    if args.benchmark:
-        benchmark(args, config, params, qparams)
-    if not (args.benchmark or args.eval_ppl):
-        demo(args, config, params, qparams, tokenizer)
+    qparams = single_q = quantize_or_load(args, config, params, is_random)
+    if mesh is not None:
+        params, qparams = shard(mesh, params, qparams, args)
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        if args.eval_ppl:
+            eval_ppl(args, config, params, qparams, tokenizer)
+        if args.benchmark:
+            benchmark(args, config, params, qparams)
+        if not (args.benchmark or args.eval_ppl):
+            gq = demo(args, config, params, qparams, tokenizer, mesh)
+    if mesh is not None and not (args.benchmark or args.eval_ppl):
+        _, ids, mask = encode_prompts(args, config, tokenizer)
+        one = opt.generate(
+            opt.OPT(config),
+            single_q,
+            ids,
+            mask,
+            max_new_tokens=args.max_new_tokens,
+            sampling=opt.Sampling(args.temperature, args.top_k, args.top_p),
+            seed=args.seed,
+        )
+        same = np.array_equal(np.asarray(one.tokens), np.asarray(gq.tokens))
+        log(f"same tokens as one device: {'yes' if same else 'NO'}")
     log(f"\ntotal wall time {time.perf_counter() - t_start:.1f} s")
 
 
