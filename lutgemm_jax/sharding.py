@@ -34,7 +34,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lutgemm_jax.format import WORD_BITS
+from lutgemm_jax.format import WORD_BITS, padded_in_features
 
 
 def _axis_size(mesh, axes) -> int:
@@ -139,18 +139,27 @@ def partitioned(kernel, params: tuple[tuple[str, int], ...], has_offset: bool):
 
         return mesh, lower, result_sharding, arg_shardings
 
-    operands = ["... (G gk)", "(G gw) q n", "G q n"] + (["G n"] if has_offset else [])
-    factor_sizes = {"gk": g, "gw": g // WORD_BITS}
-    if params["in_features"] % g:
+    # Shardy rejects size-1 factors inside a compound dimension, so single-group weights
+    # (G = 1) and one-word groups (g = 32) spell their K dimensions without them.
+    groups = padded_in_features(params["in_features"], g) // g
+    words = g // WORD_BITS
+    x_k, bits_k, factor_sizes = "(G gk)", "(G gw)", {"gk": g, "gw": words}
+    if words == 1:
+        bits_k, factor_sizes = "G", {"gk": g}
+    if groups == 1:  # one group: K cannot be split
+        bits_k, factor_sizes = "w", {}
+    if params["in_features"] % g or groups == 1:
         # Padded K: x's K is not a whole number of groups, so K cannot be split.
-        operands[0] = "... k"
-        factor_sizes = {"gw": g // WORD_BITS}
+        x_k = "k"
+        factor_sizes.pop("gk", None)
+    operands = [f"... {x_k}", f"{bits_k} q n", "G q n"] + (["G n"] if has_offset else [])
+    replicated = tuple(f for f in ("k", "w") if f in (x_k, bits_k))
     call.def_partition(
         partition,
         infer_sharding_from_operands=infer,
         sharding_rule=", ".join(operands) + " -> ... n",
         reduction_factors=("G",),
-        need_replication_factors=("k",) if "k" in operands[0].split() else (),
+        need_replication_factors=replicated,
         **factor_sizes,
     )
     return call

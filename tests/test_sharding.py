@@ -125,3 +125,32 @@ def test_shard_map_forward_and_grad(layout):
     got = jax.jit(jax.grad(lambda x: jnp.sum(local(x, ws) * c)))(xs)
     want = np.asarray(c, np.float64) @ w64.T
     assert rel_err(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("k,g", [(512, 32), (200, None), (100, 128), (100, 32)])
+@pytest.mark.parametrize("layout", ["column", "data"])
+def test_sharded_one_word_and_single_group_weights(k, g, layout):
+    """g = 32 (one word per group) and a single group along K (per-column, or K <= g)."""
+    rng = np.random.default_rng(7)
+    w, w64 = random_weight(rng, k, N, Q, g, True)
+    x = jnp.asarray(rng.normal(size=(8, k)), jnp.float32)
+    mesh = jax.make_mesh((4,), ("x",), devices=jax.devices()[:4])
+    x_spec, _, n_axis, out_spec = LAYOUTS[layout]
+    xs = jax.device_put(x, NamedSharding(mesh, x_spec))
+    ws = jax.tree.map(
+        lambda a: jax.device_put(a, NamedSharding(mesh, P(*[None] * (a.ndim - 1), n_axis))), w
+    )
+    y = jax.jit(lj.lut_gemm, out_shardings=NamedSharding(mesh, out_spec))(xs, ws)
+    assert rel_err(y, reference(x, w64)) <= 1e-5
+
+
+def test_row_parallel_with_one_word_groups():
+    rng = np.random.default_rng(8)
+    w, w64 = random_weight(rng, 256, N, Q, 32, True)  # 8 groups of one word each
+    x = jnp.asarray(rng.normal(size=(8, 256)), jnp.float32)
+    mesh = jax.make_mesh((4,), ("x",), devices=jax.devices()[:4])
+    xs = jax.device_put(x, NamedSharding(mesh, P(None, "x")))
+    ws = jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, P("x"))), w)
+    f = jax.jit(lj.lut_gemm, out_shardings=NamedSharding(mesh, P()))
+    assert rel_err(f(xs, ws), reference(x, w64)) <= 1e-5
+    assert _collectives(f.lower(xs, ws).compile().as_text())["all-gather"] == 0

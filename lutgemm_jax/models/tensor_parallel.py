@@ -101,18 +101,6 @@ def _check_divisible(path: str, kernel, spec: P, tp_size: int) -> None:
         raise ValueError(f"{path}: {axis} = {size} is not divisible by tp={tp_size}")
 
 
-def _check_partitionable(path: str, w: BCQWeight) -> None:
-    # lut_gemm's sharding rule splits the bits' word axis into (groups, words per group); Shardy
-    # rejects a size-1 factor in such a split, so g = 32 or a single group along K cannot be
-    # partitioned (on any mesh of more than one device) until that rule handles it.
-    if w.group_size == 32 or w.num_groups == 1:
-        raise ValueError(
-            f"{path}: a quantized weight with g = {w.group_size} and {w.num_groups} group(s) "
-            f"along K = {w.in_features} cannot be partitioned yet (lut_gemm's sharding rule "
-            "needs g >= 64 and at least 2 groups along K); quantize with such a group size"
-        )
-
-
 def shard_params(params, mesh: jax.sharding.Mesh, *, tp_axis: str | None = "tp"):
     """Places OPT ``params`` (float or quantized) on ``mesh``, Megatron-style.
 
@@ -146,8 +134,6 @@ def shard_params(params, mesh: jax.sharding.Mesh, *, tp_axis: str | None = "tp")
         name = "/".join(path)
         if spec != P():
             _check_divisible(name, x, spec, tp_size)
-        if isinstance(x, BCQWeight) and mesh.size > 1:
-            _check_partitionable(name, x)
         if isinstance(x, BCQWeight):
             if spec == P():
                 return jax.tree.map(lambda a: jax.device_put(a, replicated), x)
