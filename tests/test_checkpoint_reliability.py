@@ -66,7 +66,7 @@ def test_sigkill_mid_write_leaves_the_previous_file(tmp_path, kill):
         metadata={"step": "0"},
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-P", "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
     )
     watchdog = threading.Timer(180, proc.kill)  # a hung writer fails the test, not CI
     watchdog.start()

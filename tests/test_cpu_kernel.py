@@ -198,7 +198,11 @@ def test_deterministic_with_one_or_all_cpus():
     outs = []
     for cpus in ("1", "all"):
         r = subprocess.run(
-            [sys.executable, "-c", code, cpus], env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-P", "-c", code, cpus],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert r.returncode == 0, r.stderr[-2000:]
         outs.append(r.stdout)
@@ -223,7 +227,7 @@ def test_library_default_mode_is_fast():
     # conftest.py pins the tests' default to "exact"; without the variable the default is "fast".
     env = {k: v for k, v in os.environ.items() if k != "LUTGEMM_DEFAULT_MODE"}
     code = "from lutgemm_jax import ops; print(ops.DEFAULT_MODE)"
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "fast", r.stderr[-2000:]
 
 

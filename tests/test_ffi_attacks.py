@@ -285,7 +285,7 @@ print(t.run_case(sys.argv[2]))
 @pytest.mark.parametrize("name", RISKY)
 def test_risky_malformed_call_raises_in_subprocess(name):
     r = subprocess.run(
-        [sys.executable, "-c", _ONE, str(Path(__file__).parent), name],
+        [sys.executable, "-P", "-c", _ONE, str(Path(__file__).parent), name],
         capture_output=True,
         text=True,
         timeout=300,
@@ -313,7 +313,7 @@ def test_battery_in_fresh_process_exits_cleanly():
     later (the process keeps working and exits with status 0)."""
     env = dict(os.environ, LUTGEMM_CPU_POISON="1")
     r = subprocess.run(
-        [sys.executable, "-c", _BATTERY, str(Path(__file__).parent)],
+        [sys.executable, "-P", "-c", _BATTERY, str(Path(__file__).parent)],
         capture_output=True,
         text=True,
         timeout=300,
