@@ -198,6 +198,85 @@ LUTGEMM_AVX2 inline __m256 LoadAlpha8(const void* base, int64_t i) {
   }
 }
 
+// The 16 float entries of one chunk's table as two vectors, entries 0-7 and 8-15 (bit 3 of the
+// entry = the sign of x3). Same operation order as ChunkTable: the products are exact (signs are
+// +-1), so the FMAs round exactly like its additions and the tables are bitwise equal.
+LUTGEMM_AVX2 inline void ChunkTableAvx2(const float* x4, __m256* lo, __m256* hi) {
+  const __m256 s0 = _mm256_setr_ps(-1, 1, -1, 1, -1, 1, -1, 1);
+  const __m256 s1 = _mm256_setr_ps(-1, -1, 1, 1, -1, -1, 1, 1);
+  const __m256 s2 = _mm256_setr_ps(-1, -1, -1, -1, 1, 1, 1, 1);
+  __m256 v = _mm256_mul_ps(s0, _mm256_broadcast_ss(x4));
+  v = _mm256_fmadd_ps(s1, _mm256_broadcast_ss(x4 + 1), v);
+  v = _mm256_fmadd_ps(s2, _mm256_broadcast_ss(x4 + 2), v);
+  const __m256 x3 = _mm256_broadcast_ss(x4 + 3);
+  *lo = _mm256_sub_ps(v, x3);
+  *hi = _mm256_add_ps(v, x3);
+}
+
+// BuildTables on AVX2, giving the same table values. Fast mode: a scale block's float tables are built
+// into a stack buffer first; the block's max |entry| equals max_c sum_j |x[4c+j]| (the entry whose
+// signs match x is evaluated in the same order as that sum, and rounding is monotonic).
+LUTGEMM_AVX2 void BuildTablesAvx2(const float* xrow, Prep& p, int64_t row, bool fast) {
+  if (!fast) {
+    float* ft = p.ft.data() + row * p.nchunks * kEntries;
+    for (int64_t c = 0; c < p.nchunks; ++c) {
+      __m256 lo, hi;
+      ChunkTableAvx2(xrow + c * kMu, &lo, &hi);
+      _mm256_storeu_ps(ft + c * kEntries, lo);
+      _mm256_storeu_ps(ft + c * kEntries + 8, hi);
+    }
+    return;
+  }
+  int8_t* qt = p.qt.data() + row * p.nchunks * kEntries;
+  const int64_t cpb = p.S / kMu;  // chunks per scale block: 8..32, even
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i max_finite = _mm256_set1_epi32(0x7f7fffff);
+  const __m256i interleave = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256 t[2 * 32];
+  for (int64_t b = 0; b < p.nsb; ++b) {
+    const float* xb = xrow + b * p.S;
+    __m256 vmax = _mm256_setzero_ps();
+    __m256i nonfinite = _mm256_setzero_si256();
+    for (int64_t c = 0; c < cpb; ++c) {
+      ChunkTableAvx2(xb + c * kMu, &t[2 * c], &t[2 * c + 1]);
+      // Entries 8-15 are the negated entries 7-0 (all signs flipped), so |entries 0-7| suffice.
+      vmax = _mm256_max_ps(vmax, _mm256_and_ps(t[2 * c], abs_mask));
+    }
+    for (int64_t i = 0; i < p.S; i += 8) {
+      const __m256i bits = _mm256_castps_si256(_mm256_and_ps(_mm256_loadu_ps(xb + i), abs_mask));
+      nonfinite = _mm256_or_si256(nonfinite, _mm256_cmpgt_epi32(bits, max_finite));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    float scale, inv;
+    // NaN/Inf activations, or a chunk sum overflowing to Inf: the row becomes NaN.
+    if (!_mm256_testz_si256(nonfinite, nonfinite) || !(amax <= std::numeric_limits<float>::max())) {
+      scale = std::numeric_limits<float>::quiet_NaN();
+      inv = 0.f;
+    } else if (amax == 0.f) {
+      scale = inv = 0.f;
+    } else {
+      scale = amax / 127.f;
+      inv = 127.f / amax;
+    }
+    p.qscale[row * p.nsb + b] = scale;
+    // Two chunks per store: round to nearest even (as nearbyint), saturate, clamp to -127.
+    const __m256 vinv = _mm256_set1_ps(inv);
+    const __m256i lowest = _mm256_set1_epi8(-127);
+    for (int64_t c = 0; c < cpb; c += 2) {
+      const __m256i a = _mm256_packs_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(t[2 * c], vinv)),
+                                           _mm256_cvtps_epi32(_mm256_mul_ps(t[2 * c + 1], vinv)));
+      const __m256i b2 = _mm256_packs_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(t[2 * c + 2], vinv)),
+                                            _mm256_cvtps_epi32(_mm256_mul_ps(t[2 * c + 3], vinv)));
+      // Bytes are now [a0-3 a8-11 b0-3 b8-11 | a4-7 a12-15 b4-7 b12-15]; restore entry order.
+      const __m256i v = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b2), interleave);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(qt + (b * cpb + c) * kEntries),
+                          _mm256_max_epi8(v, lowest));
+    }
+  }
+}
+
 // 16 columns: two vectors of 8 sign words; per nibble, vpermps into the low and high halves of the
 // 16-entry float table (index = low 3 bits) and a blend on bit 3 (moved to the sign bit).
 template <int R, DType AT>
@@ -216,7 +295,6 @@ LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, 
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int64_t w = 0; w < p.wps; ++w) {
       const uint32_t* src = p.bits + ((kw0 + w) * q + i) * n + col;
-      if (sb + 1 < p.nsb) _mm_prefetch(reinterpret_cast<const char*>(src + p.wps * q * n), _MM_HINT_T0);
       __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
       __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 8));
       const int64_t c0 = (kw0 + w) * kChunksPerWord;
@@ -282,11 +360,6 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
     for (int64_t w = 0; w < p.wps; ++w) {
       const __m256i* src =
           reinterpret_cast<const __m256i*>(p.bits + ((kw0 + w) * q + i) * n + col);
-      if (sb + 1 < p.nsb) {  // the same columns of the next scale block: starts its streams
-        const char* next = reinterpret_cast<const char*>(src) + p.wps * q * n * 4;
-        _mm_prefetch(next, _MM_HINT_T0);
-        _mm_prefetch(next + 64, _MM_HINT_T0);
-      }
       const __m256i a = _mm256_shuffle_epi8(_mm256_loadu_si256(src), by_byte);
       const __m256i b = _mm256_shuffle_epi8(_mm256_loadu_si256(src + 1), by_byte);
       const __m256i c = _mm256_shuffle_epi8(_mm256_loadu_si256(src + 2), by_byte);
@@ -467,44 +540,58 @@ inline void DequantTile(const Prep& p, int64_t k0, int64_t kc, int64_t c0, int64
   }
 }
 
+// The micro-kernels read x from a packed panel xp[k][kMR] (the kMR rows of a row block
+// interleaved per k, zero rows past m), so the broadcasts walk one contiguous stream instead of
+// kMR rows K floats apart (which alias in L1 when K is a multiple of 1024).
 template <int MR>
-void MicroPortable(const float* x, int64_t ldx, const float* wt, int64_t kc, float* c,
-                   int64_t ldc) {
+void MicroPortable(const float* xp, const float* wt, int64_t kc, float* c, int64_t ldc) {
   #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
     for (int64_t k = 0; k < kc; ++k) {
-      const float xv = x[r * ldx + k];
+      const float xv = xp[k * kMR + r];
       for (int j = 0; j < 16; ++j) c[r * ldc + j] += xv * wt[k * kNB + j];
     }
 }
 
+// Per 8 columns and sign word (32 rows of K; g is a multiple of 32, so one group per word): the
+// q words, alpha and -alpha are loaded once, then each row picks +-alpha per plane with blendv on
+// the word shifted so that the row's bit is the sign bit (rows in descending order, one shift per
+// row and plane). Same summation order as DequantTile, so W_hat is bitwise equal.
 template <DType AT>
 LUTGEMM_AVX2 void DequantTileAvx2(const Prep& p, int64_t k0, int64_t kc, int64_t c0, int64_t nc,
                                   float* wt) {
   if (nc < kNB) return DequantTile<AT>(p, k0, kc, c0, nc, wt);
   const int64_t n = p.s.n, q = p.s.q;
-  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
-  for (int64_t kk = 0; kk < kc; ++kk) {
-    const int64_t k = k0 + kk, grp = k / p.g, kw = k / kWordBits, t = k % kWordBits;
-    const __m128i shift = _mm_cvtsi32_si128(static_cast<int>(31 - t));
-    float* d = wt + kk * kNB;
-    for (int c = 0; c < kNB; c += 8) {
-      __m256 acc = p.offset ? LoadAlpha8<AT>(p.offset, grp * n + c0 + c) : _mm256_setzero_ps();
+  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u)));
+  __m256i w[kMaxBits];
+  __m256 pos[kMaxBits], neg[kMaxBits];
+  for (int c = 0; c < kNB; c += 8) {
+    for (int64_t kk0 = 0; kk0 < kc; kk0 += kWordBits) {
+      const int64_t kw = (k0 + kk0) / kWordBits, grp = (k0 + kk0) / p.g;
+      const int rows = static_cast<int>(std::min<int64_t>(kWordBits, kc - kk0));
       for (int64_t i = 0; i < q; ++i) {
-        const __m256i w = _mm256_loadu_si256(
+        const __m256i b = _mm256_loadu_si256(
             reinterpret_cast<const __m256i*>(p.bits + (kw * q + i) * n + c0 + c));
-        const __m256i flip = _mm256_andnot_si256(_mm256_sll_epi32(w, shift), sign);
-        const __m256 a = LoadAlpha8<AT>(p.alpha, (grp * q + i) * n + c0 + c);
-        acc = _mm256_add_ps(acc, _mm256_xor_ps(a, _mm256_castsi256_ps(flip)));
+        w[i] = _mm256_sll_epi32(b, _mm_cvtsi32_si128(kWordBits - rows));  // bit rows-1 on top
+        pos[i] = LoadAlpha8<AT>(p.alpha, (grp * q + i) * n + c0 + c);
+        neg[i] = _mm256_xor_ps(pos[i], sign);
       }
-      _mm256_storeu_ps(d + c, acc);
+      const __m256 base =
+          p.offset ? LoadAlpha8<AT>(p.offset, grp * n + c0 + c) : _mm256_setzero_ps();
+      for (int t = rows - 1; t >= 0; --t) {
+        __m256 acc = base;
+        for (int64_t i = 0; i < q; ++i) {
+          acc = _mm256_add_ps(acc, _mm256_blendv_ps(neg[i], pos[i], _mm256_castsi256_ps(w[i])));
+          w[i] = _mm256_slli_epi32(w[i], 1);
+        }
+        _mm256_storeu_ps(wt + (kk0 + t) * kNB + c, acc);
+      }
     }
   }
 }
 
 template <int MR>
-LUTGEMM_AVX2 void MicroAvx2(const float* x, int64_t ldx, const float* wt, int64_t kc, float* c,
-                            int64_t ldc) {
+LUTGEMM_AVX2 void MicroAvx2(const float* xp, const float* wt, int64_t kc, float* c, int64_t ldc) {
   __m256 acc[MR][2];
   #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
@@ -515,7 +602,7 @@ LUTGEMM_AVX2 void MicroAvx2(const float* x, int64_t ldx, const float* wt, int64_
     const __m256 w0 = _mm256_loadu_ps(wt + k * kNB), w1 = _mm256_loadu_ps(wt + k * kNB + 8);
     #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const __m256 xv = _mm256_broadcast_ss(x + r * ldx + k);
+      const __m256 xv = _mm256_broadcast_ss(xp + k * kMR + r);
       acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
     }
@@ -528,7 +615,7 @@ LUTGEMM_AVX2 void MicroAvx2(const float* x, int64_t ldx, const float* wt, int64_
 }
 
 using TileFn = void (*)(const Prep&, int64_t, int64_t, int64_t, int64_t, float*);
-using MicroFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
+using MicroFn = void (*)(const float*, const float*, int64_t, float*, int64_t);
 
 struct DenseKernels {
   TileFn tile;
@@ -545,9 +632,10 @@ DenseKernels GetDenseKernels(bool avx2) {
            MicroPortable<5>, MicroPortable<6>}};
 }
 
-// Columns [c_begin, c_end) of every row; x32 is [m][k] float32. Each column's sums run over k in
-// the same order whatever the column split, so results do not depend on the thread count.
-void RunDense(const Prep& p, const DenseKernels& dk, const Operands& op, const float* x32,
+// Columns [c_begin, c_end) of every row; xp is x packed as [ceil(m / kMR)][k][kMR] float32. Each
+// column's sums run over k in the same order whatever the column split, so results do not depend
+// on the thread count.
+void RunDense(const Prep& p, const DenseKernels& dk, const Operands& op, const float* xp,
               int64_t c_begin, int64_t c_end) {
   const int64_t m = p.m, k = p.s.k, n = p.s.n;
   std::vector<float> wt(kKB * kNB), facc(m * kNB);
@@ -562,7 +650,7 @@ void RunDense(const Prep& p, const DenseKernels& dk, const Operands& op, const f
       for (int64_t cs = 0; cs < nc; cs += 16) {
         for (int64_t m0 = 0; m0 < m; m0 += kMR) {
           const int mr = static_cast<int>(std::min<int64_t>(kMR, m - m0));
-          dk.micro[mr - 1](x32 + m0 * k + k0, k, wt.data() + cs, kc,
+          dk.micro[mr - 1](xp + (m0 * k + k0 * kMR), wt.data() + cs, kc,
                            facc.data() + m0 * kNB + cs, kNB);
         }
       }
@@ -609,18 +697,20 @@ void RunDenseAll(const Prep& p, const Operands& op, Isa isa, int64_t max_tasks,
       break;
   }
   const int64_t m = p.m, k = p.s.k, n = p.s.n;
-  std::vector<float> xbuf;
-  const float* x32 = static_cast<const float*>(op.x);
-  if (op.x_type != DType::kF32) {
-    xbuf.resize(m * k);
-    for (int64_t i = 0; i < m * k; ++i) xbuf[i] = ToF32(op.x, op.x_type, i);
-    x32 = xbuf.data();
-  }
+  // x as float32 row-block panels [ceil(m / kMR)][k][kMR], rows past m zero.
+  const int64_t blocks = (m + kMR - 1) / kMR;
+  std::vector<float> xp(static_cast<size_t>(blocks) * k * kMR, 0.f);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t r = 0; r < kMR && b * kMR + r < m; ++r)
+      for (int64_t i = 0; i < k; ++i)
+        xp[(b * k + i) * kMR + r] = ToF32(op.x, op.x_type, (b * kMR + r) * k + i);
   const int64_t tasks = std::max<int64_t>(1, max_tasks);
   int64_t chunk = (n + tasks * 4 - 1) / (tasks * 4);
   chunk = std::max<int64_t>(kNB, (chunk + kNB - 1) / kNB * kNB);
   const int64_t nchunk = (n + chunk - 1) / chunk;
-  auto run = [&](int64_t i) { RunDense(p, dk, op, x32, i * chunk, std::min(n, (i + 1) * chunk)); };
+  auto run = [&](int64_t i) {
+    RunDense(p, dk, op, xp.data(), i * chunk, std::min(n, (i + 1) * chunk));
+  };
   if (nchunk == 1 || tasks == 1) {
     for (int64_t i = 0; i < nchunk; ++i) run(i);
   } else {
@@ -668,7 +758,10 @@ void LutGemm(const Operands& op, Mode mode, Isa isa, int64_t max_tasks,
     } else {
       for (int64_t i = 0; i < k; ++i) xrow[i] = ToF32(op.x, op.x_type, r * k + i);
     }
-    BuildTables(xrow.data(), p, r, fast);
+    if (isa == Isa::kAvx2)
+      BuildTablesAvx2(xrow.data(), p, r, fast);
+    else
+      BuildTables(xrow.data(), p, r, fast);
     if (p.offset != nullptr) {
       for (int64_t grp = 0; grp < p.ngroups; ++grp) {
         double sum = 0.0;
