@@ -5,16 +5,28 @@
 nnx.Param)``, ``nnx.grad`` / ``nnx.value_and_grad`` (which differentiate ``nnx.Param`` by
 default) and ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` leave the packed codes alone: with
 ``lora_rank > 0`` only the LoRA factors (and the bias) train.
+
+Sharding metadata works as on ``nnx.Linear``: ``kernel_init=nnx.with_partitioning(init, (k_name,
+n_name))`` (or ``kernel_metadata={"out_sharding": ...}``) names the axes of the dense kernel the
+packed one stands for, and `QuantizedWeight` maps the names onto its packed arrays
+(`lutgemm_jax.sharding.packed_specs`): eager sharding under ``jax.set_mesh(mesh)``,
+``nnx.get_partition_spec`` / ``nnx.get_named_sharding`` and the ``nnx.jit`` +
+``jax.lax.with_sharding_constraint`` + ``nnx.update`` recipe all place bits, alpha and offset
+along K and N. `LutLinear.from_linear` / `quantize_model` keep the converted layer's metadata.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.core import spmd as core_spmd
+from jax.sharding import NamedSharding, PartitionSpec
 
 from lutgemm_jax.convert import (
     ConversionSummary,
@@ -29,6 +41,7 @@ from lutgemm_jax.convert import (
 )
 from lutgemm_jax.format import BCQWeight
 from lutgemm_jax.linen import init_bcq_weight
+from lutgemm_jax.sharding import packed_specs
 
 __all__ = ["LutLinear", "QuantizedWeight", "quantize_model", "ConversionSummary"]
 
@@ -36,8 +49,155 @@ _default_kernel_init = nnx.initializers.lecun_normal()
 _default_bias_init = nnx.initializers.zeros_init()
 
 
+_SHARDING_KEYS = ("out_sharding", "sharding", "sharding_names")  # the last two: deprecated
+_REQUIRED_METADATA = ("hijax", "ref", "eager_sharding")
+_NO_VALUE = object()
+
+
+def _packed_shardings(sharding: Any, w: BCQWeight) -> dict[str, Any]:
+    """The sharding of each packed array of ``w`` for a dense kernel sharded as ``sharding``.
+
+    ``sharding`` names the dense axes ``(*stack, k, n)`` (a tuple or `PartitionSpec`; ``stack``
+    are the leading axes that ``nnx.vmap``/``nnx.scan`` add) or is a `NamedSharding`; the packed
+    arrays get ``(*stack, k, None, n)`` (bits, alpha) and ``(*stack, k, n)`` (offset), in the same
+    form.
+    """
+    mesh = None
+    if isinstance(sharding, NamedSharding):
+        mesh, sharding = sharding.mesh, sharding.spec
+    names = tuple(sharding)
+    lead, dense = names[:-2], names[-2:]
+    specs = packed_specs(PartitionSpec(*dense), w.has_offset)
+    out = {name: lead + tuple(spec) for name, spec in specs.items()}
+    if mesh is not None:
+        return {name: NamedSharding(mesh, PartitionSpec(*spec)) for name, spec in out.items()}
+    if isinstance(sharding, PartitionSpec):
+        return {name: PartitionSpec(*spec) for name, spec in out.items()}
+    return out
+
+
+def _packed_like(w: BCQWeight, value: Any) -> Any:
+    """Maps a per-variable ``value`` that flax computed for the dense ``[K, N]`` kernel onto the
+    packed arrays of ``w``: a `PartitionSpec` (``nnx.get_partition_spec``) becomes a `BCQWeight` of
+    PartitionSpecs, a ``jax.ShapeDtypeStruct`` of the dense shape (``nnx.as_abstract``) a
+    `BCQWeight` of ShapeDtypeStructs with the packed shardings. Anything else is returned as is.
+    """
+    if isinstance(value, PartitionSpec):
+        return dataclasses.replace(w, **{"offset": None, **_packed_shardings(value, w)})
+    if (
+        isinstance(value, jax.ShapeDtypeStruct)
+        and tuple(value.shape[-2:]) == w.shape
+        and isinstance(w.alpha, jax.Array | jax.ShapeDtypeStruct)
+    ):
+        sharding = value.sharding if isinstance(value.sharding, NamedSharding) else None
+        specs = _packed_shardings(sharding, w) if sharding is not None else {}
+        leaves = {
+            name: jax.ShapeDtypeStruct(
+                getattr(w, name).shape, getattr(w, name).dtype, sharding=specs.get(name)
+            )
+            for name in ("bits", "alpha", "offset")
+            if getattr(w, name) is not None
+        }
+        return dataclasses.replace(w, **{"offset": None, **leaves})
+    return value
+
+
+def _shard_packed(w: BCQWeight, sharding: Any, rules: Any, mesh: Any) -> BCQWeight:
+    """Eager sharding of the packed arrays (flax's `shard_value` per array, as for an nnx.Param)."""
+    placed = {
+        name: core_spmd.shard_value(getattr(w, name), spec, rules, mesh)
+        for name, spec in _packed_shardings(sharding, w).items()
+    }
+    return dataclasses.replace(w, **placed)
+
+
+def _pop_sharding(metadata: dict[str, Any], default: Any = None) -> Any:
+    """Removes and returns the sharding names from ``metadata`` (``default`` if absent).
+
+    A ``mesh=None`` entry (``nnx.with_partitioning`` always adds one) is dropped too: it means
+    the context mesh, and ``nnx.as_abstract`` would build a sharding on ``None`` from it.
+    """
+    sharding = default
+    for key in _SHARDING_KEYS:
+        if key in metadata:
+            sharding = metadata.pop(key)
+    if "mesh" in metadata and metadata["mesh"] is None:
+        del metadata["mesh"]
+    return sharding
+
+
+def _eager_default() -> bool:
+    using = getattr(nnx, "using_eager_sharding", None)  # flax >= 0.12
+    return bool(using()) if using is not None else False
+
+
 class QuantizedWeight(nnx.Variable):
-    """A non-trainable variable holding a packed `BCQWeight` (sign bits, alpha, offset)."""
+    """A non-trainable variable holding a packed `BCQWeight` (sign bits, alpha, offset).
+
+    Its sharding metadata (``out_sharding``, from ``nnx.with_partitioning`` or as a keyword, with
+    the optional ``mesh`` and ``sharding_rules``) names the axes of the dense kernel ``[K, N]`` it
+    replaces, ``(k_name, n_name)``, exactly as on an ``nnx.Linear`` kernel. The packed arrays are
+    sharded by `lutgemm_jax.sharding.packed_specs`: bits and alpha ``(k_name, None, n_name)``,
+    offset ``(k_name, n_name)``. Hence
+
+    * with eager sharding (flax >= 0.12's default) the variable, created under
+      ``jax.set_mesh(mesh)``, holds arrays placed that way;
+    * ``nnx.get_partition_spec`` / ``nnx.get_named_sharding`` return, for this variable, a
+      `BCQWeight` of PartitionSpecs / NamedShardings (one per packed array) that
+      ``jax.lax.with_sharding_constraint`` and ``jax.device_put`` take with ``nnx.state``;
+    * ``nnx.eval_shape`` under ``jax.set_mesh``, ``nnx.get_abstract_model`` and
+      ``nnx.as_abstract`` give a `BCQWeight` of sharded ``jax.ShapeDtypeStruct``.
+
+    A row-parallel K sharding must give every device whole quantization groups (the mesh axis
+    size must divide the number of groups); `lut_gemm` raises a ``ValueError`` otherwise.
+    """
+
+    def __init__(self, value: Any, *, eager_sharding: bool | None = None, **metadata: Any):
+        sharding = _pop_sharding(metadata)
+        merged = dict(metadata)
+        if isinstance(value, nnx.VariableMetadata):  # from an nnx.with_partitioning initializer
+            aux = dict(value.metadata)
+            sharding = _pop_sharding(aux, sharding)
+            merged.update(aux)
+            value = dataclasses.replace(value, metadata=aux)
+        eager = eager_sharding if eager_sharding is not None else merged.get("eager_sharding")
+        if eager is None:
+            eager = _eager_default()
+        raw = value.raw_value if isinstance(value, nnx.VariableMetadata) else value
+        if eager and sharding and isinstance(raw, BCQWeight):
+            raw = _shard_packed(raw, sharding, merged.get("sharding_rules"), merged.get("mesh"))
+            if isinstance(value, nnx.VariableMetadata):
+                value = dataclasses.replace(value, raw_value=raw)
+            else:
+                value = raw
+        # The base class would shard the whole BCQWeight with the dense kernel's names: the
+        # names are set after it ran.
+        if eager_sharding is not None:
+            metadata["eager_sharding"] = eager_sharding
+        super().__init__(value, **metadata)
+        if sharding is not None:
+            self.set_metadata(out_sharding=sharding)
+
+    def copy(self, value: Any = _NO_VALUE, **updates: Any) -> Any:
+        """As ``nnx.Variable.copy``; a dense-kernel `PartitionSpec` or ``ShapeDtypeStruct``
+        (what ``nnx.get_partition_spec`` / ``nnx.as_abstract`` compute from ``out_sharding``)
+        becomes the matching `BCQWeight`-shaped tree."""
+        raw = self.get_raw_value()
+        if value is not _NO_VALUE and isinstance(raw, BCQWeight):
+            value = _packed_like(raw, value)
+        if value is _NO_VALUE:
+            return super().copy(**updates)
+        return super().copy(value, **updates)
+
+    replace = copy
+
+    def set_value(self, value: Any, **kwargs: Any) -> None:
+        """As ``nnx.Variable.set_value``; a dense-kernel ``ShapeDtypeStruct`` (what
+        ``nnx.eval_shape`` sets under a mesh) becomes the matching `BCQWeight`-shaped tree."""
+        raw = self.get_raw_value()
+        if isinstance(raw, BCQWeight):
+            value = _packed_like(raw, value)
+        super().set_value(value, **kwargs)
 
 
 def _value(variable: nnx.Variable) -> Any:
@@ -67,6 +227,11 @@ class LutLinear(nnx.Module):
         offset win over ``bits``/``group_size``/``has_offset``).
       mode: accuracy mode of `lut_gemm`'s native CPU kernel (``"exact"``, ``"fast"``, or
         ``None`` for the library default).
+      kernel_metadata, bias_metadata: metadata of the kernel and bias variables, as in
+        `flax.nnx.Linear` (e.g. ``{"out_sharding": ("embed", "mlp")}``). Metadata from a
+        ``nnx.with_partitioning`` ``kernel_init`` / ``bias_init`` wins, as in flax. The kernel's
+        names are those of the dense ``[K, N]`` kernel (see `QuantizedWeight`); with
+        ``lora_rank > 0``, ``lora_a`` gets ``(k_name, None)`` and ``lora_b`` ``(None, n_name)``.
     """
 
     def __init__(
@@ -90,12 +255,23 @@ class LutLinear(nnx.Module):
         kernel: BCQWeight | None = None,
         mode: str | None = None,
         rngs: nnx.Rngs,
+        kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+        bias_metadata: Mapping[str, Any] = MappingProxyType({}),
     ) -> None:
+        init_metadata: dict[str, Any] = {}
+
+        def dense_init(key: jax.Array, shape: tuple[int, int], dtype: Any) -> jax.Array:
+            sample = kernel_init(key, shape, dtype)
+            if isinstance(sample, nnx.VariableMetadata):  # nnx.with_partitioning
+                init_metadata.update(sample.metadata)
+                return sample.raw_value
+            return sample
+
         if kernel is None:
             kernel = init_bcq_weight(
                 rngs.params(),
                 (in_features, out_features),
-                kernel_init=kernel_init,
+                kernel_init=dense_init,
                 param_dtype=param_dtype,
                 bits=bits,
                 group_size=group_size,
@@ -106,6 +282,11 @@ class LutLinear(nnx.Module):
             raise ValueError(
                 f"LutLinear: kernel is {kernel.shape}, expected ({in_features}, {out_features})"
             )
+        if not init_metadata and kernel_init is not _default_kernel_init:
+            # kernel_init was not sampled (init_method="zeros" or a given kernel): trace it for
+            # its metadata only.
+            shape = (in_features, out_features)
+            jax.eval_shape(lambda key: dense_init(key, shape, param_dtype), jax.random.key(0))
         self.in_features = in_features
         self.out_features = out_features
         self.use_bias = use_bias
@@ -115,14 +296,18 @@ class LutLinear(nnx.Module):
         self.mode = mode
         self.lora_rank = lora_rank
         self.lora_scale = 1.0 if lora_alpha is None or not lora_rank else lora_alpha / lora_rank
-        self.kernel = QuantizedWeight(kernel)
+        self.kernel = QuantizedWeight(kernel, **{**kernel_metadata, **init_metadata})
         self.bias = (
-            nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+            nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype), **bias_metadata)
+            if use_bias
+            else None
         )
         if lora_rank:
+            a_metadata, b_metadata = _lora_metadata(self.kernel.get_metadata())
             a = lora_a_init(rngs.params(), (in_features, lora_rank), param_dtype)
-            self.lora_a = nnx.Param(a)
-            self.lora_b = nnx.Param(jnp.zeros((lora_rank, out_features), param_dtype))
+            self.lora_a = nnx.Param(a, **a_metadata)
+            b = jnp.zeros((lora_rank, out_features), param_dtype)
+            self.lora_b = nnx.Param(b, **b_metadata)
         else:
             self.lora_a = self.lora_b = None
 
@@ -179,9 +364,67 @@ class LutLinear(nnx.Module):
             mode=mode,
             rngs=rngs if rngs is not None else nnx.Rngs(0),
         )
+        # The dense layer's metadata (e.g. out_sharding from nnx.with_partitioning) carries over;
+        # its arrays are already placed (quantize_kernel follows a multi-device kernel's
+        # sharding), so the metadata is set without resharding, also outside a mesh context.
+        kernel_metadata = _user_metadata(linear.kernel)
+        if kernel_metadata:
+            layer.kernel.set_metadata(**kernel_metadata)
         if linear.bias is not None:
             layer.bias = nnx.Param(jnp.asarray(_value(linear.bias)))
+            bias_metadata = _user_metadata(linear.bias)
+            if bias_metadata:
+                layer.bias.set_metadata(**bias_metadata)
+        if layer.lora_a is not None:
+            _carry_lora_sharding(layer, kernel_metadata, getattr(dense, "sharding", None))
         return layer
+
+
+def _user_metadata(variable: nnx.Variable) -> dict[str, Any]:
+    """A variable's metadata other than flax's required flags and hooks."""
+    metadata = variable.get_metadata()
+    return {
+        k: v
+        for k, v in metadata.items()
+        if k not in _REQUIRED_METADATA and not k.startswith("on_") and (k, v) != ("mesh", None)
+    }
+
+
+def _lora_metadata(kernel_metadata: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metadata of ``lora_a [K, r]`` and ``lora_b [r, N]`` for a kernel with this metadata:
+    ``(k_name, None)`` and ``(None, n_name)``, with the kernel's mesh, rules and eager flag."""
+    sharding = kernel_metadata.get("out_sharding")
+    if not sharding:
+        return {}, {}
+    extra = {
+        key: kernel_metadata[key]
+        for key in ("mesh", "sharding_rules", "eager_sharding")
+        if key in kernel_metadata
+    }
+    if isinstance(sharding, NamedSharding):
+        extra["mesh"], sharding = sharding.mesh, sharding.spec
+    names = tuple(sharding)
+    k_name, n_name = (names + (None,) * (2 - len(names)))[-2:]
+    return {"out_sharding": (k_name, None), **extra}, {"out_sharding": (None, n_name), **extra}
+
+
+def _carry_lora_sharding(layer: LutLinear, kernel_metadata: Mapping[str, Any], sharding: Any):
+    """Gives a converted layer's LoRA factors the metadata and the device placement that
+    match the dense kernel's: ``lora_a`` along K, ``lora_b`` along N."""
+    a_metadata, b_metadata = _lora_metadata(kernel_metadata)
+    k_axes, n_axes = None, None
+    placed = isinstance(sharding, NamedSharding) and sharding.num_devices > 1
+    if placed:
+        k_axes, n_axes = (tuple(sharding.spec) + (None, None))[:2]
+    for param, metadata, spec in (
+        (layer.lora_a, a_metadata, PartitionSpec(k_axes, None)),
+        (layer.lora_b, b_metadata, PartitionSpec(None, n_axes)),
+    ):
+        metadata = {k: v for k, v in metadata.items() if k != "eager_sharding"}
+        if metadata:
+            param.set_metadata(**metadata)
+        if placed:
+            param.set_value(jax.device_put(_value(param), NamedSharding(sharding.mesh, spec)))
 
 
 def quantize_model(
