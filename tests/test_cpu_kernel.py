@@ -266,3 +266,33 @@ def test_bad_operands_raise(case):
     call = jax.ffi.ffi_call(_native.CPU_TARGET, out)
     with pytest.raises(Exception, match="lut_gemm"):
         jax.block_until_ready(jax.jit(lambda *a: call(*a, **attrs))(x, bits, alpha, offset))
+
+
+def test_standalone_kernel_bench_builds_and_runs(tmp_path):
+    # benchmarks/cpu_kernel_bench.cc (the kernel without JAX, used for BENCHMARKS.md's compute
+    # ceiling) must keep compiling against the kernel's header and reject bad arguments.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    exe = str(tmp_path / "cpu_kernel_bench")
+    cmd = [
+        os.environ.get("CXX", "c++"),
+        "-O1",
+        "-std=c++17",
+        f"-I{root}/cpu",
+        f"-I{root}/include",
+        "-o",
+        exe,
+        f"{root}/benchmarks/cpu_kernel_bench.cc",
+        f"{root}/cpu/lut_gemm_cpu.cc",
+        "-lpthread",
+    ]
+    subprocess.run(cmd, check=True, capture_output=True)
+    for mode in ("0", "1", "2"):
+        out = subprocess.run(
+            [exe, "300", "70", "3", mode, "5", "2", "2", "3"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert f"mode={mode} M=5 threads=2 sets=2" in out and "median" in out, out
+    bad = subprocess.run([exe, "300", "70", "9"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "bad arguments" in bad.stderr

@@ -1,0 +1,107 @@
+// The CPU kernel alone, without JAX/XLA: times lutgemm::cpu::LutGemm on random packed weights.
+// Used for the compute-ceiling measurements in BENCHMARKS.md (hot vs cold weights, 1 vs 2
+// threads) that the JAX-level benchmark (python -m lutgemm_jax.bench) cannot separate.
+//
+//   g++ -O3 -std=c++17 -Icpu -Iinclude -o /tmp/cpu_kernel_bench
+//       benchmarks/cpu_kernel_bench.cc cpu/lut_gemm_cpu.cc -lpthread      (one command)
+//   /tmp/cpu_kernel_bench K N q [mode=1] [M=1] [threads=1] [sets=1] [reps=200]
+//
+// mode: 0 exact LUT, 1 fast LUT, 2 dense path. sets: weight copies rotated per call (sets x the
+// packed bytes above the 32 MiB L3 gives cold weights). Threads are started per call (as the
+// XLA pool's workers are woken per call). g = 128, float32 x and alpha, no offset. Prints the
+// fastest and the median call and the packed weight bytes (bits + alpha) over the median.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "lut_gemm_cpu.h"
+
+namespace cpu = lutgemm::cpu;
+
+namespace {
+
+int64_t Arg(int argc, char** argv, int i, int64_t fallback) {
+  return argc > i ? std::atoll(argv[i]) : fallback;
+}
+
+// Runs fn(0 .. count-1) on `threads` threads (the caller included) claiming indices in order.
+cpu::ParallelFor ThreadsFor(int64_t threads) {
+  return [threads](int64_t count, const std::function<void(int64_t)>& fn) {
+    std::atomic<int64_t> next{0};
+    auto work = [&] {
+      for (int64_t i; (i = next.fetch_add(1)) < count;) fn(i);
+    };
+    std::vector<std::thread> helpers;
+    for (int64_t t = 1; t < threads; ++t) helpers.emplace_back(work);
+    work();
+    for (auto& t : helpers) t.join();
+  };
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 4) {
+    std::fprintf(stderr, "usage: %s K N q [mode=1] [M=1] [threads=1] [sets=1] [reps=200]\n",
+                 argv[0]);
+    return 2;
+  }
+  const int64_t k = Arg(argc, argv, 1, 0), n = Arg(argc, argv, 2, 0), q = Arg(argc, argv, 3, 0);
+  const int64_t mode = Arg(argc, argv, 4, 1), m = Arg(argc, argv, 5, 1);
+  const int64_t threads = Arg(argc, argv, 6, 1), sets = Arg(argc, argv, 7, 1);
+  const int64_t reps = Arg(argc, argv, 8, 200);
+  const lutgemm::BcqShape shape{k, n, q, 128, false};
+  if (k <= 0 || n <= 0 || m <= 0 || threads <= 0 || sets <= 0 || reps <= 0 || mode < 0 ||
+      mode > 2 || lutgemm::CheckShape(shape) != nullptr) {
+    std::fprintf(stderr, "bad arguments\n");
+    return 2;
+  }
+  const int64_t words = shape.num_words() * q * n, alphas = shape.num_groups() * q * n;
+
+  std::mt19937 rng(0);
+  std::uniform_real_distribution<float> uniform(-1.f, 1.f);
+  std::vector<std::vector<uint32_t>> bits(sets, std::vector<uint32_t>(words));
+  std::vector<std::vector<float>> alpha(sets, std::vector<float>(alphas));
+  for (auto& set : bits) std::generate(set.begin(), set.end(), [&] { return rng(); });
+  for (auto& set : alpha) std::generate(set.begin(), set.end(), [&] { return uniform(rng); });
+  std::vector<float> x(m * k), y(m * n);
+  std::generate(x.begin(), x.end(), [&] { return uniform(rng); });
+
+  cpu::Operands op{};
+  op.shape = shape;
+  op.m = m;
+  op.x = x.data();
+  op.x_type = cpu::DType::kF32;
+  op.alpha_type = cpu::DType::kF32;
+  op.y = y.data();
+  const cpu::ParallelFor parallel_for = ThreadsFor(threads);
+  const cpu::Isa isa = cpu::SelectIsa();
+
+  std::vector<double> ms;
+  for (int64_t r = 0; r < reps; ++r) {
+    op.bits = bits[r % sets].data();
+    op.alpha = alpha[r % sets].data();
+    const auto t0 = std::chrono::steady_clock::now();
+    cpu::LutGemm(op, static_cast<cpu::Mode>(mode), isa, threads, parallel_for);
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  const double median = ms[ms.size() / 2];
+  const double bytes = static_cast<double>(words) * 4 + static_cast<double>(alphas) * 4;
+  std::printf("K=%lld N=%lld q=%lld mode=%lld M=%lld threads=%lld sets=%lld isa=%s: "
+              "min %.3f ms, median %.3f ms, %.2f GB/s (weight bytes / median)\n",
+              static_cast<long long>(k), static_cast<long long>(n), static_cast<long long>(q),
+              static_cast<long long>(mode), static_cast<long long>(m),
+              static_cast<long long>(threads), static_cast<long long>(sets),
+              isa == cpu::Isa::kAvx2 ? "avx2" : "portable", ms.front(), median,
+              bytes / median / 1e6);
+  return 0;
+}
