@@ -4,6 +4,7 @@ quantized save/load, and the CLI (tiny configs so the whole file runs in well un
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -264,10 +265,10 @@ def test_perplexity_matches_manual_nll():
 
 
 def _cli(*args, timeout=240):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # -P: the installed package, not the source tree (as in a clean CI clone)
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", "opt_decode.py"), *args],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+        [sys.executable, "-P", os.path.join(ROOT, "examples", "opt_decode.py"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
@@ -278,7 +279,10 @@ def test_cli_defaults_with_small_budget(tmp_path):
     q = tmp_path / "q.safetensors"
     out = _cli("--preset", "tiny", "--max-new-tokens", "4", "--save-quantized", str(q))
     assert "RANDOM WEIGHTS" in out
-    assert "top-1 agreement" in out and "max |logit difference|" in out
+    # the demo's default is the paper's setting: alternating BCQ, 3 bits, g128
+    assert "quantized 12 Linears to 3-bit g128 alternating (lm_head kept float32)" in out
+    assert "top-1 agreement" in out and "max |logit difference|" in out and ", rms " in out
+    assert "random weights: near-Gaussian logits over 512 tokens" in out
     assert "tokens/s" in out and "saved quantized params" in out
     text = tmp_path / "text.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 4)
@@ -287,15 +291,37 @@ def test_cli_defaults_with_small_budget(tmp_path):
                "--eval-ppl", str(text), "--ppl-seq-len", "32")  # fmt: skip
     assert "loaded quantized params" in out and "speedup" in out
     assert out.count("perplexity") >= 2
+    # latency only: random weights are quantized with the fast greedy quantizer
+    out = _cli("--preset", "tiny", "--benchmark", "--batch-sizes", "1", "--bench-steps", "1",
+               "--bench-repeats", "1")  # fmt: skip
+    assert "to 3-bit g128 greedy" in out and "speedup" in out
+
+
+def test_cli_compare_logits():
+    """The demo's teacher-forced statistics count live (non-pad) positions only."""
+    spec = importlib.util.spec_from_file_location(
+        "opt_decode", os.path.join(ROOT, "examples", "opt_decode.py")
+    )
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    f = np.array([[[3.0, 1.0, 0.0], [0.0, 2.0, 1.5], [9.0, 0.0, 0.0]]], np.float32)
+    q = np.array([[[2.0, 1.0, 0.5], [0.0, 1.0, 1.5], [0.0, 9.0, 0.0]]], np.float32)
+    live = np.array([[True, True, False]])  # the last position (pad) differs wildly: ignored
+    s = cli.compare_logits(f, q, live)
+    assert s["agreement"] == 0.5  # position 0 keeps token 0; position 1 flips 1 -> 2
+    assert s["max_diff"] == 1.0
+    np.testing.assert_allclose(s["rms_diff"], np.sqrt(2.25 / 6))
+    np.testing.assert_allclose(s["margin"], (2.0 + 0.5) / 2)  # leads 3-1 and 2-1.5
+    np.testing.assert_allclose(s["std"], f[0, :2].std())
 
 
 def test_cli_rejects_pytorch_bin(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(TINY.to_dict()))
     (tmp_path / "pytorch_model.bin").write_bytes(b"x")
-    env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", "opt_decode.py"), "--model", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, env=env,
+        [sys.executable, "-P", os.path.join(ROOT, "examples", "opt_decode.py"), "--model",
+         str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0
     assert "safetensors" in proc.stderr and "pytorch_model.bin" in proc.stderr
