@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the CPU tables of BENCHMARKS.md (results/*.md, *.json, *.csv, speedup_vs_batch.png).
-# Run from the repository root on an otherwise idle machine; takes about 10-15 minutes.
+# Run from the repository root on an otherwise idle machine; takes about 5 minutes.
 set -euo pipefail
 out=benchmarks/results
 mkdir -p "$out"
