@@ -22,6 +22,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "lutgemm/dtypes.h"
@@ -133,36 +134,30 @@ void BuildTables(const float* xrow, Prep& p, int64_t row, bool fast) {
 
 // ---- portable kernels: one column -------------------------------------------------------------
 
-template <int R>
-void ExactScalar(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc, int64_t ld) {
-  const int64_t n = p.s.n, q = p.s.q, kw0 = sb * p.wps, grp = kw0 * kWordBits / p.g;
-  float tot[R] = {};
-  for (int64_t i = 0; i < q; ++i) {
-    float acc[R] = {};
-    for (int64_t w = 0; w < p.wps; ++w) {
-      const uint32_t word = p.bits[((kw0 + w) * q + i) * n + col];
-      const int64_t c0 = (kw0 + w) * kChunksPerWord;
-      for (int nib = 0; nib < kChunksPerWord; ++nib) {
-        const uint32_t idx = (word >> (kMu * nib)) & (kEntries - 1);
-        #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r)
-          acc[r] += p.ft[((r0 + r) * p.nchunks + c0 + nib) * kEntries + idx];
-      }
-    }
-    const float a = ToF32(p.alpha, p.at, (grp * q + i) * n + col);
-    #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) tot[r] += acc[r] * a;
+// Exact mode (kFast = false): float32 tables and sums. Fast mode: int8 tables summed exactly in
+// int32, then scaled by the block's table scale.
+template <bool kFast>
+struct ScalarTables {
+  using Entry = std::conditional_t<kFast, int8_t, float>;
+  using Sum = std::conditional_t<kFast, int32_t, float>;
+  static const Entry* Of(const Prep& p) {
+    if constexpr (kFast) return p.qt.data();
+    else return p.ft.data();
   }
-  #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) facc[r * ld] += tot[r];
-}
+  static float Scale(const Prep& p, int64_t row, int64_t sb) {
+    if constexpr (kFast) return p.qscale[row * p.nsb + sb];
+    else return 1.f;
+  }
+};
 
-template <int R>
-void FastScalar(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc, int64_t ld) {
+template <bool kFast, int R>
+void LutScalar(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc, int64_t ld) {
+  using T = ScalarTables<kFast>;
+  const typename T::Entry* tables = T::Of(p);
   const int64_t n = p.s.n, q = p.s.q, kw0 = sb * p.wps, grp = kw0 * kWordBits / p.g;
   float tot[R] = {};
   for (int64_t i = 0; i < q; ++i) {
-    int32_t acc[R] = {};
+    typename T::Sum acc[R] = {};
     for (int64_t w = 0; w < p.wps; ++w) {
       const uint32_t word = p.bits[((kw0 + w) * q + i) * n + col];
       const int64_t c0 = (kw0 + w) * kChunksPerWord;
@@ -170,7 +165,7 @@ void FastScalar(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc,
         const uint32_t idx = (word >> (kMu * nib)) & (kEntries - 1);
         #pragma GCC unroll 8
         for (int r = 0; r < R; ++r)
-          acc[r] += p.qt[((r0 + r) * p.nchunks + c0 + nib) * kEntries + idx];
+          acc[r] += tables[((r0 + r) * p.nchunks + c0 + nib) * kEntries + idx];
       }
     }
     const float a = ToF32(p.alpha, p.at, (grp * q + i) * n + col);
@@ -178,7 +173,20 @@ void FastScalar(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc,
     for (int r = 0; r < R; ++r) tot[r] += static_cast<float>(acc[r]) * a;
   }
   #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) facc[r * ld] += tot[r] * p.qscale[(r0 + r) * p.nsb + sb];
+  for (int r = 0; r < R; ++r) {
+    const float scale = T::Scale(p, r0 + r, sb);
+    facc[r * ld] += kFast ? tot[r] * scale : tot[r];
+  }
+}
+
+template <int R>
+void ExactScalar(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc, int64_t ld) {
+  LutScalar<false, R>(p, r0, sb, col, facc, ld);
+}
+
+template <int R>
+void FastScalar(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc, int64_t ld) {
+  LutScalar<true, R>(p, r0, sb, col, facc, ld);
 }
 
 // ---- AVX2 kernels -----------------------------------------------------------------------------
