@@ -251,16 +251,17 @@ def _ffi_attributes(params) -> dict[str, np.int64]:
 
 _NEVER = 1 << 62
 CPU_CROSSOVER: dict[str, int | tuple[int, ...]] = {
-    "exact": (8,) * 8,
-    "fast": (_NEVER,) * 4 + tuple(512 // q for q in range(5, 9)),
+    "exact": (8, 4, 4, 4, 3, 3, 2, 2),
+    "fast": (_NEVER,) * 4 + (64, 48, 48, 48),
 }
 """Per mode (an int, or a tuple indexed by q - 1): the number of rows M (product of x's leading
 dims) from which the CPU kernel uses its dense path (W_hat dequantized one 128 x 64 tile at a
-time into L1/L2, FMA GEMM; FFI mode 2) instead of lookup tables. Static at lowering. Measured on
-4096 x 4096, g = 128 with ``python -m lutgemm_jax.bench --backends lut_kernel dense --sweep``
-(BENCHMARKS.md): exact LUT loses to the dense path between M = 4 and 16 for every q; fast LUT
-beats it at every M <= 256 for q <= 4, and its per-row cost grows with q (crossover about 64 at
-q = 8, so 512 // q above q = 4)."""
+time into L1/L2, FMA GEMM; FFI mode 2) instead of lookup tables. Static at lowering. Measured
+on 4096 x 4096, g = 128 with ``python -m lutgemm_jax.bench --backends lut_kernel dense``
+(BENCHMARKS.md, "Crossover measurements"): the exact LUT ties the dense path at M = 8 for
+q = 1, at M = 2-4 for q = 2-4 and at M = 2 for q = 8 (q = 5-7 interpolated); the fast LUT beats
+it at every M <= 256 for q <= 4 and loses from M = 64 (q = 5) or between 32 and 64 (q = 6, 8;
+q = 7 interpolated)."""
 
 
 def _cpu_crossover(mode: str, q: int) -> int:
