@@ -4,10 +4,11 @@
 //
 //   g++ -O3 -std=c++17 -Icpu -Iinclude -o /tmp/cpu_kernel_bench
 //       benchmarks/cpu_kernel_bench.cc cpu/lut_gemm_cpu.cc -lpthread      (one command)
-//   /tmp/cpu_kernel_bench K N q [mode=1] [M=1] [threads=1] [sets=1] [reps=200]
+//   /tmp/cpu_kernel_bench K N q [mode=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1]
 //
 // mode: 0 exact LUT, 1 fast LUT, 2 dense path. sets: weight copies rotated per call (sets x the
-// packed bytes above the 32 MiB L3 gives cold weights). Threads are started per call (as the
+// packed bytes above the 32 MiB L3 gives cold weights). layout: 0 canonical, 1 'cpu' sign words
+// (random bits either way; the layout only changes how the kernel reads them). Threads are started per call (as the
 // XLA pool's workers are woken per call). g = 128, float32 x and alpha, no offset. Prints the
 // fastest and the median call and the packed weight bytes (bits + alpha) over the median.
 #include <algorithm>
@@ -49,17 +50,18 @@ cpu::ParallelFor ThreadsFor(int64_t threads) {
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: %s K N q [mode=1] [M=1] [threads=1] [sets=1] [reps=200]\n",
+    std::fprintf(stderr,
+                 "usage: %s K N q [mode=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1]\n",
                  argv[0]);
     return 2;
   }
   const int64_t k = Arg(argc, argv, 1, 0), n = Arg(argc, argv, 2, 0), q = Arg(argc, argv, 3, 0);
   const int64_t mode = Arg(argc, argv, 4, 1), m = Arg(argc, argv, 5, 1);
   const int64_t threads = Arg(argc, argv, 6, 1), sets = Arg(argc, argv, 7, 1);
-  const int64_t reps = Arg(argc, argv, 8, 200);
+  const int64_t reps = Arg(argc, argv, 8, 200), layout = Arg(argc, argv, 9, 1);
   const lutgemm::BcqShape shape{k, n, q, 128, false};
   if (k <= 0 || n <= 0 || m <= 0 || threads <= 0 || sets <= 0 || reps <= 0 || mode < 0 ||
-      mode > 2 || lutgemm::CheckShape(shape) != nullptr) {
+      mode > 2 || layout < 0 || layout > 1 || lutgemm::CheckShape(shape) != nullptr) {
     std::fprintf(stderr, "bad arguments\n");
     return 2;
   }
@@ -79,6 +81,7 @@ int main(int argc, char** argv) {
   op.m = m;
   op.x = x.data();
   op.x_type = cpu::DType::kF32;
+  op.layout = static_cast<lutgemm::Layout>(layout);
   op.alpha_type = cpu::DType::kF32;
   op.y = y.data();
   const cpu::ParallelFor parallel_for = ThreadsFor(threads);
@@ -96,11 +99,12 @@ int main(int argc, char** argv) {
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2];
   const double bytes = static_cast<double>(words) * 4 + static_cast<double>(alphas) * 4;
-  std::printf("K=%lld N=%lld q=%lld mode=%lld M=%lld threads=%lld sets=%lld isa=%s: "
+  std::printf("K=%lld N=%lld q=%lld mode=%lld M=%lld threads=%lld sets=%lld layout=%lld isa=%s: "
               "min %.3f ms, median %.3f ms, %.2f GB/s (weight bytes / median)\n",
               static_cast<long long>(k), static_cast<long long>(n), static_cast<long long>(q),
               static_cast<long long>(mode), static_cast<long long>(m),
               static_cast<long long>(threads), static_cast<long long>(sets),
+              static_cast<long long>(layout),
               isa == cpu::Isa::kAvx2 ? "avx2" : "portable", ms.front(), median,
               bytes / median / 1e6);
   return 0;

@@ -1,9 +1,10 @@
 // XLA FFI handler for the CPU LUT-GEMM kernel and the nanobind module that exports it.
 //
-// Attributes: in_features, out_features, num_bits, group_size (validated by CheckOperands) and
-// mode (0 = exact float32 tables, 1 = fast int8 tables, 2 = dequantized tiles + dense GEMM, the
-// large-batch path). Work is spread over XLA's intra-op
-// thread pool (ffi::ThreadPool); the calling thread works too.
+// Attributes: in_features, out_features, num_bits, group_size (validated by CheckOperands),
+// layout (0 = canonical sign words, 1 = the 'cpu' byte-major layout; bcq_format.h) and mode
+// (0 = exact float32 tables, 1 = fast int8 tables, 2 = dequantized tiles + dense GEMM, the
+// large-batch path). Work is spread over XLA's intra-op thread pool (ffi::ThreadPool); the
+// calling thread works too.
 // Environment (read per call, for tests and benchmarks):
 //   LUTGEMM_CPU_ISA=portable|avx2   force the code path (default: best the CPU supports)
 //   LUTGEMM_CPU_THREADS=<n>         use at most n threads (default: the pool's size)
@@ -87,7 +88,7 @@ ffi::Error LutGemmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
                           ffi::AnyBuffer alpha, ffi::AnyBuffer offset,
                           ffi::Result<ffi::AnyBuffer> y, int64_t in_features,
                           int64_t out_features, int64_t num_bits, int64_t group_size,
-                          int64_t mode) {
+                          int64_t layout, int64_t mode) {
   GemmProblem p;
   if (ffi::Error err = CheckOperands(x, bits, alpha, offset, *y, in_features, out_features,
                                      num_bits, group_size, &p);
@@ -96,6 +97,10 @@ ffi::Error LutGemmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
   if (mode < static_cast<int64_t>(Mode::kExact) || mode > static_cast<int64_t>(Mode::kDense))
     return ffi::Error::InvalidArgument(
         "lut_gemm: mode must be 0 (exact LUT), 1 (fast LUT) or 2 (dequantize + dense GEMM)");
+  if (layout != static_cast<int64_t>(Layout::kCanonical) &&
+      layout != static_cast<int64_t>(Layout::kCpu))
+    return ffi::Error::InvalidArgument(
+        "lut_gemm: layout must be 0 (canonical sign words) or 1 (the 'cpu' byte-major layout)");
   if (p.m == 0) return ffi::Error::Success();
 
   if (const char* env = std::getenv("LUTGEMM_CPU_POISON"); env != nullptr && env[0] == '1')
@@ -107,6 +112,7 @@ ffi::Error LutGemmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
   op.x = x.untyped_data();
   op.x_type = ToDType(x.element_type());
   op.bits = static_cast<const uint32_t*>(bits.untyped_data());
+  op.layout = static_cast<Layout>(layout);
   op.alpha = alpha.untyped_data();
   op.offset = p.shape.has_offset ? offset.untyped_data() : nullptr;
   op.alpha_type = ToDType(alpha.element_type());
@@ -134,6 +140,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LutGemmCpu, LutGemmCpuImpl,
                                   .Attr<int64_t>("out_features")
                                   .Attr<int64_t>("num_bits")
                                   .Attr<int64_t>("group_size")
+                                  .Attr<int64_t>("layout")
                                   .Attr<int64_t>("mode"));
 
 }  // namespace lutgemm::cpu

@@ -59,6 +59,7 @@ struct Prep {
   BcqShape s;
   int64_t m, kp, g, ngroups, S, nsb, wps, nchunks;
   const uint32_t* bits;
+  Layout layout;
   const void* alpha;
   const void* offset;
   DType at;
@@ -67,6 +68,17 @@ struct Prep {
   std::vector<float> qscale;  // fast:  [m][nsb]
   std::vector<float> gsum;    // [m][ngroups]: sum of x over each group (offset term)
 };
+
+// The sign word of (word kw, plane i, column col), in either layout (bits are little-endian).
+inline uint32_t LoadWord(const Prep& p, int64_t kw, int64_t i, int64_t col) {
+  const int64_t row = (kw * p.s.q + i) * p.s.n;
+  if (p.layout == Layout::kCanonical) return p.bits[row + col];
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(p.bits + row);
+  uint32_t word = 0;
+  for (int j = 0; j < kBytesPerWord; ++j)
+    word |= uint32_t{bytes[SignByteOffset(p.layout, p.s.n, col, j)]} << (8 * j);
+  return word;
+}
 
 // Signs of table entry p for activation j: +1 where bit j of p is set.
 struct SignTable {
@@ -159,7 +171,7 @@ void LutScalar(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc, 
   for (int64_t i = 0; i < q; ++i) {
     typename T::Sum acc[R] = {};
     for (int64_t w = 0; w < p.wps; ++w) {
-      const uint32_t word = p.bits[((kw0 + w) * q + i) * n + col];
+      const uint32_t word = LoadWord(p, kw0 + w, i, col);
       const int64_t c0 = (kw0 + w) * kChunksPerWord;
       for (int nib = 0; nib < kChunksPerWord; ++nib) {
         const uint32_t idx = (word >> (kMu * nib)) & (kEntries - 1);
@@ -204,6 +216,22 @@ LUTGEMM_AVX2 inline __m256 LoadAlpha8(const void* base, int64_t i) {
         reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i));
     return _mm256_cvtph_ps(h);
   }
+}
+
+// The sign words of 8 columns col .. col+7 (col % 8 == 0) of (word kw, plane i). In a kCpu
+// block the 8 columns' byte j are 8 consecutive bytes, 32 bytes apart for successive j.
+LUTGEMM_AVX2 inline __m256i LoadWords8(const Prep& p, int64_t kw, int64_t i, int64_t col) {
+  const uint32_t* row = p.bits + (kw * p.s.q + i) * p.s.n;
+  if (p.layout == Layout::kCanonical || col >= p.s.n - p.s.n % kLayoutBlock)
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + col));
+  const uint8_t* b = reinterpret_cast<const uint8_t*>(row) + SignByteOffset(p.layout, p.s.n, col, 0);
+  __m256i word = _mm256_setzero_si256();
+  #pragma GCC unroll 4
+  for (int j = 0; j < kBytesPerWord; ++j) {
+    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + j * kLayoutBlock));
+    word = _mm256_or_si256(word, _mm256_slli_epi32(_mm256_cvtepu8_epi32(bytes), 8 * j));
+  }
+  return word;
 }
 
 // The 16 float entries of one chunk's table as two vectors, entries 0-7 and 8-15 (bit 3 of the
@@ -302,9 +330,7 @@ LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, 
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int64_t w = 0; w < p.wps; ++w) {
-      const uint32_t* src = p.bits + ((kw0 + w) * q + i) * n + col;
-      __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-      __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 8));
+      __m256i v0 = LoadWords8(p, kw0 + w, i, col), v1 = LoadWords8(p, kw0 + w, i, col + 8);
       const int64_t c0 = (kw0 + w) * kChunksPerWord;
 #pragma GCC unroll 8
       for (int nib = 0; nib < kChunksPerWord; ++nib) {
@@ -341,12 +367,13 @@ LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, 
   }
 }
 
-// 32 columns: four vectors of 8 sign words are transposed in registers into four vectors that
-// each hold byte j of all 32 words; the low and high nibbles index int8 tables with vpshufb; the
-// two lookups are summed pairwise into int16 by vpmaddubsw. Lane/column order after the transpose:
-// int16 accumulator 0 holds columns [0-3, 8-11 | 4-7, 12-15], accumulator 1 [16-19, 24-27 |
-// 20-23, 28-31]; the epilogue restores natural order.
-template <int R, DType AT>
+// 32 columns (one kCpu block): four vectors bj[j] each hold byte j of the 32 columns' sign words
+// (kCpu: loaded as they are; canonical: four vectors of 8 words transposed in registers). The low
+// and high nibbles of bj[j] index the int8 tables of chunks 2j and 2j+1 with vpshufb; the two
+// lookups are summed pairwise into int16 by vpmaddubsw. Column order of the two int16
+// accumulators: kCpu [0-7 | 16-23] and [8-15 | 24-31]; canonical (after the transpose)
+// [0-3, 8-11 | 4-7, 12-15] and [16-19, 24-27 | 20-23, 28-31]. The epilogue restores natural order.
+template <int R, DType AT, Layout L>
 LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc,
                            int64_t ld) {
   const int64_t n = p.s.n, q = p.s.q, kw0 = sb * p.wps, grp = kw0 * kWordBits / p.g;
@@ -366,19 +393,26 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for (int64_t w = 0; w < p.wps; ++w) {
-      const __m256i* src =
-          reinterpret_cast<const __m256i*>(p.bits + ((kw0 + w) * q + i) * n + col);
-      const __m256i a = _mm256_shuffle_epi8(_mm256_loadu_si256(src), by_byte);
-      const __m256i b = _mm256_shuffle_epi8(_mm256_loadu_si256(src + 1), by_byte);
-      const __m256i c = _mm256_shuffle_epi8(_mm256_loadu_si256(src + 2), by_byte);
-      const __m256i d = _mm256_shuffle_epi8(_mm256_loadu_si256(src + 3), by_byte);
-      const __m256i ab_lo = _mm256_unpacklo_epi32(a, b), ab_hi = _mm256_unpackhi_epi32(a, b);
-      const __m256i cd_lo = _mm256_unpacklo_epi32(c, d), cd_hi = _mm256_unpackhi_epi32(c, d);
+      const uint32_t* row = p.bits + ((kw0 + w) * q + i) * n;
       __m256i bj[4];
-      bj[0] = _mm256_unpacklo_epi64(ab_lo, cd_lo);
-      bj[1] = _mm256_unpackhi_epi64(ab_lo, cd_lo);
-      bj[2] = _mm256_unpacklo_epi64(ab_hi, cd_hi);
-      bj[3] = _mm256_unpackhi_epi64(ab_hi, cd_hi);
+      if constexpr (L == Layout::kCpu) {
+        const uint8_t* block = reinterpret_cast<const uint8_t*>(row) + col * kBytesPerWord;
+        #pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j)
+          bj[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + j * kLayoutBlock));
+      } else {
+        const __m256i* src = reinterpret_cast<const __m256i*>(row + col);
+        const __m256i a = _mm256_shuffle_epi8(_mm256_loadu_si256(src), by_byte);
+        const __m256i b = _mm256_shuffle_epi8(_mm256_loadu_si256(src + 1), by_byte);
+        const __m256i c = _mm256_shuffle_epi8(_mm256_loadu_si256(src + 2), by_byte);
+        const __m256i d = _mm256_shuffle_epi8(_mm256_loadu_si256(src + 3), by_byte);
+        const __m256i ab_lo = _mm256_unpacklo_epi32(a, b), ab_hi = _mm256_unpackhi_epi32(a, b);
+        const __m256i cd_lo = _mm256_unpacklo_epi32(c, d), cd_hi = _mm256_unpackhi_epi32(c, d);
+        bj[0] = _mm256_unpacklo_epi64(ab_lo, cd_lo);
+        bj[1] = _mm256_unpackhi_epi64(ab_lo, cd_lo);
+        bj[2] = _mm256_unpacklo_epi64(ab_hi, cd_hi);
+        bj[3] = _mm256_unpackhi_epi64(ab_hi, cd_hi);
+      }
       const int64_t c0 = (kw0 + w) * kChunksPerWord;
       __m256i nib[8];  // low and high nibbles of byte j: table indices of chunks c0+2j, c0+2j+1
       #pragma GCC unroll 8
@@ -412,13 +446,25 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
       const __m256 al1 = LoadAlpha8<AT>(p.alpha, ai + 16 * h + 8);
       #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        const __m256 f0 =
-            _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[r][h])));
-        const __m256 f1 =
-            _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[r][h], 1)));
-        // f0 = [c0-3 | c8-11], f1 = [c4-7 | c12-15] (relative to 16 * h).
-        const __m256 x0 = _mm256_permute2f128_ps(f0, f1, 0x20);
-        const __m256 x1 = _mm256_permute2f128_ps(f0, f1, 0x31);
+        // Columns 16h .. 16h+15 as two vectors x0, x1 of 8 float sums.
+        __m256 x0, x1;
+        if constexpr (L == Layout::kCpu) {
+          // Half h of accumulator 0 holds columns 16h .. 16h+7, of accumulator 1 16h+8 .. 16h+15.
+          const __m128i a0 = h ? _mm256_extracti128_si256(acc[r][0], 1)
+                               : _mm256_castsi256_si128(acc[r][0]);
+          const __m128i a1 = h ? _mm256_extracti128_si256(acc[r][1], 1)
+                               : _mm256_castsi256_si128(acc[r][1]);
+          x0 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(a0));
+          x1 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(a1));
+        } else {
+          const __m256 f0 =
+              _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[r][h])));
+          const __m256 f1 =
+              _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[r][h], 1)));
+          // f0 = [c0-3 | c8-11], f1 = [c4-7 | c12-15] (relative to 16 * h).
+          x0 = _mm256_permute2f128_ps(f0, f1, 0x20);
+          x1 = _mm256_permute2f128_ps(f0, f1, 0x31);
+        }
         tot[r][2 * h] = _mm256_fmadd_ps(x0, al0, tot[r][2 * h]);
         tot[r][2 * h + 1] = _mm256_fmadd_ps(x1, al1, tot[r][2 * h + 1]);
       }
@@ -446,22 +492,26 @@ struct Kernels {
 
 #define LUTGEMM_ROWS(F, ...) {F<1 __VA_ARGS__>, F<2 __VA_ARGS__>, F<3 __VA_ARGS__>, F<4 __VA_ARGS__>}
 
+// The exact kernel reads words through LoadWords8 (either layout); the fast kernel is
+// specialised per layout. Vector blocks of the fast kernel are whole kCpu blocks (columns
+// < N32); its single-column tails read canonical words.
 template <DType AT>
-Kernels Avx2Kernels(bool fast) {
-  if (fast)
-    return {32, LUTGEMM_ROWS(FastAvx2, , AT), LUTGEMM_ROWS(FastScalar)};
-  return {16, LUTGEMM_ROWS(ExactAvx2, , AT), LUTGEMM_ROWS(ExactScalar)};
+Kernels Avx2Kernels(bool fast, Layout layout) {
+  if (!fast) return {16, LUTGEMM_ROWS(ExactAvx2, , AT), LUTGEMM_ROWS(ExactScalar)};
+  if (layout == Layout::kCpu)
+    return {32, LUTGEMM_ROWS(FastAvx2, , AT, Layout::kCpu), LUTGEMM_ROWS(FastScalar)};
+  return {32, LUTGEMM_ROWS(FastAvx2, , AT, Layout::kCanonical), LUTGEMM_ROWS(FastScalar)};
 }
 
-Kernels GetKernels(Isa isa, bool fast, DType at) {
+Kernels GetKernels(Isa isa, bool fast, DType at, Layout layout) {
   if (isa == Isa::kAvx2) {
     switch (at) {
       case DType::kF32:
-        return Avx2Kernels<DType::kF32>(fast);
+        return Avx2Kernels<DType::kF32>(fast, layout);
       case DType::kBF16:
-        return Avx2Kernels<DType::kBF16>(fast);
+        return Avx2Kernels<DType::kBF16>(fast, layout);
       default:
-        return Avx2Kernels<DType::kF16>(fast);
+        return Avx2Kernels<DType::kF16>(fast, layout);
     }
   }
   if (fast) return {1, LUTGEMM_ROWS(FastScalar), LUTGEMM_ROWS(FastScalar)};
@@ -539,11 +589,12 @@ inline void DequantTile(const Prep& p, int64_t k0, int64_t kc, int64_t c0, int64
     for (int64_t c = 0; c < nc; ++c) d[c] = p.offset ? ToF32(p.offset, AT, grp * n + c0 + c) : 0.f;
     for (int64_t c = nc; c < kNB; ++c) d[c] = 0.f;
     for (int64_t i = 0; i < q; ++i) {
-      const uint32_t* b = p.bits + (kw * q + i) * n + c0;
       const int64_t ai = (grp * q + i) * n + c0;
-      for (int64_t c = 0; c < nc; ++c)
+      for (int64_t c = 0; c < nc; ++c) {
+        const uint32_t word = LoadWord(p, kw, i, c0 + c);
         d[c] += ToF32(p.alpha, AT, ai + c) *
-                static_cast<float>(static_cast<int>((b[c] >> t) & 1u) * 2 - 1);
+                static_cast<float>(static_cast<int>((word >> t) & 1u) * 2 - 1);
+      }
     }
   }
 }
@@ -578,8 +629,7 @@ LUTGEMM_AVX2 void DequantTileAvx2(const Prep& p, int64_t k0, int64_t kc, int64_t
       const int64_t kw = (k0 + kk0) / kWordBits, grp = (k0 + kk0) / p.g;
       const int rows = static_cast<int>(std::min<int64_t>(kWordBits, kc - kk0));
       for (int64_t i = 0; i < q; ++i) {
-        const __m256i b = _mm256_loadu_si256(
-            reinterpret_cast<const __m256i*>(p.bits + (kw * q + i) * n + c0 + c));
+        const __m256i b = LoadWords8(p, kw, i, c0 + c);
         w[i] = _mm256_sll_epi32(b, _mm_cvtsi32_si128(kWordBits - rows));  // bit rows-1 on top
         pos[i] = LoadAlpha8<AT>(p.alpha, (grp * q + i) * n + c0 + c);
         neg[i] = _mm256_xor_ps(pos[i], sign);
@@ -742,6 +792,7 @@ void LutGemm(const Operands& op, Mode mode, Isa isa, int64_t max_tasks,
   p.wps = p.S / kWordBits;
   p.nchunks = p.kp / kMu;
   p.bits = op.bits;
+  p.layout = op.layout;
   p.alpha = op.alpha;
   p.offset = op.offset;
   p.at = op.alpha_type;
@@ -779,7 +830,7 @@ void LutGemm(const Operands& op, Mode mode, Isa isa, int64_t max_tasks,
     }
   }
 
-  const Kernels kr = GetKernels(isa, fast, p.at);
+  const Kernels kr = GetKernels(isa, fast, p.at, p.layout);
   // Column chunks: multiples of 32 columns (no two tasks share a 128-byte line of y or of a sign
   // word row), up to 4 per task for load balance.
   const int64_t n = p.s.n;

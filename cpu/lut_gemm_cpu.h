@@ -1,5 +1,5 @@
 // LUT-GEMM on the CPU: y[m, :] = x[m, :] @ W_hat for a packed BCQ weight (see bcq_format.h),
-// straight from the canonical packed format (no weight re-layout, no dequantization).
+// straight from the packed format in either sign-word layout (no dequantization).
 //
 // Both modes split K into chunks of mu = 4 activations; chunk c (k = 4c .. 4c+3) is exactly nibble
 // (c % 8) of sign word c / 8, so each nibble of a word indexes a 16-entry table
@@ -7,8 +7,9 @@
 // * exact: float32 tables; on AVX2 looked up 8 columns at a time with two vpermps + a blend.
 // * fast:  int8 tables, one scale per "scale block" of S activations (S = the largest of
 //          128/96/64/32 dividing g), T_q = round(T * 127 / max_c sum_j |x[4c+j]|); on AVX2 looked
-//          up 32 columns at a time with vpshufb (the T-MAC technique) after an in-register
-//          transpose of the sign bytes, summed exactly in int16.
+//          up 32 columns at a time with vpshufb (the T-MAC technique), summed exactly in int16.
+//          vpshufb needs byte j of 32 columns in one vector: the kCpu sign layout stores them so
+//          (one load); canonical words are transposed in registers first (~15% slower).
 // Per (scale block, plane, column) the lookups are summed, scaled by alpha (and, in fast mode, by
 // the block's table scale) and accumulated in float32; the offset adds offset * sum(x over group).
 // Every column is computed by one thread with a fixed operation order, so results do not depend
@@ -35,6 +36,7 @@ struct Operands {
   const void* x;          // [m, k] in x_type
   DType x_type;
   const uint32_t* bits;   // [Kp/32, q, n]
+  Layout layout;          // how the sign words of `bits` are arranged (bcq_format.h)
   const void* alpha;      // [G, q, n] in alpha_type
   const void* offset;     // [G, n] in alpha_type, or nullptr
   DType alpha_type;

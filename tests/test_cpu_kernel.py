@@ -6,7 +6,9 @@ size and path is reachable regardless of the op's crossover), with the code path
 Three kernel paths: the LUT kernel in "exact" and "fast" mode, and "dense" (FFI mode 2, the
 large-batch path the op switches to at ``ops.CPU_CROSSOVER``: dequantized 128 x 64 tiles and an
 FMA GEMM). ``LUTGEMM_CPU_POISON=1`` makes the handler fill the output with NaN before computing,
-so a finite result proves that every element was written.
+so a finite result proves that every element was written. Sign words are passed in both layouts
+(``layout`` fixture): canonical, and the "cpu" byte-major layout, produced here by an independent
+numpy transcription of its definition in include/lutgemm/bcq_format.h (`cpu_layout_np`).
 
 Tolerances (max |y - y64| over max |y64|, y64 = float64 x @ W_hat from the unpacked signs):
 * exact and dense, float32: 1e-5 (the issue's contract; float32 tables of 4 activations,
@@ -41,6 +43,38 @@ OUT_TOL = {jnp.float32: 0.0, jnp.bfloat16: 2.0**-8, jnp.float16: 2.0**-10}
 EXACT_TOL = 1e-5
 
 
+LAYOUTS = ("canonical", "cpu")  # FFI attribute layout = index
+
+
+def cpu_layout_np(bits):
+    """The "cpu" sign layout of canonical ``bits [Kp/32, q, N]``: in every (word, plane) row,
+    each block of 32 columns stores its 128 bytes byte-major (byte j of column c at 32*j + c);
+    the last N % 32 columns stay canonical."""
+    bits = np.ascontiguousarray(np.asarray(bits, np.dtype("<u4")))
+    kw, q, n = bits.shape
+    n32 = n - n % 32
+    blocks = bits[..., :n32].view(np.uint8).reshape(kw, q, n32 // 32, 32, 4)
+    blocked = np.ascontiguousarray(blocks.swapaxes(-1, -2)).reshape(kw, q, n32 * 4)
+    return np.concatenate([blocked.view("<u4"), bits[..., n32:]], axis=-1)
+
+
+def test_cpu_layout_np_moves_bytes_as_specified():
+    # The test's transcription of the layout, checked byte by byte against the definition.
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, size=(2, 3, 70), dtype=np.uint32)
+    out = cpu_layout_np(bits).view(np.uint8).reshape(2, 3, 70 * 4)
+    src = bits.view(np.uint8).reshape(2, 3, 70, 4)
+    for col in range(70):
+        for j in range(4):
+            at = (col // 32 * 128 + 32 * j + col % 32) if col < 64 else 4 * col + j
+            np.testing.assert_array_equal(out[..., at], src[..., col, j])
+
+
+@pytest.fixture(params=LAYOUTS)
+def layout(request):
+    return request.param
+
+
 @pytest.fixture(params=ISAS)
 def isa(request, monkeypatch):
     monkeypatch.setenv("LUTGEMM_CPU_ISA", request.param)
@@ -53,16 +87,37 @@ def _offset(w):
     return w.offset if w.has_offset else jnp.zeros((0, w.out_features), w.alpha.dtype)
 
 
-def kernel(x, w, mode, **overrides):
-    """Raw FFI call of the CPU target (no crossover, no Python-side checks)."""
-    attrs = {k: np.int64(v) for k, v in ops._params(w).items()}
+def ffi_attrs(w, mode, layout="canonical"):
+    """The CPU target's attributes for canonical weight ``w`` passed in ``layout``."""
+    attrs = {
+        name: np.int64(getattr(w, field))
+        for name, field in [
+            ("in_features", "in_features"),
+            ("out_features", "out_features"),
+            ("num_bits", "num_bits"),
+            ("group_size", "group_size"),
+        ]
+    }
+    attrs["layout"] = np.int64(LAYOUTS.index(layout))
     attrs["mode"] = np.int64(ALL_PATHS.index(mode) if isinstance(mode, str) else mode)
-    attrs.update({k: np.int64(v) for k, v in overrides.items()})
+    return attrs
+
+
+def kernel(x, bits, w, mode, layout="canonical"):
+    """Raw FFI call of the CPU target (no crossover, no Python-side checks); ``bits`` are
+    ``w.bits`` in ``layout``."""
     out = jax.ShapeDtypeStruct((*x.shape[:-1], w.out_features), x.dtype)
-    return jax.ffi.ffi_call(_native.CPU_TARGET, out)(x, w.bits, w.alpha, _offset(w), **attrs)
+    attrs = ffi_attrs(w, mode, layout)
+    return jax.ffi.ffi_call(_native.CPU_TARGET, out)(x, bits, w.alpha, _offset(w), **attrs)
 
 
-_kernel_jit = jax.jit(kernel, static_argnames=("mode",))
+_kernel_call = jax.jit(kernel, static_argnames=("mode", "layout"))
+
+
+def _kernel_jit(x, w, mode, layout="canonical"):
+    """`kernel` on canonical weight ``w``, its sign words passed in ``layout``."""
+    bits = w.bits if layout == "canonical" else jnp.asarray(cpu_layout_np(w.bits))
+    return _kernel_call(x, bits, w, mode, layout)
 
 
 def fast_bound(x, w):
@@ -105,20 +160,21 @@ def _case(
 
 @pytest.mark.parametrize("mode", ALL_PATHS)
 @pytest.mark.parametrize("g", [32, 64, 128, None])
-def test_all_q_groups_offsets(isa, mode, g):
-    # K not a multiple of 32 (or of g), odd N, N not a multiple of the 32/16-column vector block.
+def test_all_q_groups_offsets(isa, layout, mode, g):
+    # K not a multiple of 32 (or of g), odd N, N not a multiple of the 32/16-column vector block
+    # (N = 53: a 16-column exact-mode vector block past the last whole 32-column block).
     for q in range(1, 9):
-        for (k, n), has_offset in [((100, 37), q % 2 == 0), ((257, 70), q % 2 == 1)]:
+        for (k, n), has_offset in [((100, 53), q % 2 == 0), ((257, 70), q % 2 == 1)]:
             x, w, w64 = _case(q * 1000 + k, k, n, q, g, has_offset, batch=(3,))
-            check(_kernel_jit(x, w, mode), x, w, w64, mode)
+            check(_kernel_jit(x, w, mode, layout), x, w, w64, mode)
 
 
 @pytest.mark.parametrize("mode", ALL_PATHS)
 @pytest.mark.parametrize("batch", [(), (1,), (2, 3), (9,), (17,)])
-def test_batch_and_leading_dims(isa, mode, batch):
+def test_batch_and_leading_dims(isa, layout, mode, batch):
     # 9 and 17 rows: blocks of 4 rows plus remainders, and column tiling for M > 4.
     x, w, w64 = _case(5, 300, 129, 3, 128, True, batch=batch)
-    y = _kernel_jit(x, w, mode)
+    y = _kernel_jit(x, w, mode, layout)
     assert y.shape == (*batch, 129)
     check(y, x, w, w64, mode)
 
@@ -126,26 +182,26 @@ def test_batch_and_leading_dims(isa, mode, batch):
 @pytest.mark.parametrize("mode", ALL_PATHS)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("alpha_dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
-def test_dtypes(isa, mode, dtype, alpha_dtype):
+def test_dtypes(isa, layout, mode, dtype, alpha_dtype):
     x, w, w64 = _case(7, 200, 67, 4, 64, True, batch=(2,), dtype=dtype, alpha_dtype=alpha_dtype)
-    y = _kernel_jit(x, w, mode)
+    y = _kernel_jit(x, w, mode, layout)
     assert y.dtype == dtype
     check(y, x, w, w64, mode, dtype)
 
 
-def test_per_column_group_long_k(isa):
+def test_per_column_group_long_k(isa, layout):
     # g = K rounded up to 32: 12 scale blocks of 96 share one alpha per column.
     x, w, w64 = _case(3, 1150, 45, 2, None, True, batch=(2,))
     assert w.group_size == resolve_group_size(1150, None) == 1152
     for mode in ALL_PATHS:
-        check(_kernel_jit(x, w, mode), x, w, w64, mode)
+        check(_kernel_jit(x, w, mode, layout), x, w, w64, mode)
 
 
 @pytest.mark.parametrize("mode", ALL_PATHS)
-def test_nan_inf_propagate_to_their_rows_only(isa, mode):
+def test_nan_inf_propagate_to_their_rows_only(isa, layout, mode):
     x, w, w64 = _case(9, 256, 70, 3, 128, True, batch=(5,))
     x = x.at[1, 17].set(jnp.nan).at[3, 200].set(jnp.inf)
-    y = np.asarray(_kernel_jit(x, w, mode))
+    y = np.asarray(_kernel_jit(x, w, mode, layout))
     assert np.all(np.isnan(y[1]))
     assert not np.any(np.isfinite(y[3]))
     good = [0, 2, 4]
@@ -155,26 +211,28 @@ def test_nan_inf_propagate_to_their_rows_only(isa, mode):
 
 def test_modes_and_paths_agree(monkeypatch):
     # Exact: portable and AVX2 agree to float32 rounding; fast: identical int8 tables and exact
-    # integer sums, so they differ only by float32 rounding of the epilogue.
+    # integer sums, so they differ only by float32 rounding of the epilogue. The two sign layouts
+    # feed the same sums in the same order: bitwise equal on each path.
     x, w, _ = _case(4, 512, 96, 3, 128, True, batch=(4,))
-    for mode in MODES:
+    for mode in ALL_PATHS:
         ys = []
         for isa_name in ISAS:
             monkeypatch.setenv("LUTGEMM_CPU_ISA", isa_name)
             ys.append(np.asarray(_kernel_jit(x, w, mode)))
+            np.testing.assert_array_equal(np.asarray(_kernel_jit(x, w, mode, "cpu")), ys[-1])
         scale = np.max(np.abs(ys[0]))
         assert all(np.max(np.abs(y - ys[0])) <= 1e-5 * scale for y in ys)
 
 
 @pytest.mark.parametrize("mode", ALL_PATHS)
-def test_deterministic_across_thread_counts(isa, mode, monkeypatch):
+def test_deterministic_across_thread_counts(isa, layout, mode, monkeypatch):
     # 1100 columns: 1..5 column chunks depending on the thread count; results must be bitwise equal.
     x, w, _ = _case(6, 96, 1100, 3, 32, True, batch=(6,))
     outs = []
     for threads in ("1", "2", "3", "5"):
         monkeypatch.setenv("LUTGEMM_CPU_THREADS", threads)
-        outs.append(np.asarray(_kernel_jit(x, w, mode)))
-        outs.append(np.asarray(_kernel_jit(x, w, mode)))
+        outs.append(np.asarray(_kernel_jit(x, w, mode, layout)))
+        outs.append(np.asarray(_kernel_jit(x, w, mode, layout)))
     for y in outs[1:]:
         np.testing.assert_array_equal(y, outs[0])
 
@@ -241,12 +299,11 @@ def test_op_default_mode_and_bad_mode():
 
 @pytest.mark.parametrize(
     "case",
-    ["bits_shape", "alpha_dtype", "x_k", "num_bits", "group_size", "mode", "out_shape"],
+    ["bits_shape", "alpha_dtype", "x_k", "num_bits", "group_size", "layout", "mode", "out_shape"],
 )
 def test_bad_operands_raise(case):
     x, w, _ = _case(1, 96, 40, 3, 32, True, batch=(2,))
-    attrs = {k: np.int64(v) for k, v in ops._params(w).items()}
-    attrs["mode"] = np.int64(1)
+    attrs = ffi_attrs(w, "fast")
     bits, alpha, offset = w.bits, w.alpha, _offset(w)
     out = jax.ShapeDtypeStruct((2, 40), x.dtype)
     if case == "bits_shape":
@@ -259,6 +316,8 @@ def test_bad_operands_raise(case):
         attrs["num_bits"] = np.int64(9)
     elif case == "group_size":
         attrs["group_size"] = np.int64(48)
+    elif case == "layout":
+        attrs["layout"] = np.int64(2)
     elif case == "mode":
         attrs["mode"] = np.int64(3)
     elif case == "out_shape":
@@ -286,13 +345,14 @@ def test_standalone_kernel_bench_builds_and_runs(tmp_path):
         "-lpthread",
     ]
     subprocess.run(cmd, check=True, capture_output=True)
-    for mode in ("0", "1", "2"):
+    for mode, layout in [("0", "0"), ("1", "1"), ("1", "0"), ("2", "1")]:
         out = subprocess.run(
-            [exe, "300", "70", "3", mode, "5", "2", "2", "3"],
+            [exe, "300", "70", "3", mode, "5", "2", "2", "3", layout],
             check=True,
             capture_output=True,
             text=True,
         ).stdout
-        assert f"mode={mode} M=5 threads=2 sets=2" in out and "median" in out, out
+        assert f"mode={mode} M=5 threads=2 sets=2 layout={layout}" in out, out
+        assert "median" in out, out
     bad = subprocess.run([exe, "300", "70", "9"], capture_output=True, text=True)
     assert bad.returncode == 2 and "bad arguments" in bad.stderr

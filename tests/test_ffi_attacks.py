@@ -50,7 +50,7 @@ def _good():
         "alpha": rng.uniform(0.1, 1, (K // G, Q, N)).astype(np.float32),
         "offset": rng.normal(size=(K // G, N)).astype(np.float32),
         "out": ((2, 3, N), np.float32),
-        "attrs": dict(in_features=K, out_features=N, num_bits=Q, group_size=G, mode=0),
+        "attrs": dict(in_features=K, out_features=N, num_bits=Q, group_size=G, layout=0, mode=0),
     }
 
 
@@ -198,7 +198,11 @@ LUT_CASES = {
     "mode = 3": (_with(mode=3), "mode"),
     "mode = 2**62": (_with(mode=HUGE), "mode"),
     # the binding itself: missing / mistyped attributes, wrong operand and result counts
+    "layout = -1": (_with(layout=-1), "layout"),
+    "layout = 2": (_with(layout=2), "layout"),
+    "layout = 2**62": (_with(layout=HUGE), "layout"),
     "mode attribute missing": (_drop_attr("mode"), "Wrong number of attributes"),
+    "layout attribute missing": (_drop_attr("layout"), "Wrong number of attributes"),
     "in_features missing": (_drop_attr("in_features"), "Wrong number of attributes"),
     "extra attribute": (_with(attr_bogus=1), ""),
     "num_bits as int32": (_typed_attr("num_bits", np.int32), ""),
@@ -241,8 +245,9 @@ def test_good_calls_succeed():
     """The baseline is valid (so each case fails for its own reason) in every kernel mode, also
     with no offset and with zero-size batch dims (M = 0: an empty result, not an error)."""
     for mode in (0, 1, 2):
-        y = call(_with(mode=mode)())
-        assert y.shape == (2, 3, N) and np.isfinite(y).all()
+        for layout in (0, 1):
+            y = call(_with(mode=mode, layout=layout)())
+            assert y.shape == (2, 3, N) and np.isfinite(y).all()
     call(_with(offset=_zeros((0, N)))())
     for lead in [(0,), (2, 0), (0, 5)]:
         for mode in (0, 1, 2):

@@ -47,6 +47,25 @@ struct BcqShape {
   LUTGEMM_HD int64_t words_per_group() const { return group_size / kWordBits; }
 };
 
+// Layouts of the sign words in `bits` (the FFI attribute `layout`; lutgemm_jax.format.LAYOUTS):
+//   kCanonical  as described above (what every quantizer produces; the CUDA kernel's input).
+//   kCpu        same array shape. In every (word, plane) row of N words, the first
+//               N32 = N - N % 32 columns form blocks of 32 columns whose 128 bytes are stored
+//               byte-major: byte j of column c of a block sits at byte 32*j + c of the block
+//               (canonical: 4*c + j). The last N % 32 columns stay canonical.
+// The CPU's AVX2 kernel reads byte j of 32 columns with one 32-byte load in the kCpu layout,
+// where the canonical one needs an in-register 4 x 32 byte transpose per word (~15% of its
+// time). The layout is produced once per weight (lutgemm_jax.to_layout), never per call.
+enum class Layout : int64_t { kCanonical = 0, kCpu = 1 };
+constexpr int kLayoutBlock = 32;  // columns per byte-major block of the kCpu layout
+
+// Offset in bytes, from the start of a (word, plane) row, of byte j of column `col`'s word.
+LUTGEMM_HD int64_t SignByteOffset(Layout layout, int64_t n, int64_t col, int j) {
+  if (layout == Layout::kCpu && col < n - n % kLayoutBlock)
+    return (col - col % kLayoutBlock) * kBytesPerWord + j * kLayoutBlock + col % kLayoutBlock;
+  return col * kBytesPerWord + j;
+}
+
 // Flat indices into the three arrays.
 LUTGEMM_HD int64_t BitsIndex(const BcqShape& s, int64_t word, int64_t plane, int64_t col) {
   return (word * s.q + plane) * s.n + col;
