@@ -7,6 +7,9 @@ Public API:
   BCQWeight            the packed ``[K, N]`` weight (a pytree)
   quantize             dense ``W: [K, N]`` -> BCQWeight (greedy, alternating, rtn)
   dequantize           BCQWeight -> dense ``[K, N]``
+  LAYOUTS              sign-word layouts of ``BCQWeight.bits``: "canonical" (default), "cpu"
+  to_layout            every BCQWeight in a pytree (params, nnx.State) -> a layout, e.g.
+                       ``to_layout(params, "cpu")`` once before CPU inference
   lut_gemm             ``x: [..., K]`` @ BCQWeight -> ``[..., N]``
   build_info           which native backends are compiled in
   linen, nnx           Flax: LutDense / LutLinear, quantize_params / quantize_model, LoRA
@@ -16,11 +19,20 @@ Public API:
 
 from lutgemm_jax import checkpoint, linen, nnx
 from lutgemm_jax._native import build_info, export_disabled_checks
-from lutgemm_jax.format import PER_COLUMN, BCQWeight, dequantize, pack_signs, unpack_signs
+from lutgemm_jax.format import (
+    LAYOUTS,
+    PER_COLUMN,
+    BCQWeight,
+    dequantize,
+    pack_signs,
+    to_layout,
+    unpack_signs,
+)
 from lutgemm_jax.ops import lut_gemm, lut_gemm_p
 from lutgemm_jax.quantize import quantize
 
 __all__ = [
+    "LAYOUTS",
     "PER_COLUMN",
     "BCQWeight",
     "build_info",
@@ -33,6 +45,7 @@ __all__ = [
     "nnx",
     "pack_signs",
     "quantize",
+    "to_layout",
     "unpack_signs",
 ]
 __version__ = "0.1.0"

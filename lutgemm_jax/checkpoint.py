@@ -10,12 +10,17 @@ header's string-to-string ``__metadata__`` holds:
 * ``format`` = ``"lutgemm_jax.checkpoint"`` and ``format_version`` (`FORMAT_VERSION`);
 * ``lutgemm_jax.tree``: JSON ``{"entries": [...], "sha256": {tensor: hex digest}}`` with one
   entry per leaf: ``{"path": [keys], "kind": "array", "tensor": name}`` or
-  ``{"path": [...], "kind": "bcq", "K", "N", "q", "g", "has_offset", "dtype", "tensors":
-  {"bits": name, "alpha": name, "offset": name}}`` (keys are JSON strings or ints);
+  ``{"path": [...], "kind": "bcq", "K", "N", "q", "g", "has_offset", "dtype", "layout",
+  "tensors": {"bits": name, "alpha": name, "offset": name}}`` (keys are JSON strings or ints);
 * ``lutgemm_jax.user``: JSON of the caller's ``metadata`` (str -> str);
 * ``lutgemm_jax.header_sha256``: SHA-256 of the rest of the header (`_header_digest`: its JSON
   with sorted keys and no whitespace), so that a corrupted header is detected like corrupted
   tensor data. Integrity only: anyone can recompute it, it is not a signature.
+
+``bits`` are always stored in the canonical layout; ``layout`` (`lutgemm_jax.format.LAYOUTS`)
+is the layout the weight had when saved, restored by `load` (an entry without it, as written
+before layouts existed, loads as ``"canonical"``). So the tensors mean the same for every reader,
+including versions of lutgemm_jax that ignore the field.
 
 Writes are atomic: a temporary file in the destination directory is written, flushed, fsynced,
 then renamed over the destination, so a failure leaves any previous file intact. `load` checks
@@ -29,6 +34,7 @@ Trees: nested dicts/lists/tuples of arrays and `BCQWeight` (linen params), and N
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -43,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lutgemm_jax.format import BCQWeight
+from lutgemm_jax.format import BCQWeight, convert_bits
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "load", "read_metadata", "save"]
 
@@ -169,7 +175,8 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: Mapping[str, str] | No
         name = "/".join(map(str, keys))
         if isinstance(value, BCQWeight):
             value.validate()
-            names = {f: add(f"{name}/{f}", getattr(value, f)) for f in _BCQ_FIELDS[:2]}
+            bits = convert_bits(np.asarray(value.bits), value.layout, "canonical")
+            names = {"bits": add(f"{name}/bits", bits), "alpha": add(f"{name}/alpha", value.alpha)}
             if value.has_offset:
                 names["offset"] = add(f"{name}/offset", value.offset)
             entries.append(
@@ -182,6 +189,7 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: Mapping[str, str] | No
                     "g": value.group_size,
                     "has_offset": value.has_offset,
                     "dtype": str(jnp.dtype(value.dtype)),
+                    "layout": value.layout,
                     "tensors": names,
                 }
             )
@@ -352,7 +360,7 @@ def load(path: str | os.PathLike, *, like: Any = None) -> Any:
       like: optional tree of the expected structure (arrays, ``jax.ShapeDtypeStruct``s or
         `BCQWeight`s; e.g. the params of a freshly initialised model, ``jax.eval_shape`` of an
         init, or ``nnx.state(model)``). The file must hold exactly its leaves, with the same
-        shapes, dtypes and `BCQWeight` metadata (K, N, q, g, offset); the result has its
+        shapes, dtypes and `BCQWeight` metadata (K, N, q, g, offset, layout); the result has its
         structure (NNX variables included) and, for array leaves with a sharding, its sharding.
 
     Returns:
@@ -449,6 +457,7 @@ def _entry_value(path: str, entry: Any, arrays: dict[str, np.ndarray]) -> Any:
             out_features=entry["N"],
             num_bits=entry["q"],
             group_size=entry["g"],
+            layout=entry.get("layout", "canonical"),
         )
     except KeyError as e:
         raise CheckpointError(f"{path}: corrupted header: tree entry {name!r} lacks {e}") from None
@@ -460,7 +469,7 @@ def _entry_value(path: str, entry: Any, arrays: dict[str, np.ndarray]) -> Any:
         raise CheckpointError(
             f"{path}: {name}: alpha is {w.dtype}, the header says {entry['dtype']}"
         )
-    return w
+    return dataclasses.replace(w, bits=convert_bits(w.bits, "canonical", w.layout))
 
 
 def _nest(path: str, paths: list[tuple[Any, ...]], values: list[Any]) -> dict[Any, Any]:
@@ -483,7 +492,8 @@ def _describe(x: Any) -> str:
     if isinstance(x, BCQWeight):
         return (
             f"BCQWeight(K={x.in_features}, N={x.out_features}, q={x.num_bits}, g={x.group_size}, "
-            f"offset={x.has_offset}, dtype={jnp.dtype(x.dtype)}, batch={x.batch_shape})"
+            f"offset={x.has_offset}, dtype={jnp.dtype(x.dtype)}, batch={x.batch_shape}, "
+            f"layout={x.layout})"
         )
     return f"{jnp.dtype(x.dtype)}{list(x.shape)}"
 

@@ -16,6 +16,23 @@ Arrays (``Kp`` = K rounded up to a multiple of ``g``, ``G = Kp // g``):
 
 Rows ``K <= k < Kp`` are padding: their sign bits are 0 (s = -1) and they contribute nothing,
 because every consumer treats the activations there as zero.
+
+Sign-word layouts (`LAYOUTS`, the static field ``BCQWeight.layout``) order the bytes of ``bits``
+within each row ``[kw, i, :]``; shape and dtype are the same in both:
+
+* ``"canonical"`` (the default; what every quantizer produces): as above, word ``[kw, i, n]``
+  holds column ``n``'s four table indices, byte ``j`` (little-endian: bits ``8j .. 8j+7``) for
+  ``k = 32*kw + 8j .. +7``.
+* ``"cpu"``: with ``N32 = N - N % 32``, the first ``N32`` words of every row form blocks of 32
+  columns; a block's 128 bytes, ``[32 columns][4 bytes j]`` in canonical order, are stored as
+  ``[4 bytes j][32 columns]``: byte ``j`` of block column ``c`` sits at byte ``32*j + c`` of the
+  block. The last ``N % 32`` columns stay canonical. The CPU kernel then loads the table indices
+  of 32 consecutive columns for one ``j`` with a single 32-byte load instead of transposing
+  bytes in registers on every call; the shuffle is paid once per weight (`to_layout`), like a
+  prepacked GEMM operand.
+
+The layout is a byte permutation inside each row and changes nothing else: the formula above,
+`dequantize` and the float64 test reference apply to both (they read `canonical_bits`).
 """
 
 from __future__ import annotations
@@ -36,6 +53,12 @@ ALPHA_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 """Storage dtypes accepted for ``alpha`` and ``offset``."""
 PER_COLUMN = -1
 """``group_size`` value meaning one group spanning all of K for each output column."""
+LAYOUTS = ("canonical", "cpu")
+"""Sign-word layouts of ``BCQWeight.bits`` (see the module docstring); the index of a layout in
+this tuple is its code in the CPU kernel's FFI attribute ``layout``."""
+CPU_BLOCK_COLUMNS = 32
+"""Columns per block of the ``"cpu"`` layout (one 32-byte vector of table indices per byte j)."""
+_WORD_BYTES = 4
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -77,6 +100,8 @@ class BCQWeight:
       out_features: N (static).
       num_bits: q, the number of bit-planes, 1..8 (static).
       group_size: g, a positive multiple of 32 (static; per-column weights have ``g = Kp``).
+      layout: the byte order of ``bits`` within each row, one of `LAYOUTS` (static; default
+        ``"canonical"``; see the module docstring and `to_layout`).
 
     Static fields travel as pytree metadata, so a ``BCQWeight`` passes through ``jax.jit``,
     ``jax.vmap`` (stacked weights get extra leading axes on every array), ``jax.tree`` utilities
@@ -90,6 +115,7 @@ class BCQWeight:
     out_features: int
     num_bits: int
     group_size: int
+    layout: str = "canonical"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -127,6 +153,8 @@ class BCQWeight:
         Leading batch axes (from ``vmap`` over stacked weights) are allowed as long as all arrays
         share them.
         """
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"BCQWeight.layout must be one of {LAYOUTS}, got {self.layout!r}")
         if not 1 <= self.num_bits <= MAX_BITS:
             raise ValueError(f"BCQWeight.num_bits must be in 1..{MAX_BITS}, got {self.num_bits}")
         resolve_group_size(self.in_features, self.group_size)
@@ -168,20 +196,110 @@ class BCQWeight:
         """Returns the dense ``[K, N]`` weight (``[..., K, N]`` for stacked weights)."""
         return dequantize(self, dtype)
 
+    def to_layout(self, layout: str) -> BCQWeight:
+        """This weight with ``bits`` in ``layout`` (one of `LAYOUTS`); ``self`` if already there.
 
+        A byte permutation of ``bits`` (same shape ``[..., Kp/32, q, N]``); alpha and offset are
+        shared. Works under ``jit`` and on stacked weights.
+        """
+        if layout not in LAYOUTS:
+            raise ValueError(f"to_layout: layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout == self.layout:
+            return self
+        bits = convert_bits(self.bits, self.layout, layout)
+        return dataclasses.replace(self, bits=bits, layout=layout)
+
+
+_META_FIELDS = ("in_features", "out_features", "num_bits", "group_size", "layout")
 jax.tree_util.register_dataclass(
-    BCQWeight,
-    data_fields=["bits", "alpha", "offset"],
-    meta_fields=["in_features", "out_features", "num_bits", "group_size"],
+    BCQWeight, data_fields=["bits", "alpha", "offset"], meta_fields=list(_META_FIELDS)
 )
+
+
+def _serialize_meta(meta: tuple) -> bytes:
+    return json.dumps(list(meta)).encode()
+
+
+def _deserialize_meta(data: bytes) -> tuple:
+    """Inverse of `_serialize_meta`; artifacts from before layouts (K, N, q, g) are canonical."""
+    meta = tuple(json.loads(data))
+    return meta + ("canonical",) if len(meta) == len(_META_FIELDS) - 1 else meta
+
+
 # Lets jax.export serialize functions that take or return a BCQWeight; the static metadata
-# (K, N, q, g) travels as JSON.
+# (K, N, q, g, layout) travels as JSON.
 jax.export.register_pytree_node_serialization(
     BCQWeight,
     serialized_name="lutgemm_jax.BCQWeight",
-    serialize_auxdata=lambda meta: json.dumps(list(meta)).encode(),
-    deserialize_auxdata=lambda data: tuple(json.loads(data)),
+    serialize_auxdata=_serialize_meta,
+    deserialize_auxdata=_deserialize_meta,
 )
+
+
+def _namespace(a: Any) -> Any:
+    """numpy for numpy arrays (host-side conversion, e.g. in checkpoints), jax.numpy otherwise."""
+    return np if isinstance(a, np.ndarray) else jnp
+
+
+def _word_bytes(words: Any) -> Any:
+    """uint32 ``[...]`` -> uint8 ``[..., 4]``, byte ``j`` = bits ``8j .. 8j+7`` of the word.
+
+    Shifts and masks rather than a bitcast, so the result does not depend on the platform's
+    byte order.
+    """
+    xp = _namespace(words)
+    shifts = xp.arange(0, 8 * _WORD_BYTES, 8, dtype=xp.uint32)
+    return ((words[..., None] >> shifts) & xp.uint32(0xFF)).astype(xp.uint8)
+
+
+def _bytes_word(data: Any) -> Any:
+    """Inverse of `_word_bytes`: uint8 ``[..., 4]`` -> uint32 ``[...]``."""
+    xp = _namespace(data)
+    shifts = xp.arange(0, 8 * _WORD_BYTES, 8, dtype=xp.uint32)
+    return xp.sum(data.astype(xp.uint32) << shifts, axis=-1, dtype=xp.uint32)
+
+
+def convert_bits(bits: Any, source: str, target: str) -> Any:
+    """Reorders packed sign words ``[..., Kp/32, q, N]`` from layout ``source`` to ``target``.
+
+    Both are names in `LAYOUTS`. Only the bytes of the first ``N - N % 32`` columns of every row
+    move: each block of 32 columns is a ``[32 columns][4 bytes]`` byte matrix in canonical order
+    and its transpose ``[4 bytes][32 columns]`` in ``"cpu"`` order. Takes and returns numpy
+    arrays (computed on the host) or jax arrays (jit-able); any leading axes are kept.
+    """
+    for name, layout in (("source", source), ("target", target)):
+        if layout not in LAYOUTS:
+            raise ValueError(f"convert_bits: {name} must be one of {LAYOUTS}, got {layout!r}")
+    *lead, n = bits.shape
+    n32 = n - n % CPU_BLOCK_COLUMNS
+    if source == target or n32 == 0:
+        return bits
+    xp = _namespace(bits)
+    block = (CPU_BLOCK_COLUMNS, _WORD_BYTES)
+    blocks = _word_bytes(bits[..., :n32]).reshape(
+        *lead, n32 // CPU_BLOCK_COLUMNS, *(block if source == "canonical" else block[::-1])
+    )
+    moved = xp.swapaxes(blocks, -1, -2).reshape(*lead, n32, _WORD_BYTES)
+    return xp.concatenate([_bytes_word(moved), bits[..., n32:]], axis=-1)
+
+
+def canonical_bits(w: BCQWeight) -> Any:
+    """``w.bits`` in the ``"canonical"`` layout (``w.bits`` itself if it already is)."""
+    return convert_bits(w.bits, w.layout, "canonical")
+
+
+def to_layout(tree: Any, layout: str) -> Any:
+    """``tree`` with every `BCQWeight` in it converted to ``layout`` (one of `LAYOUTS`).
+
+    ``tree`` is any pytree: a `BCQWeight`, linen params, nested dicts, or an NNX ``State``
+    (``nnx.update(model, to_layout(nnx.state(model), "cpu"))`` converts a model in place).
+    Other leaves are returned unchanged.
+    """
+    return jax.tree.map(
+        lambda x: x.to_layout(layout) if isinstance(x, BCQWeight) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, BCQWeight),
+    )
 
 
 def pack_signs(signs: jax.Array) -> jax.Array:
@@ -198,7 +316,10 @@ def pack_signs(signs: jax.Array) -> jax.Array:
 
 
 def unpack_signs(bits: jax.Array) -> jax.Array:
-    """Inverse of `pack_signs`: uint32 ``[..., Kp/32, q, N]`` -> bool ``[..., Kp, q, N]``."""
+    """Inverse of `pack_signs`: uint32 ``[..., Kp/32, q, N]`` -> bool ``[..., Kp, q, N]``.
+
+    ``bits`` must be in the canonical layout (see `canonical_bits`).
+    """
     *lead, kw, q, n = bits.shape
     shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)[:, None, None]
     planes = (bits[..., :, None, :, :] >> shifts) & jnp.uint32(1)
@@ -209,13 +330,15 @@ def dequantize(w: BCQWeight, dtype=jnp.float32) -> jax.Array:
     """Dense ``[K, N]`` weight of ``w`` (``[..., K, N]`` for stacked weights), in ``dtype``.
 
     Unpacks with shifts and masks so that XLA fuses unpacking, scaling and the sum over planes
-    into one loop that writes ``[K, N]`` once (no ``32x`` float intermediate).
+    into one loop that writes ``[K, N]`` once (no ``32x`` float intermediate). A ``"cpu"``-layout
+    weight is read through `canonical_bits`.
     """
-    *lead, kw, q, n = w.bits.shape
+    bits = canonical_bits(w)
+    *lead, kw, q, n = bits.shape
     words_per_group = w.group_size // WORD_BITS
     shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)[:, None, None]
     # [..., Kp/32, 32, q, N]: the bit of row 32*kw + t in plane i, column n.
-    planes = (w.bits[..., :, None, :, :] >> shifts) & jnp.uint32(1)
+    planes = (bits[..., :, None, :, :] >> shifts) & jnp.uint32(1)
     signs = planes.astype(jnp.float32) * 2.0 - 1.0
     # Scales per word rather than per group, so no reshape regroups K (a reshape that
     # re-chunks an axis is rejected under explicit sharding).

@@ -8,6 +8,12 @@ One `jax.extend.core.Primitive` serves every platform:
   bits with shifts, lets XLA fuse the dequantization, and calls ``dot``. It is also the reference
   that the native kernels are tested against.
 
+Sign-word layouts (``BCQWeight.layout``, see `lutgemm_jax.format`) travel as the static
+primitive parameter ``layout``. The CPU kernel reads both (FFI attribute ``layout``: the index
+in `LAYOUTS`); the pure-jnp path, the differentiation rules and the CUDA kernels read canonical
+bits, so on those a ``"cpu"``-layout weight is shuffled back on every call (a fused byte
+permutation of ``bits``; keep GPU weights canonical).
+
 Differentiation: ``y`` is bilinear in ``x`` and in ``(alpha, offset)``; both have JVP and
 transpose rules, so ``jax.grad`` flows into activations (LoRA on a frozen quantized base) and into
 the scales. The packed sign bits are integers and get no gradient.
@@ -27,7 +33,14 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from lutgemm_jax import _native, sharding
-from lutgemm_jax.format import WORD_BITS, BCQWeight, dequantize, resolve_group_size
+from lutgemm_jax.format import (
+    LAYOUTS,
+    WORD_BITS,
+    BCQWeight,
+    convert_bits,
+    dequantize,
+    resolve_group_size,
+)
 
 ACTIVATION_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
@@ -87,7 +100,8 @@ def _shard_view(w: BCQWeight) -> BCQWeight:
     """The weight of the shard that ``w``'s arrays hold, e.g. inside ``shard_map``.
 
     There the arrays are one device's block ``[K/s, N/t]`` while the static metadata still
-    describes the whole matrix; a K block must be whole groups. Unsharded weights pass through.
+    describes the whole matrix; a K block must be whole groups, and an N block of a ``"cpu"``
+    layout weight whole 32-column blocks. Unsharded weights pass through.
     """
     resolve_group_size(w.in_features, w.group_size)  # metadata errors first
     if w.alpha.ndim != 3:  # stacked weights: validate() reports them
@@ -103,6 +117,8 @@ def _shard_view(w: BCQWeight) -> BCQWeight:
                 f"{w.num_groups} groups of K = {w.in_features} (g = {w.group_size})"
             )
         k = groups * w.group_size
+    if 0 < n < w.out_features:  # N split into out_features / n shards
+        sharding.check_layout_split(w.layout, w.out_features, w.out_features // n)
     return dataclasses.replace(w, in_features=k, out_features=n)
 
 
@@ -128,17 +144,19 @@ def _match_varying(*arrays):
     ]
 
 
-def _params(w: BCQWeight) -> dict[str, int]:
+def _params(w: BCQWeight) -> dict[str, int | str]:
+    """The primitive's static weight parameters (``mode`` is added by `lut_gemm`)."""
     return dict(
         in_features=w.in_features,
         out_features=w.out_features,
         num_bits=w.num_bits,
         group_size=w.group_size,
+        layout=w.layout,
     )
 
 
 def _weight(
-    bits, alpha, offset, *, in_features, out_features, num_bits, group_size, mode=None
+    bits, alpha, offset, *, in_features, out_features, num_bits, group_size, layout, mode=None
 ) -> BCQWeight:
     del mode  # a kernel option, not part of the weight
     return BCQWeight(
@@ -149,7 +167,13 @@ def _weight(
         out_features=out_features,
         num_bits=num_bits,
         group_size=group_size,
+        layout=layout,
     )
+
+
+def _canonical(bits, params):
+    """``bits`` in the canonical layout, for consumers that unpack signs themselves."""
+    return convert_bits(bits, params["layout"], "canonical")
 
 
 def _check_x(shape, dtype, in_features: int) -> None:
@@ -181,7 +205,10 @@ _kernel_p.def_abstract_eval(_abstract_eval)
 
 
 def lut_gemm_reference(x, bits, alpha, offset, **params):
-    """Pure-jnp ``x @ dequantize(w)`` with float32 accumulation; costs about dequantize + dot."""
+    """Pure-jnp ``x @ dequantize(w)`` with float32 accumulation; costs about dequantize + dot.
+
+    ``bits`` may be in either layout (``params["layout"]``; `dequantize` reads canonical bits).
+    """
     dense = dequantize(_weight(bits, alpha, offset, **params), jnp.float32)
     y = jnp.matmul(x.astype(jnp.float32), dense, precision=jax.lax.Precision.HIGHEST)
     return y.astype(x.dtype)
@@ -244,9 +271,16 @@ if _requires_devices is not None:
 # ---- native lowerings ----------------------------------------------------------------------
 
 
+_SHAPE_ATTRIBUTES = ("in_features", "out_features", "num_bits", "group_size")
+
+
 def _ffi_attributes(params) -> dict[str, np.int64]:
-    """The weight-layout attributes (``mode`` is a CPU-kernel option, dropped here)."""
-    return {name: np.int64(value) for name, value in params.items() if name != "mode"}
+    """The weight-shape attributes every native handler takes (K, N, q, g).
+
+    ``mode`` and ``layout`` are not among them: the CPU lowering adds both as integers, the CUDA
+    handlers take neither.
+    """
+    return {name: np.int64(params[name]) for name in _SHAPE_ATTRIBUTES}
 
 
 _NEVER = 1 << 62
@@ -275,7 +309,14 @@ def _cpu_lowering(ctx, x, bits, alpha, offset, **params):
     # FFI mode attribute: 0 exact LUT, 1 fast LUT, 2 dequantized tiles + dense FMA GEMM.
     kernel_mode = 2 if rows >= _cpu_crossover(mode, params["num_bits"]) else MODES.index(mode)
     return jax.ffi.ffi_lowering(_native.CPU_TARGET)(
-        ctx, x, bits, alpha, offset, **_ffi_attributes(params), mode=np.int64(kernel_mode)
+        ctx,
+        x,
+        bits,
+        alpha,
+        offset,
+        **_ffi_attributes(params),
+        mode=np.int64(kernel_mode),
+        layout=np.int64(LAYOUTS.index(params["layout"])),
     )
 
 
@@ -286,6 +327,8 @@ if _native.HAS_CPU:
 # CUDA (cuda/): the lookup-table kernel for M <= CUDA_LUT_MAX_ROWS rows of x; above, the CUDA
 # dequantization kernel writes W_hat [K, N] in x's dtype and XLA's dot (tensor cores, float32
 # accumulation) does the product. The choice is static, from x's shape. See docs/cuda.md.
+# Both kernels read canonical bits: a "cpu"-layout weight is shuffled back (`_canonical`) inside
+# the lowered function on every call, a fused byte permutation of bits that XLA runs on the GPU.
 CUDA_LUT_MAX_ROWS = 8
 """Largest M (product of x's leading dims) lowered to the CUDA LUT kernel."""
 _CUDA_PLAN_SMS = 132  # the split-K rule below targets 2 blocks per SM of an H100 SXM
@@ -308,14 +351,14 @@ def _cuda_lut(x, bits, alpha, offset, **params):
     workspace = jax.ShapeDtypeStruct((splits * m * n if splits > 1 else 0,), jnp.float32)
     y, _ = jax.ffi.ffi_call(
         _native.CUDA_TARGET, (jax.ShapeDtypeStruct((*x.shape[:-1], n), x.dtype), workspace)
-    )(x, bits, alpha, offset, **_ffi_attributes(params))
+    )(x, _canonical(bits, params), alpha, offset, **_ffi_attributes(params))
     return y
 
 
 def _cuda_dequant_dot(x, bits, alpha, offset, **params):
     k, n = params["in_features"], params["out_features"]
     dense = jax.ffi.ffi_call(_native.CUDA_DEQUANT_TARGET, jax.ShapeDtypeStruct((k, n), x.dtype))(
-        bits, alpha, offset, **_ffi_attributes(params)
+        _canonical(bits, params), alpha, offset, **_ffi_attributes(params)
     )
     precision = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else jax.lax.Precision.DEFAULT
     y = jnp.matmul(x, dense, precision=precision, preferred_element_type=jnp.float32)
@@ -401,7 +444,7 @@ def _scale_cotangents(x, bits, ct, alpha_aval, offset_aval, params):
     # outer[G, g, N] = sum_m x[m, k] ct[m, n]: the cotangent of the dense weight.
     outer = jnp.matmul(x2.T, ct2, precision=jax.lax.Precision.HIGHEST).reshape(kp // g, g, n)
     shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)[:, None, None]
-    planes = (bits[:, None] >> shifts) & jnp.uint32(1)
+    planes = (_canonical(bits, params)[:, None] >> shifts) & jnp.uint32(1)
     signs = planes.reshape(kp // g, g, *bits.shape[1:]).astype(jnp.float32) * 2.0 - 1.0
     ct_alpha = jnp.einsum("gkn,gkqn->gqn", outer, signs, precision=jax.lax.Precision.HIGHEST)
     ct_offset = jnp.sum(outer, axis=1)

@@ -16,6 +16,10 @@ always hands each device whole quantization groups. Three layouts follow, and co
   adds them.
 * data-parallel: x's leading axes sharded; weights replicated or column-sharded.
 
+A ``"cpu"``-layout weight (`lutgemm_jax.format.LAYOUTS`) interleaves the bytes of 32 columns,
+so it splits along N only into shards of a multiple of 32 columns (`check_layout_split`); K
+splits are unaffected.
+
 Per shard, the kernel primitive runs on the local arrays (``in_features`` and ``out_features``
 are the local sizes), i.e. the CPU or CUDA FFI kernel, or the pure-jnp path elsewhere. A single
 device compile inlines the kernel call (no partitioning callback).
@@ -34,7 +38,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lutgemm_jax.format import WORD_BITS, padded_in_features
+from lutgemm_jax.format import CPU_BLOCK_COLUMNS, WORD_BITS, padded_in_features
 
 
 def _axis_size(mesh, axes) -> int:
@@ -45,6 +49,30 @@ def _axis_size(mesh, axes) -> int:
     for name in names:
         size *= mesh.shape[name]
     return size
+
+
+def check_layout_split(layout: str, n: int, shards: int, axes: object = None) -> None:
+    """Raises ValueError if ``shards`` N-shards of a ``layout`` weight would cut its blocks.
+
+    A ``"cpu"``-layout weight keeps 32-column blocks together, so every shard of its
+    ``n = N`` columns must hold a whole number of them; canonical weights split anywhere.
+
+    Args:
+      layout: the weight's layout (`lutgemm_jax.format.LAYOUTS`).
+      n: N, the global number of columns.
+      shards: the size of the mesh axis (or axes) splitting N.
+      axes: the mesh axis names, for the message (``None`` if unknown, as in ``shard_map``).
+    """
+    if layout != "cpu" or shards == 1:
+        return
+    if n % shards or (n // shards) % CPU_BLOCK_COLUMNS:
+        where = f"mesh axes {axes!r} of size {shards}" if axes is not None else f"{shards} shards"
+        raise ValueError(
+            f"lut_gemm: a layout='cpu' weight with N = {n} cannot be split along N over {where}: "
+            f"every shard must hold a multiple of {CPU_BLOCK_COLUMNS} columns (the layout's "
+            f"column blocks); use a mesh axis size s with N / s a multiple of "
+            f"{CPU_BLOCK_COLUMNS}, or convert the weight with to_layout(w, 'canonical')"
+        )
 
 
 def _spec(shape) -> tuple:
@@ -84,6 +112,10 @@ def _layout(mesh, arg_shapes, params):
                 f"would split a quantization group: K = {params['in_features']} has {groups} "
                 f"groups of g = {params['group_size']}; use a mesh axis size dividing {groups}"
             )
+    if n_axes is not None:
+        check_layout_split(
+            params["layout"], params["out_features"], _axis_size(mesh, n_axes), n_axes
+        )
     return batch, k_axes, n_axes
 
 
@@ -99,7 +131,7 @@ def _shardings(mesh, batch, k_axes, n_axes, has_offset):
 
 
 @functools.cache
-def partitioned(kernel, params: tuple[tuple[str, int], ...], has_offset: bool):
+def partitioned(kernel, params: tuple[tuple[str, int | str], ...], has_offset: bool):
     """Returns ``f(x, bits, alpha[, offset]) -> y``, partitioned by custom_partitioning.
 
     Args:

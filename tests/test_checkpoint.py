@@ -16,7 +16,7 @@ from flax import nnx
 
 from lutgemm_jax import checkpoint
 from lutgemm_jax.checkpoint import CheckpointError, load, read_metadata, save
-from lutgemm_jax.format import BCQWeight
+from lutgemm_jax.format import BCQWeight, to_layout
 from lutgemm_jax.nnx import LutLinear
 
 
@@ -234,6 +234,43 @@ def test_inconsistent_bcq_metadata_is_rejected(saved):
             e["K"] = 128
     rewrite_metadata(path, **{"lutgemm_jax.tree": json.dumps(tree)})
     with pytest.raises(CheckpointError, match="Dense_0/kernel: inconsistent BCQWeight"):
+        load(path)
+
+
+def _rewrite_entries(path, edit) -> None:
+    """Applies ``edit(entry)`` to every tree entry of the header (re-signed)."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    tree = json.loads(json.loads(raw[8 : 8 + n])["__metadata__"]["lutgemm_jax.tree"])
+    for e in tree["entries"]:
+        edit(e)
+    rewrite_metadata(path, **{"lutgemm_jax.tree": json.dumps(tree)})
+
+
+def test_layout_is_saved_and_restored(tmp_path):
+    tree = linen_tree()
+    cpu = to_layout(tree, "cpu")
+    path = tmp_path / "cpu.safetensors"
+    save(path, cpu)
+    assert_trees_identical(load(path, like=cpu), cpu)  # the treedefs hold the layout
+    plain = load(path)["params"]
+    assert plain["Dense_0"]["kernel"].layout == plain["scan"]["kernel"].layout == "cpu"
+    # bits are stored canonical: the tensors mean the same to readers that ignore the layout
+    safetensors = pytest.importorskip("safetensors")
+    with safetensors.safe_open(str(path), framework="numpy") as f:
+        np.testing.assert_array_equal(
+            f.get_tensor("params/scan/kernel/bits"), tree["params"]["scan"]["kernel"].bits
+        )
+    with pytest.raises(CheckpointError, match=r"layout=cpu\), expected .*layout=canonical\)"):
+        load(path, like=tree)
+
+
+def test_entries_without_layout_load_canonical(saved):
+    path, tree = saved
+    _rewrite_entries(path, lambda e: e.pop("layout", None))
+    assert_trees_identical(load(path, like=tree), tree)
+    _rewrite_entries(path, lambda e: e.update(layout="gpu") if e["kind"] == "bcq" else None)
+    with pytest.raises(CheckpointError, match="inconsistent BCQWeight: BCQWeight.layout"):
         load(path)
 
 
