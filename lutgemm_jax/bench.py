@@ -11,6 +11,9 @@ served from the last-level cache (cold weights, as in a decode step of a large m
 * ``numpy``:      numpy/OpenBLAS float32 ``x @ W``;
 * ``jnp``:        the pure-jnp path (`ops.lut_gemm_reference`: dequantize + dot, fused by XLA).
 
+LUT timings are per sign-word layout (``--layouts``; default ``cpu``, the layout CPU users
+prepare once with `lutgemm_jax.to_layout`; ``canonical`` as quantizers produce it).
+
 The same run measures memory copy bandwidth (numpy copy of a 256 MiB buffer, read + write bytes
 over time) and reports each LUT timing against the bandwidth floor: bytes of bits + alpha
 (+ offset) divided by that bandwidth. Timings are medians after warm-up.
@@ -33,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lutgemm_jax import _native, ops
-from lutgemm_jax.format import BCQWeight
+from lutgemm_jax.format import LAYOUTS, BCQWeight
 
 L3_BYTES = 32 << 20
 ALL_BACKENDS = ("lut", "lut_kernel", "dense", "xla", "numpy", "jnp")
@@ -79,9 +82,10 @@ def _kernel_call(x, w: BCQWeight, mode: str):
     call = jax.ffi.ffi_call(
         _native.CPU_TARGET, jax.ShapeDtypeStruct((*x.shape[:-1], w.out_features), x.dtype)
     )
-    attrs = {k: np.int64(v) for k, v in ops._params(w).items()}
-    kernel_mode = 2 if mode == "dense" else ops.MODES.index(mode)
-    return call(x, w.bits, w.alpha, _offset(w), **attrs, mode=np.int64(kernel_mode))
+    attrs = ops._ffi_attributes(ops._params(w))
+    attrs["layout"] = np.int64(LAYOUTS.index(w.layout))
+    attrs["mode"] = np.int64(2 if mode == "dense" else ops.MODES.index(mode))
+    return call(x, w.bits, w.alpha, _offset(w), **attrs)
 
 
 def _time(fn, args_list, reps: int, warmup: int, budget_s: float) -> tuple[float, float]:
@@ -111,7 +115,7 @@ def run(args) -> list[dict]:
     bw = copy_bandwidth()
     configs = [(k, n, q, m) for (k, n) in args.shapes for q in args.q for m in args.batch]
     rows = []
-    progress = _progress(len(configs) * len(args.modes), args.quiet)
+    progress = _progress(len(configs) * len(args.modes) * len(args.layouts), args.quiet)
     dense_cache: dict = {}
     for k, n, q, m in configs:
         g = args.g if args.g > 0 else -(-k // 32) * 32
@@ -157,41 +161,34 @@ def run(args) -> list[dict]:
                     base["jnp"] = _time(f, [(x, w) for w in ws[:2]], args.reps, 1, args.budget)
             wbytes = ws[0].nbytes()
             floor = wbytes / bw
-            res = {}
-            if "lut" in args.backends:
-                f = jax.jit(lambda x, w, mode=mode: ops.lut_gemm(x, w, mode=mode))
-                res["lut"] = _time(f, [(x, w) for w in ws], args.reps, args.warmup, args.budget)
-            if "lut_kernel" in args.backends:
-                f = jax.jit(lambda x, w, mode=mode: _kernel_call(x, w, mode))
-                res["lut_kernel"] = _time(
-                    f, [(x, w) for w in ws], args.reps, args.warmup, args.budget
-                )
-            if "dense" in args.backends and mode == args.modes[0]:
-                f = jax.jit(lambda x, w: _kernel_call(x, w, "dense"))
-                res["dense"] = _time(f, [(x, w) for w in ws], args.reps, args.warmup, args.budget)
-            for name, (t, t_min) in res.items():
-                row = dict(
-                    K=k,
-                    N=n,
-                    q=q,
-                    g=g,
-                    M=m,
-                    mode="-" if name == "dense" else mode,
-                    backend=name,
-                    ms=t * 1e3,
-                    weight_MB=wbytes / 1e6,
-                    GBps=wbytes / t / 1e9,
-                    floor_ms=floor * 1e3,
-                    pct_of_floor=100 * floor / t,
-                    min_ms=t_min * 1e3,
-                )
-                for b, (tb, tb_min) in base.items():
-                    row[f"ms_{b}"] = tb * 1e3
-                    row[f"x_vs_{b}"] = tb / t
-                    if b == "xla":
-                        row["x_vs_xla_min"] = tb_min / t_min
-                rows.append(row)
-            progress.advance()
+            for layout in args.layouts:
+                wl = [w.to_layout(layout) for w in ws]
+                res = _time_lut(args, x, wl, mode, dense=mode == args.modes[0])
+                for name, (t, t_min) in res.items():
+                    row = dict(
+                        K=k,
+                        N=n,
+                        q=q,
+                        g=g,
+                        M=m,
+                        mode="-" if name == "dense" else mode,
+                        layout=layout,
+                        backend=name,
+                        ms=t * 1e3,
+                        weight_MB=wbytes / 1e6,
+                        GBps=wbytes / t / 1e9,
+                        floor_ms=floor * 1e3,
+                        pct_of_floor=100 * floor / t,
+                        min_ms=t_min * 1e3,
+                    )
+                    for b, (tb, tb_min) in base.items():
+                        row[f"ms_{b}"] = tb * 1e3
+                        row[f"x_vs_{b}"] = tb / t
+                        if b == "xla":
+                            row["x_vs_xla_min"] = tb_min / t_min
+                    rows.append(row)
+                progress.advance()
+                del wl
     progress.close()
     meta = dict(
         copy_GBps=bw / 1e9,
@@ -203,6 +200,21 @@ def run(args) -> list[dict]:
         crossover=dict(ops.CPU_CROSSOVER),
     )
     return rows, meta
+
+
+def _time_lut(args, x, ws: list[BCQWeight], mode: str, dense: bool) -> dict[str, tuple]:
+    """(median, min) seconds of each LUT backend in ``args.backends`` over the weights ``ws``."""
+    res = {}
+    if "lut" in args.backends:
+        f = jax.jit(lambda x, w: ops.lut_gemm(x, w, mode=mode))
+        res["lut"] = _time(f, [(x, w) for w in ws], args.reps, args.warmup, args.budget)
+    if "lut_kernel" in args.backends:
+        f = jax.jit(lambda x, w: _kernel_call(x, w, mode))
+        res["lut_kernel"] = _time(f, [(x, w) for w in ws], args.reps, args.warmup, args.budget)
+    if "dense" in args.backends and dense:
+        f = jax.jit(lambda x, w: _kernel_call(x, w, "dense"))
+        res["dense"] = _time(f, [(x, w) for w in ws], args.reps, args.warmup, args.budget)
+    return res
 
 
 def _dense64(w: BCQWeight) -> np.ndarray:
@@ -266,6 +278,7 @@ COLUMNS = [
     ("g", "{}"),
     ("M", "{}"),
     ("mode", "{}"),
+    ("layout", "{}"),
     ("backend", "{}"),
     ("ms", "{:.3f}"),
     ("min_ms", "{:.3f}"),
@@ -296,16 +309,17 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    keys = sorted({(r["K"], r["N"], r["q"], r["mode"], r["backend"]) for r in rows})
-    for k, n, q, mode, backend in keys:
+    fields = ("K", "N", "q", "mode", "layout", "backend")
+    for key in sorted({tuple(r[f] for f in fields) for r in rows}):
         pts = sorted(
             (r["M"], r["x_vs_xla"])
             for r in rows
-            if (r["K"], r["N"], r["q"], r["mode"], r["backend"]) == (k, n, q, mode, backend)
-            and "x_vs_xla" in r
+            if tuple(r[f] for f in fields) == key and "x_vs_xla" in r
         )
+        k, n, q, mode, layout, backend = key
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", label=f"{k}x{n} q={q} {mode} {backend}")
+            label = f"{k}x{n} q={q} {mode} {layout} {backend}"
+            ax.plot(*zip(*pts, strict=True), marker="o", label=label)
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.axhline(1 / 1.1, color="red", lw=0.8, ls="--", label="0.91x (10% slower than XLA)")
     ax.set_xscale("log", base=2)
@@ -337,6 +351,13 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes M")
     p.add_argument("--sweep", action="store_true", help="batch sizes 1, 2, 4, ..., 256")
     p.add_argument("--modes", nargs="+", default=[ops.DEFAULT_MODE], choices=ops.MODES)
+    p.add_argument(
+        "--layouts",
+        nargs="+",
+        default=["cpu"],
+        choices=LAYOUTS,
+        help="sign-word layouts of the LUT weights (cpu: prepared with to_layout, the default)",
+    )
     p.add_argument(
         "--backends", nargs="+", default=["lut", "xla", "numpy", "jnp"], choices=ALL_BACKENDS
     )
