@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_opt import ROOT, TINY, _batch, _params
 
-from lutgemm_jax.format import BCQWeight
+from lutgemm_jax.format import BCQWeight, to_layout
 from lutgemm_jax.models import opt
 from lutgemm_jax.models import tensor_parallel as tp
 
@@ -42,14 +42,18 @@ def _generate_compiled(model, params, ids, mask):
     return np.asarray(compiled(*args).tokens), compiled.as_text()
 
 
-@pytest.mark.parametrize("spec", ["tp=4", "dp=2,tp=2"])
-def test_sharded_generation_matches_one_device(quantized, spec):
+@pytest.mark.parametrize(
+    ("spec", "layout"), [("tp=4", "canonical"), ("dp=2,tp=2", "canonical"), ("tp=4", "cpu")]
+)
+def test_sharded_generation_matches_one_device(quantized, spec, layout):
     qparams, want = quantized
+    qparams = to_layout(qparams, layout)
     model = opt.OPT(CONFIG)
     mesh = tp.make_mesh(spec)
     sharded = tp.shard_params(qparams, mesh)
     fc1 = sharded["layers_0"]["fc1"]["kernel"]
     fc2 = sharded["layers_0"]["fc2"]["kernel"]
+    assert fc1.layout == fc2.layout == layout
     assert fc1.bits.sharding.spec == jax.sharding.PartitionSpec(None, None, "tp")
     assert fc2.alpha.sharding.spec == jax.sharding.PartitionSpec("tp", None, None)
     ids, mask = tp.shard_batch(mesh, *_batch())

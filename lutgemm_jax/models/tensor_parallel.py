@@ -20,6 +20,7 @@ then build the mesh over ``jax.devices()`` (`make_mesh` does).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -139,15 +140,7 @@ def shard_params(params, mesh: jax.sharding.Mesh, *, tp_axis: str | None = "tp")
                 return jax.tree.map(lambda a: jax.device_put(a, replicated), x)
             specs = packed_specs(spec, x.has_offset)
             placed = {k: put(getattr(x, k), s) for k, s in specs.items()}
-            return BCQWeight(
-                placed["bits"],
-                placed["alpha"],
-                placed.get("offset"),
-                x.in_features,
-                x.out_features,
-                x.num_bits,
-                x.group_size,
-            )
+            return dataclasses.replace(x, **placed)  # keeps the metadata (K, N, q, g, layout)
         return put(x, spec)
 
     return place(params, ())
