@@ -18,6 +18,9 @@ noise often overturns. It gauges the quantizer, not model quality; use --model f
 --mesh runs Megatron-style tensor parallelism (column-parallel q/k/v/fc1, row-parallel
 out_proj/fc2) over a ``tp`` mesh axis and splits the prompts over a ``dp`` axis.
 
+--layout picks the packed weights' sign-word layout: ``cpu`` (the CPU kernel's faster batch-1
+layout) or ``canonical`` (GPU, portable); ``auto``, the default, is cpu on a CPU backend.
+
 A --model directory is a local Hugging Face OPT checkpoint (config.json, *.safetensors, and
 tokenizer.json for text); nothing is ever downloaded. See docs/opt.md.
 """
@@ -34,6 +37,7 @@ import time
 import jax
 import numpy as np
 
+from lutgemm_jax import LAYOUTS, to_layout
 from lutgemm_jax.models import opt
 from lutgemm_jax.models import tensor_parallel as tp
 
@@ -79,8 +83,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     q.add_argument("--rounds", type=int, help="alternating rounds (quantizer default: 15)")
     q.add_argument("--quantize-lm-head", action="store_true", help="also quantize the lm_head")
-    q.add_argument("--save-quantized", metavar="PATH", help="write the quantized params here")
-    q.add_argument("--load-quantized", metavar="PATH", help="read quantized params (no quantizer)")
+    q.add_argument(
+        "--layout",
+        choices=["auto", *LAYOUTS],
+        default="auto",
+        help="sign-word layout of the packed weights, applied after quantizing or loading: cpu "
+        "(faster batch-1 CPU kernel; with --mesh, tp must split N into multiples of 32 "
+        "columns), canonical (GPU, portable); auto (default): cpu when jax's default backend "
+        "is cpu, else canonical",
+    )
+    q.add_argument(
+        "--save-quantized",
+        metavar="PATH",
+        help="write the quantized params here (in the layout in use, see --layout)",
+    )
+    q.add_argument(
+        "--load-quantized",
+        metavar="PATH",
+        help="read quantized params (no quantizer; converted to --layout if saved in another)",
+    )
 
     g = p.add_argument_group("generation")
     g.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
@@ -116,6 +137,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--ppl-seq-len", type=int, default=512)
     m.add_argument("--ppl-max-windows", type=int, help="only the first N windows")
     return p.parse_args(argv)
+
+
+def resolve_layout(args) -> str:
+    """The layout of the quantized params: ``--layout``, with ``auto`` resolved."""
+    if args.layout != "auto":
+        return args.layout
+    return "cpu" if jax.default_backend() == "cpu" else "canonical"
 
 
 def log(*args) -> None:
@@ -163,9 +191,11 @@ def load_float_model(args):
 
 
 def quantize_or_load(args, config, params, is_random):
-    """Quantized params: from --load-quantized, else quantized now (and saved if asked)."""
+    """Quantized params in the --layout: from --load-quantized, else quantized now (and saved
+    if asked)."""
     from lutgemm_jax import checkpoint
 
+    layout = resolve_layout(args)
     if args.load_quantized:
         t0 = time.perf_counter()
         meta = checkpoint.read_metadata(args.load_quantized)
@@ -173,9 +203,13 @@ def quantize_or_load(args, config, params, is_random):
         if saved is not None and opt.OPTConfig.from_dict(saved) != config:
             sys.exit(f"error: {args.load_quantized} was saved for a different OPT config")
         qparams = checkpoint.load(args.load_quantized)
+        saved = ", ".join(sorted({w.layout for w in bcq_weights(qparams)}))
+        qparams = to_layout(qparams, layout)
+        jax.block_until_ready(qparams)
         log(
             f"loaded quantized params from {args.load_quantized} "
-            f"({meta.get('quantization', '?')}; {time.perf_counter() - t0:.1f} s)"
+            f"({meta.get('quantization', '?')}; layout {layout}, saved {saved}; "
+            f"{time.perf_counter() - t0:.1f} s)"
         )
         return qparams
     method = args.method or default_method(args, is_random)
@@ -188,6 +222,7 @@ def quantize_or_load(args, config, params, is_random):
         group_size=group,
         method=method,
         quantize_lm_head=args.quantize_lm_head,
+        layout=layout,
         progress=True,
         **kwargs,
     )
@@ -195,7 +230,7 @@ def quantize_or_load(args, config, params, is_random):
     head = " + lm_head" if args.quantize_lm_head else " (lm_head kept float32)"
     desc = f"{args.bits}-bit g{args.group_size} {method}"
     log(
-        f"quantized {count_bcq(qparams)} Linears to {desc}{head} "
+        f"quantized {len(bcq_weights(qparams))} Linears to {desc}{head}, layout {layout}, "
         f"in {time.perf_counter() - t0:.1f} s: weights {opt.param_bytes(params) / 2**20:.0f} MiB "
         f"-> {opt.param_bytes(qparams) / 2**20:.0f} MiB"
     )
@@ -218,11 +253,12 @@ def default_method(args, is_random: bool) -> str:
     return DEFAULT_METHOD
 
 
-def count_bcq(params) -> int:
+def bcq_weights(params) -> list:
+    """The `BCQWeight` leaves of ``params``."""
     from lutgemm_jax.format import BCQWeight
 
     leaves = jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, BCQWeight))
-    return sum(isinstance(x, BCQWeight) for x in leaves)
+    return [x for x in leaves if isinstance(x, BCQWeight)]
 
 
 # ---- the demo --------------------------------------------------------------------------------

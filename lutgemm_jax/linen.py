@@ -8,6 +8,10 @@ Three ways to run a linen model on packed BCQ weights:
   with `quantize_params` and apply it inside ``with intercept_dense():``, which routes every
   ``nn.Dense`` whose kernel is a `BCQWeight` through `lut_gemm`;
 * ``nn.Dense`` modules whose kernel is still dense (excluded from conversion) run as before.
+
+Packed kernels are created in the ``"canonical"`` sign-word layout unless ``layout="cpu"`` is
+asked for (`quantize_params`, `LutDense`): that layout makes the CPU kernel faster at batch 1
+and is what models that will run on CPU should use (see `lutgemm_jax.format.LAYOUTS`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 from flax.core import FrozenDict
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lutgemm_jax.convert import (
@@ -35,7 +41,13 @@ from lutgemm_jax.convert import (
     quantize_kernel,
     tree_nbytes,
 )
-from lutgemm_jax.format import BCQWeight, padded_in_features, resolve_group_size
+from lutgemm_jax.format import (
+    LAYOUTS,
+    BCQWeight,
+    convert_bits,
+    padded_in_features,
+    resolve_group_size,
+)
 from lutgemm_jax.sharding import packed_specs
 
 __all__ = [
@@ -51,6 +63,26 @@ __all__ = [
 INIT_METHODS = ("greedy", "alternating", "rtn", "zeros")
 
 
+def check_layout(layout: str, where: str) -> None:
+    """Raises ``ValueError`` unless ``layout`` is one of `LAYOUTS`; ``where`` names the caller."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"{where}: layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+def convert_layout(w: BCQWeight, layout: str) -> BCQWeight:
+    """``w`` with its sign words ``bits [..., Kp/32, q, N]`` in ``layout``, placed as before.
+
+    A weight sharded over several devices (the converters follow a placed dense kernel) is
+    shuffled on the host and put back with the same sharding: the shuffle regroups N, which
+    eager jax ops cannot do on an N-sharded array.
+    """
+    sharding = getattr(w.bits, "sharding", None)  # None for tracers
+    if layout == w.layout or not isinstance(sharding, NamedSharding) or sharding.num_devices == 1:
+        return w.to_layout(layout)
+    bits = convert_bits(np.asarray(w.bits), w.layout, layout)
+    return dataclasses.replace(w, bits=jax.device_put(bits, sharding), layout=layout)
+
+
 def init_bcq_weight(
     key: jax.Array,
     shape: tuple[int, int],
@@ -61,12 +93,15 @@ def init_bcq_weight(
     group_size: int | None,
     has_offset: bool,
     init_method: str,
+    layout: str = "canonical",
 ) -> BCQWeight:
     """A `BCQWeight` for a ``[K, N]`` kernel: ``kernel_init``'s dense sample, quantized.
 
     ``init_method="zeros"`` skips sampling and quantizing and returns all-zero arrays of the
     right shapes (for models whose weights are loaded from a checkpoint right after init).
+    ``layout`` is the sign-word layout of the result (`LAYOUTS`).
     """
+    check_layout(layout, "init_bcq_weight")
     if init_method not in INIT_METHODS:
         raise ValueError(f"init_method must be one of {INIT_METHODS}, got {init_method!r}")
     if init_method == "rtn" and not has_offset:
@@ -84,6 +119,7 @@ def init_bcq_weight(
             out_features=n,
             num_bits=bits,
             group_size=g,
+            layout=layout,
         )
     dense, names = _unbox(kernel_init(key, shape, param_dtype))
     extra = {} if init_method == "rtn" else {"fit_offset": has_offset}
@@ -95,7 +131,7 @@ def init_bcq_weight(
         alpha_dtype=alpha_dtype,
         **extra,
     )
-    return _box(packed, names)
+    return _box(convert_layout(packed, layout), names)
 
 
 def _unbox(value: Any) -> tuple[Any, nn.Partitioned | None]:
@@ -150,6 +186,10 @@ class LutDense(nn.Module):
       lora_a_init: initializer of ``lora_a``.
       mode: accuracy mode of `lut_gemm`'s native CPU kernel (``"exact"``, ``"fast"``, or
         ``None`` for the library default).
+      layout: sign-word layout of the kernel ``init`` creates (`LAYOUTS`): ``"canonical"``
+        (default; for GPU and portable params) or ``"cpu"`` (faster CPU kernel at batch 1). It
+        must match the layout of params loaded with ``checkpoint.load(..., like=...)``; applied
+        params run in whatever layout they hold.
     """
 
     features: int
@@ -168,6 +208,7 @@ class LutDense(nn.Module):
     lora_alpha: float | None = None
     lora_a_init: Any = nn.initializers.lecun_normal()
     mode: str | None = None
+    layout: str = "canonical"
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -184,6 +225,7 @@ class LutDense(nn.Module):
                 group_size=self.group_size,
                 has_offset=self.has_offset,
                 init_method=self.init_method,
+                layout=self.layout,
             )
 
         kernel = self.param("kernel", kernel_init, (k, self.features))
@@ -224,6 +266,7 @@ def quantize_params(
     include: PathFilter = None,
     exclude: PathFilter = None,
     stacked: bool = False,
+    layout: str = "canonical",
     progress: bool = False,
     return_summary: bool = False,
     **quantize_kwargs: Any,
@@ -249,6 +292,11 @@ def quantize_params(
       exclude: regex or predicate; matching kernels are skipped (e.g. ``r"lm_head|embed"``).
       stacked: also convert kernels with leading stack axes (``ndim > 2``). Off by default:
         ``DenseGeneral``/``Conv`` kernels also have more than two axes.
+      layout: sign-word layout of the packed kernels (`LAYOUTS`): ``"cpu"`` for params that
+        will run on CPU (the CPU kernel is faster at batch 1, bitwise the same results),
+        ``"canonical"`` (default) for GPU and portable artifacts. Other platforms accept
+        ``"cpu"`` too, shuffling it back on every call. `lutgemm_jax.to_layout` converts
+        later.
       progress: show a tqdm progress bar over the layers.
       return_summary: also return a `ConversionSummary`.
       **quantize_kwargs: more keywords for ``quantize`` (``rounds``, ``fit_offset``, ...).
@@ -257,6 +305,7 @@ def quantize_params(
     Returns:
       The converted params (same container types), or ``(params, summary)``.
     """
+    check_layout(layout, "quantize_params")
     frozen = isinstance(params, FrozenDict)
     flat = traverse_util.flatten_dict(
         params.unfreeze() if frozen else dict(params), keep_empty_nodes=True
@@ -272,6 +321,7 @@ def quantize_params(
         value, partitioning = _unbox(box)
         kwargs = {"alpha_dtype": alpha_dtype_for(value.dtype), **quantize_kwargs}
         packed = quantize_kernel(value, bits=bits, group_size=group_size, method=method, **kwargs)
+        packed = convert_layout(packed, layout)
         layers.append(layer_summary("/".join(map(str, key)), value, packed))
         flat[key] = _box(packed, partitioning)
     out = traverse_util.unflatten_dict(flat)

@@ -13,6 +13,10 @@ packed one stands for, and `QuantizedWeight` maps the names onto its packed arra
 ``nnx.get_partition_spec`` / ``nnx.get_named_sharding`` and the ``nnx.jit`` +
 ``jax.lax.with_sharding_constraint`` + ``nnx.update`` recipe all place bits, alpha and offset
 along K and N. `LutLinear.from_linear` / `quantize_model` keep the converted layer's metadata.
+
+Every constructor and converter takes ``layout``, the sign-word layout of the packed kernel
+(`lutgemm_jax.format.LAYOUTS`): ``"cpu"`` for models that will run on CPU (faster batch-1
+kernel), ``"canonical"`` (default) for GPU and portable artifacts.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from lutgemm_jax.convert import (
     tree_nbytes,
 )
 from lutgemm_jax.format import BCQWeight
-from lutgemm_jax.linen import init_bcq_weight
+from lutgemm_jax.linen import check_layout, convert_layout, init_bcq_weight
 from lutgemm_jax.sharding import packed_specs
 
 __all__ = ["LutLinear", "QuantizedWeight", "quantize_model", "ConversionSummary"]
@@ -223,10 +227,14 @@ class LutLinear(nnx.Module):
         sample; ``"zeros"`` gives zero arrays of the right shapes.
       lora_rank: LoRA rank ``r`` (0 = no adapter); lora_alpha: ``scale = lora_alpha / r``
         (``None`` = 1); lora_a_init: initializer of ``lora_a``.
-      kernel: an existing `BCQWeight` to use instead of initialising one (its ``q``, ``g`` and
-        offset win over ``bits``/``group_size``/``has_offset``).
+      kernel: an existing `BCQWeight` to use instead of initialising one (its ``q``, ``g``,
+        offset and layout win over ``bits``/``group_size``/``has_offset``/``layout``).
       mode: accuracy mode of `lut_gemm`'s native CPU kernel (``"exact"``, ``"fast"``, or
         ``None`` for the library default).
+      layout: sign-word layout of a freshly initialised kernel (`LAYOUTS`): ``"cpu"`` for a
+        model that will run on CPU (faster batch-1 kernel), ``"canonical"`` (default) for GPU
+        and portable models. It must match the layout of a state loaded with
+        ``checkpoint.load(..., like=nnx.state(model))``.
       kernel_metadata, bias_metadata: metadata of the kernel and bias variables, as in
         `flax.nnx.Linear` (e.g. ``{"out_sharding": ("embed", "mlp")}``). Metadata from a
         ``nnx.with_partitioning`` ``kernel_init`` / ``bias_init`` wins, as in flax. The kernel's
@@ -254,10 +262,12 @@ class LutLinear(nnx.Module):
         lora_a_init: Callable[..., jax.Array] = _default_kernel_init,
         kernel: BCQWeight | None = None,
         mode: str | None = None,
+        layout: str = "canonical",
         rngs: nnx.Rngs,
         kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
         bias_metadata: Mapping[str, Any] = MappingProxyType({}),
     ) -> None:
+        check_layout(layout, "LutLinear")
         init_metadata: dict[str, Any] = {}
 
         def dense_init(key: jax.Array, shape: tuple[int, int], dtype: Any) -> jax.Array:
@@ -277,6 +287,7 @@ class LutLinear(nnx.Module):
                 group_size=group_size,
                 has_offset=has_offset,
                 init_method=init_method,
+                layout=layout,
             )
         elif kernel.shape != (in_features, out_features):
             raise ValueError(
@@ -338,19 +349,25 @@ class LutLinear(nnx.Module):
         lora_rank: int = 0,
         lora_alpha: float | None = None,
         mode: str | None = None,
+        layout: str = "canonical",
         rngs: nnx.Rngs | None = None,
         **quantize_kwargs: Any,
     ) -> LutLinear:
         """Quantizes a trained `nnx.Linear`: same features, dtype, precision and bias.
 
-        ``mode`` is the layer's `lut_gemm` accuracy mode. ``quantize_kwargs`` go to
+        ``mode`` is the layer's `lut_gemm` accuracy mode. ``layout`` is the packed kernel's
+        sign-word layout (`LAYOUTS`): ``"cpu"`` for a layer that will run on CPU (faster
+        batch-1 kernel, bitwise the same results), ``"canonical"`` (default) for GPU and
+        portable artifacts; `lutgemm_jax.to_layout` converts later. ``quantize_kwargs`` go to
         `lutgemm_jax.quantize.quantize` (``fit_offset``, ``rounds``,
         ...; ``alpha_dtype`` defaults to the kernel's dtype). ``rngs`` initialises ``lora_a``
         (default ``nnx.Rngs(0)``).
         """
+        check_layout(layout, "LutLinear.from_linear")
         dense = _value(linear.kernel)
         kwargs = {"alpha_dtype": alpha_dtype_for(dense.dtype), **quantize_kwargs}
         packed = quantize_kernel(dense, bits=bits, group_size=group_size, method=method, **kwargs)
+        packed = convert_layout(packed, layout)
         layer = cls(
             linear.in_features,
             linear.out_features,
@@ -438,6 +455,7 @@ def quantize_model(
     lora_rank: int = 0,
     lora_alpha: float | None = None,
     mode: str | None = None,
+    layout: str = "canonical",
     rngs: nnx.Rngs | None = None,
     progress: bool = False,
     return_summary: bool = False,
@@ -454,6 +472,11 @@ def quantize_model(
       bits, group_size, method, **quantize_kwargs: passed to `LutLinear.from_linear`.
       lora_rank, lora_alpha, rngs: give every converted layer a LoRA adapter.
       mode: `lut_gemm` accuracy mode of the converted layers (``None`` = library default).
+      layout: sign-word layout of the packed kernels (`LAYOUTS`): ``"cpu"`` for a model that
+        will run on CPU (faster batch-1 kernel, bitwise the same results), ``"canonical"``
+        (default) for GPU and portable artifacts. Other platforms accept ``"cpu"`` too, at a
+        per-call shuffle. ``nnx.update(model, lutgemm_jax.to_layout(nnx.state(model), "cpu"))``
+        converts later.
       progress: tqdm progress bar over the layers.
       return_summary: also return a `ConversionSummary`.
 
@@ -461,6 +484,7 @@ def quantize_model(
       ``model`` (or the new `LutLinear` when ``model`` itself is an ``nnx.Linear``), or
       ``(model, summary)``.
     """
+    check_layout(layout, "quantize_model")
     before = tree_nbytes(nnx.state(model))
     targets = [
         (path, module)
@@ -477,6 +501,7 @@ def quantize_model(
             lora_rank=lora_rank,
             lora_alpha=lora_alpha,
             mode=mode,
+            layout=layout,
             rngs=rngs,
             **quantize_kwargs,
         )

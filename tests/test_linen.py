@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from lutgemm_jax.format import BCQWeight
+from lutgemm_jax.format import BCQWeight, to_layout
 from lutgemm_jax.linen import (
     LutDense,
     dequantize_params,
@@ -310,3 +312,86 @@ def test_split_merge_round_trip():
     assert merge_params(a, b) == params
     with pytest.raises(ValueError, match="appears twice"):
         merge_params(params, params)
+
+
+# ---- sign-word layouts -----------------------------------------------------------------------
+
+
+def _forward(model, mode):
+    @jax.jit
+    def forward(p, x):
+        with intercept_dense(mode=mode):
+            return model.apply({"params": p}, x)
+
+    return forward
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_cpu_layout_gives_the_same_outputs(mode):
+    """layout="cpu" reorders the sign bytes of 32-column blocks (the head's N = 40 has an
+    8-column canonical tail): the same codes, and the same outputs to the bit."""
+    model = MLP()
+    params, x = _init(model, (3, 64))
+    canonical = quantize_params(params, **FAST)
+    cpu = quantize_params(params, **FAST, layout="cpu")
+    for name in ("Dense_0", "Dense_1", "head"):
+        w, c = canonical[name]["kernel"], cpu[name]["kernel"]
+        assert (w.layout, c.layout) == ("canonical", "cpu")
+        np.testing.assert_array_equal(c.to_layout("canonical").bits, w.bits)
+        np.testing.assert_array_equal(c.alpha, w.alpha)
+    assert not np.array_equal(cpu["Dense_0"]["kernel"].bits, canonical["Dense_0"]["kernel"].bits)
+    forward = _forward(model, mode)
+    np.testing.assert_array_equal(forward(cpu, x), forward(canonical, x))
+    np.testing.assert_array_equal(forward(to_layout(canonical, "cpu"), x), forward(canonical, x))
+
+
+def test_cpu_layout_of_stacked_kernels_and_lutdense_init():
+    model = ScanStack()
+    params, x = _init(model, (3, 64))
+    qparams = quantize_params(params, **FAST, stacked=True, layout="cpu")
+    w = qparams["ScanLayer_0"]["Dense_0"]["kernel"]
+    assert w.layout == "cpu" and w.batch_shape == (3,)
+    ref = _forward(model, "exact")(to_layout(qparams, "canonical"), x)
+    np.testing.assert_array_equal(_forward(model, "exact")(qparams, x), ref)
+    x = jnp.ones((2, 64))
+    for method in ("greedy", "zeros"):
+        lut = LutDense(48, group_size=32, init_method=method, layout="cpu", mode="exact")
+        v = lut.init(jax.random.key(0), x)
+        assert v["params"]["kernel"].layout == "cpu"
+        plain = LutDense(48, group_size=32, init_method=method, mode="exact")
+        canonical = plain.init(jax.random.key(0), x)
+        assert canonical["params"]["kernel"].layout == "canonical"
+        np.testing.assert_array_equal(lut.apply(v, x), plain.apply(canonical, x))
+
+
+def test_bad_layout_is_refused_naming_the_argument():
+    params, x = _init(MLP(), (2, 64))
+    with pytest.raises(ValueError, match=r"quantize_params: layout must be one of .*'gpu'"):
+        quantize_params(params, **FAST, layout="gpu")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        LutDense(16, layout="CPU").init(jax.random.key(0), x)
+
+
+def test_cpu_layout_keeps_partitioning_names_and_device_sharding():
+    init = nn.with_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp"))
+    annotated = nn.Dense(64, kernel_init=init)
+    params = annotated.init(jax.random.key(1), jnp.ones((1, 128)))["params"]
+    w = quantize_params(params, **FAST, layout="cpu")["kernel"]
+    assert w.bits.names == w.alpha.names == ("embed", None, "mlp")
+    assert nn.get_partition_spec({"kernel": w})["kernel"].bits == P("embed", None, "mlp")
+    assert nn.meta.unbox(w).layout == "cpu"
+
+    # A kernel placed over 2 devices along N (32 columns, one layout block, per device): the
+    # packed arrays stay placed like it.
+    mesh = jax.make_mesh((2,), ("model",), devices=jax.devices()[:2])
+    model = nn.Dense(64)
+    params, x = _init(model, (2, 128))
+    sharding = NamedSharding(mesh, P(None, "model"))
+    placed = dict(params, kernel=jax.device_put(params["kernel"], sharding))
+    cpu = quantize_params(placed, **FAST, layout="cpu")
+    packed = NamedSharding(mesh, P(None, None, "model"))
+    assert cpu["kernel"].layout == "cpu"
+    assert cpu["kernel"].bits.sharding.is_equivalent_to(packed, 3)
+    assert cpu["kernel"].alpha.sharding.is_equivalent_to(packed, 3)
+    want = _forward(model, "exact")(quantize_params(params, **FAST), x)
+    np.testing.assert_array_equal(_forward(model, "exact")(cpu, x), want)

@@ -13,8 +13,10 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from lutgemm_jax.format import BCQWeight
+from lutgemm_jax.format import BCQWeight, to_layout
 from lutgemm_jax.nnx import LutLinear, QuantizedWeight, quantize_model
 
 RTOL = 1e-5
@@ -181,3 +183,87 @@ def test_lora_training_with_nnx_optimizer_keeps_codes():
     after = nnx.to_pure_dict(nnx.state(model, QuantizedWeight))
     jax.tree.map(np.testing.assert_array_equal, after, codes)
     assert not np.allclose(model.fc1.lora_b[...], 0)
+
+
+# ---- sign-word layouts -----------------------------------------------------------------------
+
+
+def _layouts(model: nnx.Module) -> set[str]:
+    layers = [m for _, m in nnx.iter_modules(model) if isinstance(m, LutLinear)]
+    return {layer.kernel.get_value().layout for layer in layers}
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_cpu_layout_gives_the_same_outputs(mode):
+    """layout="cpu" (fc1/fc2: N = 96, three 32-column blocks; head: N = 40, one block and an
+    8-column tail): the same codes, and the same outputs to the bit."""
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 64)), jnp.float32)
+    original = MLP(nnx.Rngs(0))
+    canonical = quantize_model(nnx.clone(original), **FAST, mode=mode)
+    cpu = quantize_model(nnx.clone(original), **FAST, mode=mode, layout="cpu")
+    assert _layouts(canonical) == {"canonical"} and _layouts(cpu) == {"cpu"}
+    for name in ("fc1", "fc2", "head"):
+        w, c = getattr(canonical, name).kernel.get_value(), getattr(cpu, name).kernel.get_value()
+        np.testing.assert_array_equal(c.to_layout("canonical").bits, w.bits)
+    run = nnx.jit(lambda m, x: m(x))
+    np.testing.assert_array_equal(run(cpu, x), run(canonical, x))
+    # Converting a model in place later gives the same model.
+    nnx.update(canonical, to_layout(nnx.state(canonical), "cpu"))
+    assert _layouts(canonical) == {"cpu"}
+    np.testing.assert_array_equal(run(canonical, x), run(cpu, x))
+    layer = LutLinear.from_linear(original.head, **FAST, mode=mode, layout="cpu")
+    assert layer.kernel.get_value().layout == "cpu"
+    h = jnp.asarray(np.random.default_rng(2).normal(size=(3, 96)), jnp.float32)
+    np.testing.assert_array_equal(layer(h), cpu.head(h))
+
+
+def test_lutlinear_init_layout_and_bad_layouts():
+    for method in ("greedy", "zeros"):
+        cpu = LutLinear(64, 40, group_size=32, init_method=method, layout="cpu", rngs=nnx.Rngs(0))
+        plain = LutLinear(64, 40, group_size=32, init_method=method, rngs=nnx.Rngs(0))
+        assert cpu.kernel.get_value().layout == "cpu"
+        assert plain.kernel.get_value().layout == "canonical"
+        x = jnp.ones((2, 64))
+        np.testing.assert_array_equal(cpu(x), plain(x))
+    # A given kernel keeps its layout, like its q, g and offset.
+    given = LutLinear(64, 40, kernel=cpu.kernel.get_value(), rngs=nnx.Rngs(0))
+    assert given.kernel.get_value().layout == "cpu"
+    linear = nnx.Linear(64, 32, rngs=nnx.Rngs(0))
+    for call, where in (
+        (lambda: quantize_model(MLP(nnx.Rngs(0)), **FAST, layout="gpu"), "quantize_model"),
+        (lambda: LutLinear.from_linear(linear, **FAST, layout="gpu"), "LutLinear.from_linear"),
+        (lambda: LutLinear(64, 32, layout="gpu", rngs=nnx.Rngs(0)), "LutLinear"),
+    ):
+        with pytest.raises(ValueError, match=rf"^{where}: layout must be one of .*'gpu'"):
+            call()
+
+
+def test_cpu_layout_keeps_sharding_metadata_and_placement():
+    init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "mlp"))
+    with nnx.use_eager_sharding(False):  # annotated, not placed
+        linear = nnx.Linear(128, 64, kernel_init=init, rngs=nnx.Rngs(0))
+        made = LutLinear(128, 64, kernel_init=init, group_size=64, layout="cpu", rngs=nnx.Rngs(0))
+    converted = LutLinear.from_linear(linear, **FAST, layout="cpu")
+    for layer in (made, converted):
+        assert layer.kernel.get_value().layout == "cpu"
+        assert layer.kernel.get_metadata("out_sharding") == ("embed", "mlp")
+        spec = nnx.get_partition_spec(nnx.state(layer))["kernel"].get_value()
+        assert spec.bits == spec.alpha == P("embed", None, "mlp")
+    # to_layout on the state keeps the variable's metadata too.
+    nnx.update(converted, to_layout(nnx.state(converted), "canonical"))
+    assert converted.kernel.get_value().layout == "canonical"
+    assert converted.kernel.get_metadata("out_sharding") == ("embed", "mlp")
+
+    # A Linear placed over 2 devices along N (32 columns, one layout block, per device).
+    mesh = jax.make_mesh((2,), ("model",), devices=jax.devices()[:2])
+    placed = nnx.Linear(128, 64, kernel_init=np_init, rngs=nnx.Rngs(0))
+    want = LutLinear.from_linear(placed, **FAST, mode="exact")
+    placed.kernel.set_value(
+        jax.device_put(placed.kernel.get_value(), NamedSharding(mesh, P(None, "model")))
+    )
+    layer = LutLinear.from_linear(placed, **FAST, mode="exact", layout="cpu")
+    packed = layer.kernel.get_value()
+    assert packed.layout == "cpu"
+    assert packed.bits.sharding.is_equivalent_to(NamedSharding(mesh, P(None, None, "model")), 3)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 128)), jnp.float32)
+    np.testing.assert_array_equal(nnx.jit(lambda m, x: m(x))(layer, x), want(x))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lutgemm_jax.format import BCQWeight
+from lutgemm_jax.format import BCQWeight, to_layout
 from lutgemm_jax.models import opt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -235,6 +235,20 @@ def test_quantized_model_runs_and_round_trips(tmp_path, lm_head):
     np.testing.assert_array_equal(np.asarray(again.logits), np.asarray(gen.logits))
 
 
+def test_quantize_model_layout():
+    """layout="cpu": every packed Linear in that layout, and the same logits to the bit."""
+    model, params = opt.OPT(TINY), _params(TINY)
+    qparams = opt.quantize_model(params, bits=3, group_size=32, method="greedy", layout="cpu")
+    weights = jax.tree_util.tree_leaves(qparams, is_leaf=lambda x: isinstance(x, BCQWeight))
+    assert {w.layout for w in weights if isinstance(w, BCQWeight)} == {"cpu"}
+    ids, mask = _batch()
+    got = opt.forward(model, qparams, jnp.asarray(ids), jnp.asarray(mask))
+    want = opt.forward(model, to_layout(qparams, "canonical"), jnp.asarray(ids), jnp.asarray(mask))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    with pytest.raises(ValueError, match="layout must be one of"):
+        opt.quantize_model(params, layout="avx2")
+
+
 def test_teacher_forced_generation_matches_forward():
     model, params = opt.OPT(TINY), _params(TINY)
     ids, mask = _batch()
@@ -274,13 +288,33 @@ def _cli(*args, timeout=240):
     return proc.stdout
 
 
+def _cli_module():
+    """examples/opt_decode.py imported as a module (for its helpers, in process)."""
+    spec = importlib.util.spec_from_file_location(
+        "opt_decode", os.path.join(ROOT, "examples", "opt_decode.py")
+    )
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+def _line(out: str, start: str) -> str:
+    """The first line of ``out`` that starts with ``start`` (stripped)."""
+    return next(line for line in map(str.strip, out.splitlines()) if line.startswith(start))
+
+
 def test_cli_defaults_with_small_budget(tmp_path):
     """The demo with its defaults on a toy shape (the 125M default is timed in docs/opt.md)."""
     q = tmp_path / "q.safetensors"
     out = _cli("--preset", "tiny", "--max-new-tokens", "4", "--save-quantized", str(q))
     assert "RANDOM WEIGHTS" in out
-    # the demo's default is the paper's setting: alternating BCQ, 3 bits, g128
-    assert "quantized 12 Linears to 3-bit g128 alternating (lm_head kept float32)" in out
+    # the demo's default is the paper's setting: alternating BCQ, 3 bits, g128; --layout auto is
+    # the CPU kernel's layout on a CPU backend
+    auto = "cpu" if jax.default_backend() == "cpu" else "canonical"
+    assert (
+        f"quantized 12 Linears to 3-bit g128 alternating (lm_head kept float32), layout {auto}, "
+        in out
+    )
     assert "top-1 agreement" in out and "max |logit difference|" in out and ", rms " in out
     assert "random weights: near-Gaussian logits over 512 tokens" in out
     assert "tokens/s" in out and "saved quantized params" in out
@@ -289,7 +323,8 @@ def test_cli_defaults_with_small_budget(tmp_path):
     out = _cli("--preset", "tiny", "--load-quantized", str(q), "--benchmark",
                "--batch-sizes", "2", "--bench-steps", "2", "--bench-repeats", "2",
                "--eval-ppl", str(text), "--ppl-seq-len", "32")  # fmt: skip
-    assert "loaded quantized params" in out and "speedup" in out
+    assert "loaded quantized params" in out and f"layout {auto}, saved {auto};" in out
+    assert "speedup" in out
     assert out.count("perplexity") >= 2
     # latency only: random weights are quantized with the fast greedy quantizer
     out = _cli("--preset", "tiny", "--benchmark", "--batch-sizes", "1", "--bench-steps", "1",
@@ -297,13 +332,37 @@ def test_cli_defaults_with_small_budget(tmp_path):
     assert "to 3-bit g128 greedy" in out and "speedup" in out
 
 
+def test_cli_layouts_give_the_same_generation(tmp_path):
+    """--layout canonical and cpu on the same weights (the cpu run converts the canonical file it
+    loads): the same LUT-GEMM tokens and, to the printed digit, the same logit statistics."""
+    q = tmp_path / "q.safetensors"
+    common = ("--preset", "tiny", "--max-new-tokens", "4", "--prompt", "two prompts",
+              "--prompt", "in one batch")  # fmt: skip
+    canonical = _cli(*common, "--layout", "canonical", "--save-quantized", str(q))
+    assert "(lm_head kept float32), layout canonical, in" in canonical
+    cpu = _cli(*common, "--layout", "cpu", "--load-quantized", str(q))
+    assert "layout cpu, saved canonical;" in cpu
+    for start in ("[0]", "[1]"):
+        i, j = canonical.index(start), cpu.index(start)
+        assert _line(canonical[i:], "LUT-GEMM") == _line(cpu[j:], "LUT-GEMM")
+    for start in ("top-1 agreement", "max |logit difference|"):
+        assert _line(canonical, start) == _line(cpu, start)
+
+
+def test_cli_layout_choice():
+    cli = _cli_module()
+    args = cli.parse_args([])
+    assert args.layout == "auto"
+    assert cli.resolve_layout(args) == ("cpu" if jax.default_backend() == "cpu" else "canonical")
+    for layout in ("canonical", "cpu"):
+        assert cli.resolve_layout(cli.parse_args(["--layout", layout])) == layout
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--layout", "gpu"])
+
+
 def test_cli_compare_logits():
     """The demo's teacher-forced statistics count live (non-pad) positions only."""
-    spec = importlib.util.spec_from_file_location(
-        "opt_decode", os.path.join(ROOT, "examples", "opt_decode.py")
-    )
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = _cli_module()
     f = np.array([[[3.0, 1.0, 0.0], [0.0, 2.0, 1.5], [9.0, 0.0, 0.0]]], np.float32)
     q = np.array([[[2.0, 1.0, 0.5], [0.0, 1.0, 1.5], [0.0, 9.0, 0.0]]], np.float32)
     live = np.array([[True, True, False]])  # the last position (pad) differs wildly: ignored

@@ -692,6 +692,7 @@ def quantize_model(
     group_size: int | None = 128,
     method: str = "alternating",
     quantize_lm_head: bool = False,
+    layout: str = "canonical",
     progress: bool = False,
     return_summary: bool = False,
     **quantize_kwargs,
@@ -699,7 +700,10 @@ def quantize_model(
     """Quantizes every decoder Linear (q, k, v, out, fc1, fc2 of each layer) to BCQ.
 
     With ``quantize_lm_head`` the tied lm_head is untied (`untie_lm_head`) and quantized too;
-    the token embedding stays in float (it is a lookup). Extra keywords go to
+    the token embedding stays in float (it is a lookup). ``layout`` is the sign-word layout of
+    the packed kernels (`lutgemm_jax.format.LAYOUTS`): ``"cpu"`` for a model that will run on
+    CPU (faster batch-1 kernel, bitwise the same results), ``"canonical"`` (default) for GPU
+    and portable artifacts; `lutgemm_jax.to_layout` converts later. Extra keywords go to
     `lutgemm_jax.quantize` (``rounds``, ``fit_offset``, ``alpha_dtype``, ...).
     """
     from lutgemm_jax.linen import quantize_params
@@ -714,6 +718,7 @@ def quantize_model(
         group_size=group_size,
         method=method,
         include=include,
+        layout=layout,
         progress=progress,
         return_summary=return_summary,
         **quantize_kwargs,
