@@ -234,6 +234,17 @@ LUTGEMM_AVX2 inline __m256i LoadWords8(const Prep& p, int64_t kw, int64_t i, int
   return word;
 }
 
+// Byte j of the sign words of 8 columns col .. col+7 (col % 8 == 0) in the low 8 bits of each
+// lane (higher bits are arbitrary), for the kCpu layout: 8 consecutive bytes in a block, the
+// words themselves shifted in the canonical tail.
+LUTGEMM_AVX2 inline __m256i LoadBytes8(const Prep& p, int64_t kw, int64_t i, int64_t col, int j) {
+  const uint32_t* row = p.bits + (kw * p.s.q + i) * p.s.n;
+  if (col >= p.s.n - p.s.n % kLayoutBlock)
+    return _mm256_srli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + col)), 8 * j);
+  const uint8_t* b = reinterpret_cast<const uint8_t*>(row) + SignByteOffset(p.layout, p.s.n, col, j);
+  return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b)));
+}
+
 // The 16 float entries of one chunk's table as two vectors, entries 0-7 and 8-15 (bit 3 of the
 // entry = the sign of x3). Same operation order as ChunkTable: the products are exact (signs are
 // +-1), so the FMAs round exactly like its additions and the tables are bitwise equal.
@@ -314,8 +325,10 @@ LUTGEMM_AVX2 void BuildTablesAvx2(const float* xrow, Prep& p, int64_t row, bool 
 }
 
 // 16 columns: two vectors of 8 sign words; per nibble, vpermps into the low and high halves of the
-// 16-entry float table (index = low 3 bits) and a blend on bit 3 (moved to the sign bit).
-template <int R, DType AT>
+// 16-entry float table (index = low 3 bits) and a blend on bit 3 (moved to the sign bit). In the
+// kCpu layout the vectors are reloaded per byte (8 consecutive bytes widened to 8 lanes), which
+// costs what the per-word loads do in the canonical layout.
+template <int R, DType AT, Layout L>
 LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc,
                             int64_t ld) {
   const int64_t n = p.s.n, q = p.s.q, kw0 = sb * p.wps, grp = kw0 * kWordBits / p.g;
@@ -330,10 +343,21 @@ LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, 
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int64_t w = 0; w < p.wps; ++w) {
-      __m256i v0 = LoadWords8(p, kw0 + w, i, col), v1 = LoadWords8(p, kw0 + w, i, col + 8);
+      __m256i v0, v1;
+      if constexpr (L == Layout::kCanonical) {
+        const uint32_t* src = p.bits + ((kw0 + w) * q + i) * n + col;
+        v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+        v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 8));
+      }
       const int64_t c0 = (kw0 + w) * kChunksPerWord;
 #pragma GCC unroll 8
       for (int nib = 0; nib < kChunksPerWord; ++nib) {
+        if constexpr (L == Layout::kCpu) {
+          if (nib % 2 == 0) {
+            v0 = LoadBytes8(p, kw0 + w, i, col, nib / 2);
+            v1 = LoadBytes8(p, kw0 + w, i, col + 8, nib / 2);
+          }
+        }
         const __m256 s0 = _mm256_castsi256_ps(_mm256_slli_epi32(v0, 28));
         const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(v1, 28));
         #pragma GCC unroll 8
@@ -492,14 +516,17 @@ struct Kernels {
 
 #define LUTGEMM_ROWS(F, ...) {F<1 __VA_ARGS__>, F<2 __VA_ARGS__>, F<3 __VA_ARGS__>, F<4 __VA_ARGS__>}
 
-// The exact kernel reads words through LoadWords8 (either layout); the fast kernel is
-// specialised per layout. Vector blocks of the fast kernel are whole kCpu blocks (columns
-// < N32); its single-column tails read canonical words.
+// Vector kernels are specialised per layout. Vector blocks of the fast kernel are whole kCpu
+// blocks (columns < N32); exact-mode blocks of 16 may lie in the canonical tail (LoadBytes8
+// handles it); single-column tails read words through LoadWord.
 template <DType AT>
 Kernels Avx2Kernels(bool fast, Layout layout) {
-  if (!fast) return {16, LUTGEMM_ROWS(ExactAvx2, , AT), LUTGEMM_ROWS(ExactScalar)};
-  if (layout == Layout::kCpu)
-    return {32, LUTGEMM_ROWS(FastAvx2, , AT, Layout::kCpu), LUTGEMM_ROWS(FastScalar)};
+  const bool cpu = layout == Layout::kCpu;
+  if (!fast && cpu)
+    return {16, LUTGEMM_ROWS(ExactAvx2, , AT, Layout::kCpu), LUTGEMM_ROWS(ExactScalar)};
+  if (!fast)
+    return {16, LUTGEMM_ROWS(ExactAvx2, , AT, Layout::kCanonical), LUTGEMM_ROWS(ExactScalar)};
+  if (cpu) return {32, LUTGEMM_ROWS(FastAvx2, , AT, Layout::kCpu), LUTGEMM_ROWS(FastScalar)};
   return {32, LUTGEMM_ROWS(FastAvx2, , AT, Layout::kCanonical), LUTGEMM_ROWS(FastScalar)};
 }
 
