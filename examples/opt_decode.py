@@ -18,7 +18,7 @@ noise often overturns. It gauges the quantizer, not model quality; use --model f
 --mesh runs Megatron-style tensor parallelism (column-parallel q/k/v/fc1, row-parallel
 out_proj/fc2) over a ``tp`` mesh axis and splits the prompts over a ``dp`` axis.
 
---layout picks the packed weights' sign-word layout: ``cpu`` (the CPU kernel's faster batch-1
+--layout picks the packed weights' sign-word layout: ``cpu`` (the CPU kernel's faster
 layout) or ``canonical`` (GPU, portable); ``auto``, the default, is cpu on a CPU backend.
 
 A --model directory is a local Hugging Face OPT checkpoint (config.json, *.safetensors, and

@@ -10,7 +10,7 @@ Three ways to run a linen model on packed BCQ weights:
 * ``nn.Dense`` modules whose kernel is still dense (excluded from conversion) run as before.
 
 Packed kernels are created in the ``"canonical"`` sign-word layout unless ``layout="cpu"`` is
-asked for (`quantize_params`, `LutDense`): that layout makes the CPU kernel faster at batch 1
+asked for (`quantize_params`, `LutDense`): that layout makes the CPU kernel faster (BENCHMARKS.md)
 and is what models that will run on CPU should use (see `lutgemm_jax.format.LAYOUTS`).
 """
 
@@ -187,7 +187,7 @@ class LutDense(nn.Module):
       mode: accuracy mode of `lut_gemm`'s native CPU kernel (``"exact"``, ``"fast"``, or
         ``None`` for the library default).
       layout: sign-word layout of the kernel ``init`` creates (`LAYOUTS`): ``"canonical"``
-        (default; for GPU and portable params) or ``"cpu"`` (faster CPU kernel at batch 1). It
+        (default; for GPU and portable params) or ``"cpu"`` (faster CPU kernel). It
         must match the layout of params loaded with ``checkpoint.load(..., like=...)``; applied
         params run in whatever layout they hold.
     """
@@ -293,7 +293,7 @@ def quantize_params(
       stacked: also convert kernels with leading stack axes (``ndim > 2``). Off by default:
         ``DenseGeneral``/``Conv`` kernels also have more than two axes.
       layout: sign-word layout of the packed kernels (`LAYOUTS`): ``"cpu"`` for params that
-        will run on CPU (the CPU kernel is faster at batch 1, bitwise the same results),
+        will run on CPU (the CPU kernel is faster, bitwise the same results),
         ``"canonical"`` (default) for GPU and portable artifacts. Other platforms accept
         ``"cpu"`` too, shuffling it back on every call. `lutgemm_jax.to_layout` converts
         later.

@@ -15,7 +15,7 @@ packed one stands for, and `QuantizedWeight` maps the names onto its packed arra
 along K and N. `LutLinear.from_linear` / `quantize_model` keep the converted layer's metadata.
 
 Every constructor and converter takes ``layout``, the sign-word layout of the packed kernel
-(`lutgemm_jax.format.LAYOUTS`): ``"cpu"`` for models that will run on CPU (faster batch-1
+(`lutgemm_jax.format.LAYOUTS`): ``"cpu"`` for models that will run on CPU (faster
 kernel), ``"canonical"`` (default) for GPU and portable artifacts.
 """
 
@@ -232,7 +232,7 @@ class LutLinear(nnx.Module):
       mode: accuracy mode of `lut_gemm`'s native CPU kernel (``"exact"``, ``"fast"``, or
         ``None`` for the library default).
       layout: sign-word layout of a freshly initialised kernel (`LAYOUTS`): ``"cpu"`` for a
-        model that will run on CPU (faster batch-1 kernel), ``"canonical"`` (default) for GPU
+        model that will run on CPU (faster kernel), ``"canonical"`` (default) for GPU
         and portable models. It must match the layout of a state loaded with
         ``checkpoint.load(..., like=nnx.state(model))``.
       kernel_metadata, bias_metadata: metadata of the kernel and bias variables, as in
@@ -357,7 +357,7 @@ class LutLinear(nnx.Module):
 
         ``mode`` is the layer's `lut_gemm` accuracy mode. ``layout`` is the packed kernel's
         sign-word layout (`LAYOUTS`): ``"cpu"`` for a layer that will run on CPU (faster
-        batch-1 kernel, bitwise the same results), ``"canonical"`` (default) for GPU and
+        kernel, bitwise the same results), ``"canonical"`` (default) for GPU and
         portable artifacts; `lutgemm_jax.to_layout` converts later. ``quantize_kwargs`` go to
         `lutgemm_jax.quantize.quantize` (``fit_offset``, ``rounds``,
         ...; ``alpha_dtype`` defaults to the kernel's dtype). ``rngs`` initialises ``lora_a``
@@ -473,7 +473,7 @@ def quantize_model(
       lora_rank, lora_alpha, rngs: give every converted layer a LoRA adapter.
       mode: `lut_gemm` accuracy mode of the converted layers (``None`` = library default).
       layout: sign-word layout of the packed kernels (`LAYOUTS`): ``"cpu"`` for a model that
-        will run on CPU (faster batch-1 kernel, bitwise the same results), ``"canonical"``
+        will run on CPU (faster kernel, bitwise the same results), ``"canonical"``
         (default) for GPU and portable artifacts. Other platforms accept ``"cpu"`` too, at a
         per-call shuffle. ``nnx.update(model, lutgemm_jax.to_layout(nnx.state(model), "cpu"))``
         converts later.
