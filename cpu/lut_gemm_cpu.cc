@@ -3,16 +3,13 @@
 // mode. See lut_gemm_cpu.h for the method.
 //
 // Loop structure (per task = a range of output columns, per block of up to 4 rows of x):
-//   for each scale block of S activations (S | g, S <= 128):   (kCpu layout: these two loops
-//     for each block of W columns (W = 32 fast / 16 exact on       are swapped, block outer)
-//                                  AVX2, 1 portable):
+//   for each scale block of S activations (S | g, S <= 128):
+//     for each block of W columns (W = 32 fast / 16 exact on AVX2, 1 portable):
 //       for each plane i: sum the lookups of the block's S/32 words  -> per-column plane sums
 //                         tot += plane_sum * alpha[group, i, col]
 //       facc[row, col] += tot (* table scale in fast mode)
-// Canonical: the sign words of each (word, plane) row are streamed over columns, q * S/32 rows
-// at a time. kCpu: each block's sign words for all of K are contiguous (bcq_format.h), so the
-// block-outer order reads them as one sequential stream, and the per-column operation order (so
-// the result) is the same. Every weight byte is read once per block of 4 rows. For more than 4
+// so the sign words of each (word, plane) row are streamed sequentially over columns (hardware
+// prefetch friendly) and every weight byte is read once per block of 4 rows. For more than 4
 // rows, columns are tiled so that a tile of the weight stays in L2 across row blocks.
 #include "lut_gemm_cpu.h"
 
@@ -74,23 +71,13 @@ struct Prep {
 
 // The sign word of (word kw, plane i, column col), in either layout (bits are little-endian).
 inline uint32_t LoadWord(const Prep& p, int64_t kw, int64_t i, int64_t col) {
-  if (p.layout == Layout::kCanonical) return p.bits[BitsIndex(p.s, kw, i, col)];
-  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(p.bits);
+  const int64_t row = (kw * p.s.q + i) * p.s.n;
+  if (p.layout == Layout::kCanonical) return p.bits[row + col];
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(p.bits + row);
   uint32_t word = 0;
   for (int j = 0; j < kBytesPerWord; ++j)
-    word |= uint32_t{bytes[SignByteIndex(p.s, p.layout, kw, i, col, j)]} << (8 * j);
+    word |= uint32_t{bytes[SignByteOffset(p.layout, p.s.n, col, j)]} << (8 * j);
   return word;
-}
-
-// Whether column `col` lies in a byte-major block of the kCpu layout.
-inline bool InCpuBlock(const Prep& p, int64_t col) {
-  return p.layout == Layout::kCpu && col < p.s.n - p.s.n % kLayoutBlock;
-}
-
-// The sign words of columns col .. col+7 outside kCpu blocks (canonical or the kCpu tail), which
-// are 8 consecutive words in either layout.
-inline const uint32_t* Words8(const Prep& p, int64_t kw, int64_t i, int64_t col) {
-  return p.bits + SignByteIndex(p.s, p.layout, kw, i, col, 0) / kBytesPerWord;
 }
 
 // Signs of table entry p for activation j: +1 where bit j of p is set.
@@ -234,10 +221,10 @@ LUTGEMM_AVX2 inline __m256 LoadAlpha8(const void* base, int64_t i) {
 // The sign words of 8 columns col .. col+7 (col % 8 == 0) of (word kw, plane i). In a kCpu
 // block the 8 columns' byte j are 8 consecutive bytes, 32 bytes apart for successive j.
 LUTGEMM_AVX2 inline __m256i LoadWords8(const Prep& p, int64_t kw, int64_t i, int64_t col) {
-  if (!InCpuBlock(p, col))
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(Words8(p, kw, i, col)));
-  const uint8_t* b =
-      reinterpret_cast<const uint8_t*>(p.bits) + SignByteIndex(p.s, p.layout, kw, i, col, 0);
+  const uint32_t* row = p.bits + (kw * p.s.q + i) * p.s.n;
+  if (p.layout == Layout::kCanonical || col >= p.s.n - p.s.n % kLayoutBlock)
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + col));
+  const uint8_t* b = reinterpret_cast<const uint8_t*>(row) + SignByteOffset(p.layout, p.s.n, col, 0);
   __m256i word = _mm256_setzero_si256();
   #pragma GCC unroll 4
   for (int j = 0; j < kBytesPerWord; ++j) {
@@ -251,11 +238,10 @@ LUTGEMM_AVX2 inline __m256i LoadWords8(const Prep& p, int64_t kw, int64_t i, int
 // lane (higher bits are arbitrary), for the kCpu layout: 8 consecutive bytes in a block, the
 // words themselves shifted in the canonical tail.
 LUTGEMM_AVX2 inline __m256i LoadBytes8(const Prep& p, int64_t kw, int64_t i, int64_t col, int j) {
-  if (!InCpuBlock(p, col))
-    return _mm256_srli_epi32(
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(Words8(p, kw, i, col))), 8 * j);
-  const uint8_t* b =
-      reinterpret_cast<const uint8_t*>(p.bits) + SignByteIndex(p.s, p.layout, kw, i, col, j);
+  const uint32_t* row = p.bits + (kw * p.s.q + i) * p.s.n;
+  if (col >= p.s.n - p.s.n % kLayoutBlock)
+    return _mm256_srli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + col)), 8 * j);
+  const uint8_t* b = reinterpret_cast<const uint8_t*>(row) + SignByteOffset(p.layout, p.s.n, col, j);
   return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b)));
 }
 
@@ -431,15 +417,15 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for (int64_t w = 0; w < p.wps; ++w) {
+      const uint32_t* row = p.bits + ((kw0 + w) * q + i) * n;
       __m256i bj[4];
       if constexpr (L == Layout::kCpu) {
-        const uint8_t* block = reinterpret_cast<const uint8_t*>(p.bits) +
-                               SignByteIndex(p.s, Layout::kCpu, kw0 + w, i, col, 0);
+        const uint8_t* block = reinterpret_cast<const uint8_t*>(row) + col * kBytesPerWord;
         #pragma GCC unroll 4
         for (int j = 0; j < 4; ++j)
           bj[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + j * kLayoutBlock));
       } else {
-        const __m256i* src = reinterpret_cast<const __m256i*>(p.bits + ((kw0 + w) * q + i) * n + col);
+        const __m256i* src = reinterpret_cast<const __m256i*>(row + col);
         const __m256i a = _mm256_shuffle_epi8(_mm256_loadu_si256(src), by_byte);
         const __m256i b = _mm256_shuffle_epi8(_mm256_loadu_si256(src + 1), by_byte);
         const __m256i c = _mm256_shuffle_epi8(_mm256_loadu_si256(src + 2), by_byte);
@@ -595,27 +581,20 @@ void RunColumns(const Prep& p, const Kernels& kr, const Operands& op, int64_t c_
     for (int64_t r0 = 0; r0 < m; r0 += kMaxRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, m - r0));
       std::fill(facc.begin(), facc.begin() + rows * ld, 0.f);
-      // Columns [c0, c1) for every scale block, each column in the same order: its group's offset
-      // term, then the scale block's lookup sums.
-      auto columns = [&](int64_t c0, int64_t c1, int64_t sb, int64_t step, const BlockFn* fn) {
+      for (int64_t sb = 0; sb < p.nsb; ++sb) {
         if (p.offset != nullptr && (sb * p.S) % p.g == 0) {
           const int64_t grp = sb * p.S / p.g;
           for (int r = 0; r < rows; ++r) {
             const float gs = p.gsum[(r0 + r) * p.ngroups + grp];
             float* f = facc.data() + r * ld;
-            for (int64_t c = c0; c < c1; ++c) f[c - t0] += ToF32(p.offset, p.at, grp * n + c) * gs;
+            for (int64_t c = t0; c < t1; ++c) f[c - t0] += ToF32(p.offset, p.at, grp * n + c) * gs;
           }
         }
-        for (int64_t c = c0; c < c1; c += step) fn[rows - 1](p, r0, sb, c, facc.data() + (c - t0), ld);
-      };
-      if (p.layout == Layout::kCpu) {
-        // One vector block at a time over all of K: the block's sign words are one stream.
         for (int64_t c = t0; c < vec_end; c += kr.width)
-          for (int64_t sb = 0; sb < p.nsb; ++sb) columns(c, c + kr.width, sb, kr.width, kr.vec);
-      } else {
-        for (int64_t sb = 0; sb < p.nsb; ++sb) columns(t0, vec_end, sb, kr.width, kr.vec);
+          kr.vec[rows - 1](p, r0, sb, c, facc.data() + (c - t0), ld);
+        for (int64_t c = vec_end; c < t1; ++c)
+          kr.tail[rows - 1](p, r0, sb, c, facc.data() + (c - t0), ld);
       }
-      for (int64_t sb = 0; sb < p.nsb; ++sb) columns(vec_end, t1, sb, 1, kr.tail);
       for (int r = 0; r < rows; ++r) StoreRow(facc.data() + r * ld, op.x_type, op.y, (r0 + r) * n + t0, ld);
     }
   }

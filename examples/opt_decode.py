@@ -19,10 +19,7 @@ noise often overturns. It gauges the quantizer, not model quality; use --model f
 out_proj/fc2) over a ``tp`` mesh axis and splits the prompts over a ``dp`` axis.
 
 --layout picks the packed weights' sign-word layout: ``cpu`` (the CPU kernel's faster
-layout) or ``canonical`` (GPU, portable); ``auto``, the default, is cpu on a CPU backend
-without --mesh (canonical with a --mesh of several devices). A cpu-layout weight cannot be
-split, so ``--layout cpu`` works with a ``dp``-only mesh (weights replicated) but not with
-``tp`` > 1.
+layout) or ``canonical`` (GPU, portable); ``auto``, the default, is cpu on a CPU backend.
 
 A --model directory is a local Hugging Face OPT checkpoint (config.json, *.safetensors, and
 tokenizer.json for text); nothing is ever downloaded. See docs/opt.md.
@@ -33,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 import time
@@ -92,9 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=["auto", *LAYOUTS],
         default="auto",
         help="sign-word layout of the packed weights, applied after quantizing or loading: cpu "
-        "(faster batch-1 CPU kernel; cannot be split, so not with a --mesh tp > 1), canonical "
-        "(GPU, portable, tensor parallel); auto (default): cpu when jax's default backend is "
-        "cpu and no --mesh of several devices is given, else canonical",
+        "(faster batch-1 CPU kernel; with --mesh, tp must split N into multiples of 32 "
+        "columns), canonical (GPU, portable); auto (default): cpu when jax's default backend "
+        "is cpu, else canonical",
     )
     q.add_argument(
         "--save-quantized",
@@ -140,28 +136,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     m.add_argument("--ppl-seq-len", type=int, default=512)
     m.add_argument("--ppl-max-windows", type=int, help="only the first N windows")
-    args = p.parse_args(argv)
-    if args.mesh:
-        try:
-            axes = tp.parse_mesh(args.mesh)
-        except ValueError as e:
-            p.error(f"--mesh: {e}")
-        if args.layout == "cpu" and axes.get("tp", 1) > 1:
-            p.error(
-                f"--layout cpu cannot be used with --mesh {args.mesh}: tensor parallelism "
-                "splits the packed weights along K and N, and a cpu-layout weight is opaque "
-                "(it cannot be split); use --layout canonical (or auto), or a dp-only mesh"
-            )
-    return args
+    return p.parse_args(argv)
 
 
 def resolve_layout(args) -> str:
-    """The layout of the quantized params: ``--layout``, with ``auto`` resolved (cpu on a CPU
-    backend, unless ``--mesh`` spans several devices: canonical, which can be split)."""
+    """The layout of the quantized params: ``--layout``, with ``auto`` resolved."""
     if args.layout != "auto":
         return args.layout
-    if args.mesh and math.prod(tp.parse_mesh(args.mesh).values()) > 1:
-        return "canonical"
     return "cpu" if jax.default_backend() == "cpu" else "canonical"
 
 

@@ -9,8 +9,7 @@ Public API:
   dequantize           BCQWeight -> dense ``[K, N]``
   LAYOUTS              sign-word layouts of ``BCQWeight.bits``: "canonical" (default), "cpu"
   to_layout            every BCQWeight in a pytree (params, nnx.State) -> a layout, e.g.
-                       ``to_layout(params, "cpu")`` once before CPU inference (a "cpu"
-                       weight is opaque: it cannot be sliced or sharded along K or N)
+                       ``to_layout(params, "cpu")`` once before CPU inference
   lut_gemm             ``x: [..., K]`` @ BCQWeight -> ``[..., N]``
   build_info           which native backends are compiled in
   linen, nnx           Flax: LutDense / LutLinear, quantize_params / quantize_model, LoRA

@@ -50,7 +50,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from lutgemm_jax.format import BCQWeight, convert_bits
-from lutgemm_jax.sharding import check_layout_placement
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "load", "read_metadata", "save"]
 
@@ -370,8 +369,7 @@ def load(path: str | os.PathLike, *, like: Any = None) -> Any:
 
     Raises:
       CheckpointError: truncated or corrupted file (bad header, sizes, checksums), unsupported
-        format version, inconsistent `BCQWeight` metadata, a mismatch with ``like``, or a
-        ``like`` sharding that splits a ``"cpu"``-layout weight along K or N.
+        format version, inconsistent `BCQWeight` metadata, or a mismatch with ``like``.
     """
     path = os.fspath(path)
     header, meta, data = _read(path)
@@ -520,11 +518,6 @@ def _check_like(path: str, name: str, value: Any, expected: Any) -> None:
         raise CheckpointError(
             f"{path}: {name}: checkpoint holds {_describe(value)}, expected {_describe(expected)}"
         )
-    if isinstance(expected, BCQWeight):
-        try:  # the arrays are placed like `expected`'s: a "cpu" weight must stay whole
-            check_layout_placement(expected, where=f"{path}: {name}")
-        except ValueError as e:
-            raise CheckpointError(str(e)) from None
 
 
 def _to_device(tree: Any, like: Any) -> Any:

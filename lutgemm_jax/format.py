@@ -17,30 +17,22 @@ Arrays (``Kp`` = K rounded up to a multiple of ``g``, ``G = Kp // g``):
 Rows ``K <= k < Kp`` are padding: their sign bits are 0 (s = -1) and they contribute nothing,
 because every consumer treats the activations there as zero.
 
-Sign-word layouts (`LAYOUTS`, the static field ``BCQWeight.layout``) order the words of ``bits``;
-shape and dtype are the same in both:
+Sign-word layouts (`LAYOUTS`, the static field ``BCQWeight.layout``) order the bytes of ``bits``
+within each row ``[kw, i, :]``; shape and dtype are the same in both:
 
 * ``"canonical"`` (the default; what every quantizer produces): as above, word ``[kw, i, n]``
   holds column ``n``'s four table indices, byte ``j`` (little-endian: bits ``8j .. 8j+7``) for
   ``k = 32*kw + 8j .. +7``.
-* ``"cpu"``: the same words re-ordered for the CPU kernel. With ``N32 = N - N % 32`` columns in
-  blocks of 32, memory (``bits`` flattened in C order) holds first, for every block ``b``, word
-  ``kw`` and plane ``i`` (in that order, ``b`` slowest), the block's 128 bytes byte-major: byte
-  ``j`` of column ``32*b + c`` at byte ``32*j + c`` (canonical: ``4*c + j``); then the words of
-  the last ``N % 32`` columns in canonical order ``[Kp/32][q][N % 32]``. The CPU kernel then
-  loads the table indices of 32 columns for one ``j`` with a single 32-byte load, and reads each
-  block's sign words for all of K as one sequential stream (what bounds batch-1 decoding on
-  weights streamed from DRAM); the shuffle is paid once per weight (`to_layout`), like a
+* ``"cpu"``: with ``N32 = N - N % 32``, the first ``N32`` words of every row form blocks of 32
+  columns; a block's 128 bytes, ``[32 columns][4 bytes j]`` in canonical order, are stored as
+  ``[4 bytes j][32 columns]``: byte ``j`` of block column ``c`` sits at byte ``32*j + c`` of the
+  block. The last ``N % 32`` columns stay canonical. The CPU kernel then loads the table indices
+  of 32 consecutive columns for one ``j`` with a single 32-byte load instead of transposing
+  bytes in registers on every call; the shuffle is paid once per weight (`to_layout`), like a
   prepacked GEMM operand.
 
-A ``"cpu"`` weight is **opaque**: ``bits`` keeps the shape ``[Kp/32, q, N]`` (so `validate`,
-`jax.tree` utilities, ``jit``/``vmap`` over stacked weights and checkpoints work unchanged), but
-its axes no longer index (word, plane, column). Slicing it along K or N, or sharding it along K
-or N over several devices, is meaningless: `lutgemm_jax.sharding` and the Flax and OPT helpers
-refuse such splits (convert with ``to_layout(w, "canonical")`` first, or keep "cpu" weights
-replicated, i.e. data parallel). Leading stack axes are unaffected: each ``[Kp/32, q, N]`` slice
-is one whole weight. The formula above, `dequantize` and the float64 test reference apply to
-both layouts (they read `canonical_bits`).
+The layout is a byte permutation inside each row and changes nothing else: the formula above,
+`dequantize` and the float64 test reference apply to both (they read `canonical_bits`).
 """
 
 from __future__ import annotations
@@ -108,9 +100,8 @@ class BCQWeight:
       out_features: N (static).
       num_bits: q, the number of bit-planes, 1..8 (static).
       group_size: g, a positive multiple of 32 (static; per-column weights have ``g = Kp``).
-      layout: the order of the sign words in ``bits``, one of `LAYOUTS` (static; default
-        ``"canonical"``; see the module docstring and `to_layout`). A ``"cpu"`` weight is
-        opaque: it cannot be sliced or sharded along K or N.
+      layout: the byte order of ``bits`` within each row, one of `LAYOUTS` (static; default
+        ``"canonical"``; see the module docstring and `to_layout`).
 
     Static fields travel as pytree metadata, so a ``BCQWeight`` passes through ``jax.jit``,
     ``jax.vmap`` (stacked weights get extra leading axes on every array), ``jax.tree`` utilities
@@ -209,15 +200,14 @@ class BCQWeight:
         """This weight with ``bits`` in ``layout`` (one of `LAYOUTS`); ``self`` if already there.
 
         A byte permutation of ``bits`` (same shape ``[..., Kp/32, q, N]``); alpha and offset are
-        shared. Works under ``jit`` and on stacked weights; ``bits`` on several devices are
-        converted on the host and keep their sharding.
-
-        Raises:
-          ValueError: ``layout`` is not in `LAYOUTS`, or it is ``"cpu"`` and the arrays are
-            split along K or N over several devices (the ``"cpu"`` layout is opaque; replicated
-            arrays, or a stack split along its leading axes, are fine).
+        shared. Works under ``jit`` and on stacked weights.
         """
-        return _to_layout(self, layout, "to_layout")
+        if layout not in LAYOUTS:
+            raise ValueError(f"to_layout: layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout == self.layout:
+            return self
+        bits = convert_bits(self.bits, self.layout, layout)
+        return dataclasses.replace(self, bits=bits, layout=layout)
 
 
 _META_FIELDS = ("in_features", "out_features", "num_bits", "group_size", "layout")
@@ -272,49 +262,25 @@ def _bytes_word(data: Any) -> Any:
 def convert_bits(bits: Any, source: str, target: str) -> Any:
     """Reorders packed sign words ``[..., Kp/32, q, N]`` from layout ``source`` to ``target``.
 
-    Both are names in `LAYOUTS` (see the module docstring for the ``"cpu"`` order). Takes and
-    returns numpy arrays (computed on the host) or jax arrays (jit-able); leading axes (stacked
-    weights) are kept, the last three are reordered as a whole.
+    Both are names in `LAYOUTS`. Only the bytes of the first ``N - N % 32`` columns of every row
+    move: each block of 32 columns is a ``[32 columns][4 bytes]`` byte matrix in canonical order
+    and its transpose ``[4 bytes][32 columns]`` in ``"cpu"`` order. Takes and returns numpy
+    arrays (computed on the host) or jax arrays (jit-able); any leading axes are kept.
     """
     for name, layout in (("source", source), ("target", target)):
         if layout not in LAYOUTS:
             raise ValueError(f"convert_bits: {name} must be one of {LAYOUTS}, got {layout!r}")
-    if source == target:
+    *lead, n = bits.shape
+    n32 = n - n % CPU_BLOCK_COLUMNS
+    if source == target or n32 == 0:
         return bits
-    if target == "cpu":
-        return _to_cpu(bits)
-    return _from_cpu(bits)
-
-
-def _to_cpu(bits: Any) -> Any:
-    """canonical ``[..., KW, q, N]`` -> ``"cpu"`` (same shape, words reordered)."""
     xp = _namespace(bits)
-    *lead, kw, q, n = bits.shape
-    n32 = n - n % CPU_BLOCK_COLUMNS
-    nb, r = n32 // CPU_BLOCK_COLUMNS, len(lead)
-    # [..., KW, q, nb, 32 columns, 4 bytes] -> [..., nb, KW, q, 4 bytes, 32 columns]
-    data = _word_bytes(bits[..., :n32]).reshape(*lead, kw, q, nb, CPU_BLOCK_COLUMNS, _WORD_BYTES)
-    perm = (*range(r), r + 2, r, r + 1, r + 4, r + 3)
-    blocks = _bytes_word(xp.transpose(data, perm).reshape(*lead, kw * q * n32, _WORD_BYTES))
-    tail = bits[..., n32:].reshape(*lead, kw * q * (n - n32))
-    return xp.concatenate([blocks, tail], axis=-1).reshape(*lead, kw, q, n)
-
-
-def _from_cpu(bits: Any) -> Any:
-    """Inverse of `_to_cpu`."""
-    xp = _namespace(bits)
-    *lead, kw, q, n = bits.shape
-    n32 = n - n % CPU_BLOCK_COLUMNS
-    nb, r = n32 // CPU_BLOCK_COLUMNS, len(lead)
-    flat = bits.reshape(*lead, kw * q * n)
-    # [..., nb, KW, q, 4 bytes, 32 columns] -> [..., KW, q, nb, 32 columns, 4 bytes]
-    data = _word_bytes(flat[..., : kw * q * n32]).reshape(
-        *lead, nb, kw, q, _WORD_BYTES, CPU_BLOCK_COLUMNS
+    block = (CPU_BLOCK_COLUMNS, _WORD_BYTES)
+    blocks = _word_bytes(bits[..., :n32]).reshape(
+        *lead, n32 // CPU_BLOCK_COLUMNS, *(block if source == "canonical" else block[::-1])
     )
-    perm = (*range(r), r + 1, r + 2, r, r + 4, r + 3)
-    blocks = _bytes_word(xp.transpose(data, perm).reshape(*lead, kw, q, n32, _WORD_BYTES))
-    tail = flat[..., kw * q * n32 :].reshape(*lead, kw, q, n - n32)
-    return xp.concatenate([blocks, tail], axis=-1)
+    moved = xp.swapaxes(blocks, -1, -2).reshape(*lead, n32, _WORD_BYTES)
+    return xp.concatenate([_bytes_word(moved), bits[..., n32:]], axis=-1)
 
 
 def canonical_bits(w: BCQWeight) -> Any:
@@ -322,40 +288,15 @@ def canonical_bits(w: BCQWeight) -> Any:
     return convert_bits(w.bits, w.layout, "canonical")
 
 
-def _to_layout(w: BCQWeight, layout: str, where: str) -> BCQWeight:
-    """`BCQWeight.to_layout`, with ``where`` (the caller) first in its errors."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"{where}: layout must be one of {LAYOUTS}, got {layout!r}")
-    if layout == w.layout:
-        return w
-    if layout == "cpu":
-        from lutgemm_jax.sharding import check_layout_placement  # sharding imports this module
-
-        check_layout_placement(dataclasses.replace(w, layout=layout), where=where)
-    sharding = getattr(w.bits, "sharding", None)  # None for tracers and numpy arrays
-    if sharding is not None and len(sharding.device_set) > 1:
-        # On several devices: shuffled on the host and put back with the same sharding, which
-        # eager jax ops would not keep (nor run on every mesh).
-        host = convert_bits(np.asarray(w.bits), w.layout, layout)
-        return dataclasses.replace(w, bits=jax.device_put(host, sharding), layout=layout)
-    bits = convert_bits(w.bits, w.layout, layout)
-    return dataclasses.replace(w, bits=bits, layout=layout)
-
-
 def to_layout(tree: Any, layout: str) -> Any:
     """``tree`` with every `BCQWeight` in it converted to ``layout`` (one of `LAYOUTS`).
 
     ``tree`` is any pytree: a `BCQWeight`, linen params, nested dicts, or an NNX ``State``
     (``nnx.update(model, to_layout(nnx.state(model), "cpu"))`` converts a model in place).
-    Other leaves are returned unchanged. Errors (see `BCQWeight.to_layout`: a weight split
-    along K or N cannot become ``"cpu"``) name the weight's path in ``tree``.
+    Other leaves are returned unchanged.
     """
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: (
-            _to_layout(x, layout, f"to_layout: {jax.tree_util.keystr(path)}")
-            if isinstance(x, BCQWeight)
-            else x
-        ),
+    return jax.tree.map(
+        lambda x: x.to_layout(layout) if isinstance(x, BCQWeight) else x,
         tree,
         is_leaf=lambda x: isinstance(x, BCQWeight),
     )

@@ -11,9 +11,7 @@ Three ways to run a linen model on packed BCQ weights:
 
 Packed kernels are created in the ``"canonical"`` sign-word layout unless ``layout="cpu"`` is
 asked for (`quantize_params`, `LutDense`): that layout makes the CPU kernel faster (BENCHMARKS.md)
-and is what models that will run on CPU should use (see `lutgemm_jax.format.LAYOUTS`). It is
-opaque, so such kernels live on one device or replicated (data parallel): converting a kernel
-that is split along K or N over several devices to it raises a ``ValueError``.
+and is what models that will run on CPU should use (see `lutgemm_jax.format.LAYOUTS`).
 """
 
 from __future__ import annotations
@@ -26,8 +24,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 from flax.core import FrozenDict
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lutgemm_jax.convert import (
@@ -44,10 +44,11 @@ from lutgemm_jax.convert import (
 from lutgemm_jax.format import (
     LAYOUTS,
     BCQWeight,
+    convert_bits,
     padded_in_features,
     resolve_group_size,
 )
-from lutgemm_jax.sharding import check_layout_placement, packed_specs
+from lutgemm_jax.sharding import packed_specs
 
 __all__ = [
     "ConversionSummary",
@@ -68,17 +69,18 @@ def check_layout(layout: str, where: str) -> None:
         raise ValueError(f"{where}: layout must be one of {LAYOUTS}, got {layout!r}")
 
 
-def convert_layout(w: BCQWeight, layout: str, where: str) -> BCQWeight:
-    """``w`` with its sign words ``bits [..., Kp/32, q, N]`` in ``layout``, placed as before
-    (`BCQWeight.to_layout`).
+def convert_layout(w: BCQWeight, layout: str) -> BCQWeight:
+    """``w`` with its sign words ``bits [..., Kp/32, q, N]`` in ``layout``, placed as before.
 
-    A ``"cpu"`` weight is opaque, so it may be replicated over several devices (or a stack split
-    along its leading axes) but not split along K or N: that raises a ``ValueError`` naming
-    ``where`` (the caller, or the layer) and the mesh axes.
+    A weight sharded over several devices (the converters follow a placed dense kernel) is
+    shuffled on the host and put back with the same sharding: the shuffle regroups N, which
+    eager jax ops cannot do on an N-sharded array.
     """
-    if layout == "cpu":
-        check_layout_placement(dataclasses.replace(w, layout=layout), where=where)
-    return w.to_layout(layout)
+    sharding = getattr(w.bits, "sharding", None)  # None for tracers
+    if layout == w.layout or not isinstance(sharding, NamedSharding) or sharding.num_devices == 1:
+        return w.to_layout(layout)
+    bits = convert_bits(np.asarray(w.bits), w.layout, layout)
+    return dataclasses.replace(w, bits=jax.device_put(bits, sharding), layout=layout)
 
 
 def init_bcq_weight(
@@ -129,7 +131,7 @@ def init_bcq_weight(
         alpha_dtype=alpha_dtype,
         **extra,
     )
-    return _box(convert_layout(packed, layout, "init_bcq_weight"), names)
+    return _box(convert_layout(packed, layout), names)
 
 
 def _unbox(value: Any) -> tuple[Any, nn.Partitioned | None]:
@@ -284,8 +286,7 @@ def quantize_params(
         allowed) of arrays. A kernel boxed by ``nn.with_partitioning`` (``nn.Partitioned``)
         gives a `BCQWeight` whose arrays are boxed with the matching names
         (`lutgemm_jax.sharding.packed_specs`); a kernel sharded over several devices gives
-        packed arrays sharded the same way (with ``layout="cpu"``, a sharding that splits K or
-        N raises a ``ValueError`` naming the layer; replicated kernels are fine).
+        packed arrays sharded the same way.
       bits, group_size, method: passed to `lutgemm_jax.quantize.quantize`.
       include: regex (``re.search``) or predicate on the kernel's path; ``None`` = all.
       exclude: regex or predicate; matching kernels are skipped (e.g. ``r"lm_head|embed"``).
@@ -320,9 +321,8 @@ def quantize_params(
         value, partitioning = _unbox(box)
         kwargs = {"alpha_dtype": alpha_dtype_for(value.dtype), **quantize_kwargs}
         packed = quantize_kernel(value, bits=bits, group_size=group_size, method=method, **kwargs)
-        path = "/".join(map(str, key))
-        packed = convert_layout(packed, layout, f"quantize_params: {path}")
-        layers.append(layer_summary(path, value, packed))
+        packed = convert_layout(packed, layout)
+        layers.append(layer_summary("/".join(map(str, key)), value, packed))
         flat[key] = _box(packed, partitioning)
     out = traverse_util.unflatten_dict(flat)
     out = FrozenDict(out) if frozen else out

@@ -16,10 +16,7 @@ along K and N. `LutLinear.from_linear` / `quantize_model` keep the converted lay
 
 Every constructor and converter takes ``layout``, the sign-word layout of the packed kernel
 (`lutgemm_jax.format.LAYOUTS`): ``"cpu"`` for models that will run on CPU (faster
-kernel), ``"canonical"`` (default) for GPU, portable artifacts and tensor parallelism. A
-``"cpu"`` kernel is opaque: its sharding names are kept, but placing it split along K or N
-(eager sharding, a converted ``nnx.Linear`` placed that way) raises a ``ValueError``; replicated
-placements are fine.
+kernel), ``"canonical"`` (default) for GPU and portable artifacts.
 """
 
 from __future__ import annotations
@@ -48,7 +45,7 @@ from lutgemm_jax.convert import (
 )
 from lutgemm_jax.format import BCQWeight
 from lutgemm_jax.linen import check_layout, convert_layout, init_bcq_weight
-from lutgemm_jax.sharding import check_layout_placement, packed_specs
+from lutgemm_jax.sharding import packed_specs
 
 __all__ = ["LutLinear", "QuantizedWeight", "quantize_model", "ConversionSummary"]
 
@@ -110,18 +107,12 @@ def _packed_like(w: BCQWeight, value: Any) -> Any:
 
 
 def _shard_packed(w: BCQWeight, sharding: Any, rules: Any, mesh: Any) -> BCQWeight:
-    """Eager sharding of the packed arrays (flax's `shard_value` per array, as for an nnx.Param).
-
-    Raises ``ValueError`` if that splits a ``"cpu"``-layout weight along K or N (as far as the
-    placed arrays tell: concrete arrays, or tracers on a mesh with Explicit axes).
-    """
+    """Eager sharding of the packed arrays (flax's `shard_value` per array, as for an nnx.Param)."""
     placed = {
         name: core_spmd.shard_value(getattr(w, name), spec, rules, mesh)
         for name, spec in _packed_shardings(sharding, w).items()
     }
-    w = dataclasses.replace(w, **placed)
-    check_layout_placement(w, where="QuantizedWeight (eager sharding)")
-    return w
+    return dataclasses.replace(w, **placed)
 
 
 def _pop_sharding(metadata: dict[str, Any], default: Any = None) -> Any:
@@ -162,9 +153,7 @@ class QuantizedWeight(nnx.Variable):
       ``nnx.as_abstract`` give a `BCQWeight` of sharded ``jax.ShapeDtypeStruct``.
 
     A row-parallel K sharding must give every device whole quantization groups (the mesh axis
-    size must divide the number of groups); `lut_gemm` raises a ``ValueError`` otherwise. A
-    ``"cpu"``-layout weight cannot be split along K or N at all (eager sharding that would split
-    it raises a ``ValueError``): give it replicated names, or keep it ``"canonical"``.
+    size must divide the number of groups); `lut_gemm` raises a ``ValueError`` otherwise.
     """
 
     def __init__(self, value: Any, *, eager_sharding: bool | None = None, **metadata: Any):
@@ -378,7 +367,7 @@ class LutLinear(nnx.Module):
         dense = _value(linear.kernel)
         kwargs = {"alpha_dtype": alpha_dtype_for(dense.dtype), **quantize_kwargs}
         packed = quantize_kernel(dense, bits=bits, group_size=group_size, method=method, **kwargs)
-        packed = convert_layout(packed, layout, "LutLinear.from_linear")
+        packed = convert_layout(packed, layout)
         layer = cls(
             linear.in_features,
             linear.out_features,

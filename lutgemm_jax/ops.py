@@ -78,15 +78,10 @@ def lut_gemm(x: jax.Array, w: BCQWeight, *, mode: str | None = None) -> jax.Arra
 
     Raises:
       TypeError / ValueError: naming the argument, if dtypes or shapes do not match ``w``.
-      ValueError: ``w`` is a ``"cpu"``-layout weight split along K or N (its layout is opaque:
-        convert it with ``to_layout(w, "canonical")`` before sharding, or keep it replicated).
-        Splits known only to XLA's partitioner (jit on a mesh with Auto axes) fail when it
-        partitions the call, with the same message.
     """
     x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
     w = _shard_view(w)
     w.validate()
-    sharding.check_layout_placement(w)
     _check_x(x.shape, x.dtype, w.in_features)
     if w.batch_shape:
         raise ValueError(
@@ -105,24 +100,11 @@ def _shard_view(w: BCQWeight) -> BCQWeight:
     """The weight of the shard that ``w``'s arrays hold, e.g. inside ``shard_map``.
 
     There the arrays are one device's block ``[K/s, N/t]`` while the static metadata still
-    describes the whole matrix; a K block must be whole groups. A ``"cpu"``-layout weight has
-    no such blocks (its bits are opaque) and must be passed whole. Unsharded weights pass
-    through.
+    describes the whole matrix; a K block must be whole groups, and an N block of a ``"cpu"``
+    layout weight whole 32-column blocks. Unsharded weights pass through.
     """
     resolve_group_size(w.in_features, w.group_size)  # metadata errors first
     if w.alpha.ndim != 3:  # stacked weights: validate() reports them
-        return w
-    if w.layout == "cpu":
-        want = w.expected_shapes()
-        arrays = {name: getattr(w, name) for name in want}
-        if any(
-            a.ndim == len(want[name]) and a.shape[d] < want[name][d]
-            for name, a in arrays.items()
-            for d in (0, -1)
-        ):
-            got = ", ".join(f"{k} {tuple(a.shape)} of {want[k]}" for k, a in arrays.items())
-            hint = "in jax.shard_map, pass it with the spec P()"
-            raise sharding.layout_split_error("lut_gemm", w.shape, f"it got shards {got} ({hint})")
         return w
     groups, n = w.alpha.shape[0], w.alpha.shape[-1]
     if (groups, n) == (w.num_groups, w.out_features):
@@ -135,6 +117,8 @@ def _shard_view(w: BCQWeight) -> BCQWeight:
                 f"{w.num_groups} groups of K = {w.in_features} (g = {w.group_size})"
             )
         k = groups * w.group_size
+    if 0 < n < w.out_features:  # N split into out_features / n shards
+        sharding.check_layout_split(w.layout, w.out_features, w.out_features // n)
     return dataclasses.replace(w, in_features=k, out_features=n)
 
 

@@ -16,13 +16,9 @@ always hands each device whole quantization groups. Three layouts follow, and co
   adds them.
 * data-parallel: x's leading axes sharded; weights replicated or column-sharded.
 
-A ``"cpu"``-layout weight (`lutgemm_jax.format.LAYOUTS`) is opaque: its ``bits`` keep the
-shape ``[Kp/32, q, N]`` but hold each 32-column block's sign words for all of K in one stream,
-so no slice along K or N of it is a weight. It runs data-parallel only (x's batch split, the
-weight replicated); any K or N split raises a ``ValueError`` (`check_layout_placement`) saying
-to convert it with ``to_layout(w, "canonical")`` first. The sharding rule gives its ``bits``
-factors of their own that need replication, so no sharding of x, alpha or offset propagates
-into them.
+A ``"cpu"``-layout weight (`lutgemm_jax.format.LAYOUTS`) interleaves the bytes of 32 columns,
+so it splits along N only into shards of a multiple of 32 columns (`check_layout_split`); K
+splits are unaffected.
 
 Per shard, the kernel primitive runs on the local arrays (``in_features`` and ``out_features``
 are the local sizes), i.e. the CPU or CUDA FFI kernel, or the pure-jnp path elsewhere. A single
@@ -35,8 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +38,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lutgemm_jax.format import WORD_BITS, BCQWeight, padded_in_features
+from lutgemm_jax.format import CPU_BLOCK_COLUMNS, WORD_BITS, padded_in_features
 
 
 def _axis_size(mesh, axes) -> int:
@@ -57,70 +51,28 @@ def _axis_size(mesh, axes) -> int:
     return size
 
 
-def layout_split_error(where: str, shape: tuple[int, int], split: str) -> ValueError:
-    """The error for a ``"cpu"``-layout weight of dense shape ``shape = (K, N)`` that ``split``
-    (a description of the mesh axes or shard shape) would split along K or N."""
-    k, n = shape
-    return ValueError(
-        f"{where}: a layout='cpu' BCQWeight (K = {k}, N = {n}) cannot be split along K or N, "
-        f"but {split}. Its sign words are stored in an opaque order (32-column blocks, each "
-        "one stream over all of K), so no K or N slice of it is a weight: convert it with "
-        "to_layout(w, 'canonical') before sharding it, or keep layout='cpu' weights "
-        "replicated (data parallel: split x's batch only)"
-    )
+def check_layout_split(layout: str, n: int, shards: int, axes: object = None) -> None:
+    """Raises ValueError if ``shards`` N-shards of a ``layout`` weight would cut its blocks.
 
-
-def _check_unsplit(shape: tuple[int, int], mesh, k_axes: object, n_axes: object, where: str):
-    """Raises `layout_split_error` if mesh axes ``k_axes`` / ``n_axes`` (names, ``None``: not
-    sharded) of ``mesh`` (anything with a ``shape`` mapping, e.g. an AbstractMesh) split K / N
-    of a ``"cpu"``-layout weight of dense shape ``shape = (K, N)``."""
-    k_size, n_size = _axis_size(mesh, k_axes), _axis_size(mesh, n_axes)
-    if k_size == n_size == 1:
-        return
-    k, n = shape
-    raise layout_split_error(
-        where,
-        shape,
-        f"mesh axes {k_axes!r} (K) and {n_axes!r} (N) would give shards of "
-        f"[{-(-k // k_size)}, {-(-n // n_size)}]",
-    )
-
-
-def _known_sharding(a: Any) -> NamedSharding | None:
-    """``a``'s `NamedSharding` where known while tracing: a placed array's (or a
-    ``ShapeDtypeStruct``'s), or the one in a tracer's type (Explicit mesh axes only)."""
-    if isinstance(a, jax.core.Tracer):
-        sharding = jax.typeof(a).sharding
-    else:
-        sharding = getattr(a, "sharding", None)
-    return sharding if isinstance(sharding, NamedSharding) else None
-
-
-def check_layout_placement(
-    w: BCQWeight, shardings: Mapping[str, Any] | None = None, where: str = "lut_gemm"
-) -> None:
-    """Raises ValueError if ``w`` is a ``"cpu"``-layout weight split along K or N.
+    A ``"cpu"``-layout weight keeps 32-column blocks together, so every shard of its
+    ``n = N`` columns must hold a whole number of them; canonical weights split anywhere.
 
     Args:
-      w: a `BCQWeight`; stacked weights may be split along their leading axes (each weight
-        stays whole).
-      shardings: the shardings its arrays are about to get, by name (``"bits"``, ``"alpha"``,
-        ``"offset"``); for a name not in it (or all, when ``None``) the array's own, where
-        known (a placed array, or a tracer's type on a mesh with Explicit axes).
-      where: the caller, first in the message.
+      layout: the weight's layout (`lutgemm_jax.format.LAYOUTS`).
+      n: N, the global number of columns.
+      shards: the size of the mesh axis (or axes) splitting N.
+      axes: the mesh axis names, for the message (``None`` if unknown, as in ``shard_map``).
     """
-    if w.layout != "cpu":
+    if layout != "cpu" or shards == 1:
         return
-    shardings = {} if shardings is None else shardings
-    for name, dims in w.expected_shapes().items():
-        array = getattr(w, name)
-        sharding = shardings[name] if name in shardings else _known_sharding(array)
-        if not isinstance(sharding, NamedSharding):
-            continue
-        rank = len(array.shape)
-        spec = tuple(sharding.spec) + (None,) * rank
-        k_axes, n_axes = spec[rank - len(dims)], spec[rank - 1]
-        _check_unsplit(w.shape, sharding.mesh, k_axes, n_axes, where)
+    if n % shards or (n // shards) % CPU_BLOCK_COLUMNS:
+        where = f"mesh axes {axes!r} of size {shards}" if axes is not None else f"{shards} shards"
+        raise ValueError(
+            f"lut_gemm: a layout='cpu' weight with N = {n} cannot be split along N over {where}: "
+            f"every shard must hold a multiple of {CPU_BLOCK_COLUMNS} columns (the layout's "
+            f"column blocks); use a mesh axis size s with N / s a multiple of "
+            f"{CPU_BLOCK_COLUMNS}, or convert the weight with to_layout(w, 'canonical')"
+        )
 
 
 def _spec(shape) -> tuple:
@@ -135,13 +87,6 @@ def _layout(mesh, arg_shapes, params):
     The weights decide K and N (moving weights is what we must avoid); x decides the batch axes.
     """
     x_spec, bits_spec, alpha_spec = (_spec(a) for a in arg_shapes[:3])
-    if params["layout"] == "cpu":  # opaque bits: data parallel only
-        weights = [_spec(a) for a in arg_shapes[1:]]  # bits, alpha [, offset]: K first, N last
-        k_axes = next((s[0] for s in weights if _axis_size(mesh, s[0]) > 1), None)
-        n_axes = next((s[-1] for s in weights if _axis_size(mesh, s[-1]) > 1), None)
-        shape = (params["in_features"], params["out_features"])
-        _check_unsplit(shape, mesh, k_axes, n_axes, "lut_gemm")
-        return x_spec[:-1], None, None
     k_axes = alpha_spec[0] if alpha_spec[0] is not None else bits_spec[0]
     n_axes = alpha_spec[2] if alpha_spec[2] is not None else bits_spec[2]
     batch = x_spec[:-1]
@@ -167,6 +112,10 @@ def _layout(mesh, arg_shapes, params):
                 f"would split a quantization group: K = {params['in_features']} has {groups} "
                 f"groups of g = {params['group_size']}; use a mesh axis size dividing {groups}"
             )
+    if n_axes is not None:
+        check_layout_split(
+            params["layout"], params["out_features"], _axis_size(mesh, n_axes), n_axes
+        )
     return batch, k_axes, n_axes
 
 
@@ -235,21 +184,14 @@ def partitioned(kernel, params: tuple[tuple[str, int | str], ...], has_offset: b
         # Padded K: x's K is not a whole number of groups, so K cannot be split.
         x_k = "k"
         factor_sizes.pop("gk", None)
-    bits_dims = f"{bits_k} q n"
-    replicated = [f for f in ("k", "w") if f in (x_k, bits_k)]
-    if params["layout"] == "cpu":
-        # Opaque bits: factors of their own, all replicated, so that no sharding of x, alpha
-        # or offset is propagated into them (`_layout` refuses weights that arrive split).
-        bits_dims = "bk bq bn"
-        replicated = [f for f in replicated if f != "w"] + ["bk", "bq", "bn"]
-        factor_sizes.pop("gw", None)
-    operands = [f"... {x_k}", bits_dims, "G q n"] + (["G n"] if has_offset else [])
+    operands = [f"... {x_k}", f"{bits_k} q n", "G q n"] + (["G n"] if has_offset else [])
+    replicated = tuple(f for f in ("k", "w") if f in (x_k, bits_k))
     call.def_partition(
         partition,
         infer_sharding_from_operands=infer,
         sharding_rule=", ".join(operands) + " -> ... n",
         reduction_factors=("G",),
-        need_replication_factors=tuple(replicated),
+        need_replication_factors=replicated,
         **factor_sizes,
     )
     return call
@@ -273,22 +215,19 @@ def packed_specs(kernel_spec: P, has_offset: bool) -> dict[str, P]:
     return specs
 
 
-def shard_like(w: BCQWeight, kernel_sharding: Any) -> BCQWeight:
+def shard_like(w, kernel_sharding):
     """Places the arrays of `BCQWeight` ``w`` as the dense kernel it replaces was placed.
 
     Args:
       w: an unstacked `BCQWeight` for ``[K, N]``.
       kernel_sharding: the dense kernel's sharding; only a `NamedSharding` over more than one
         device moves anything (others are returned unchanged).
-
-    Raises:
-      ValueError: ``w`` is a ``"cpu"``-layout weight and ``kernel_sharding`` splits K or N
-        (`check_layout_placement`); replicated placements are fine.
     """
     if not isinstance(kernel_sharding, NamedSharding) or kernel_sharding.num_devices == 1:
         return w
     specs = packed_specs(kernel_sharding.spec, w.has_offset)
-    shardings = {name: NamedSharding(kernel_sharding.mesh, spec) for name, spec in specs.items()}
-    check_layout_placement(w, shardings, "shard_like")
-    placed = {name: jax.device_put(getattr(w, name), s) for name, s in shardings.items()}
+    placed = {
+        name: jax.device_put(getattr(w, name), NamedSharding(kernel_sharding.mesh, spec))
+        for name, spec in specs.items()
+    }
     return dataclasses.replace(w, **placed)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 
 import jax
@@ -14,9 +13,6 @@ import numpy as np
 import pytest
 from bcq_testing import random_weight
 from flax import nnx
-from jax import ShapeDtypeStruct
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from lutgemm_jax import checkpoint
 from lutgemm_jax.checkpoint import CheckpointError, load, read_metadata, save
@@ -267,31 +263,6 @@ def test_layout_is_saved_and_restored(tmp_path):
         )
     with pytest.raises(CheckpointError, match=r"layout=cpu\), expected .*layout=canonical\)"):
         load(path, like=tree)
-
-
-def test_cpu_layout_loads_replicated_but_not_split(tmp_path):
-    """`like` decides the placement: a cpu-layout weight may be replicated over several devices
-    but not split along K or N (the file is refused before any array is built)."""
-    w = to_layout(linen_tree()["params"]["Dense_0"]["kernel"], "cpu")  # [64, 48]
-    path = tmp_path / "cpu.safetensors"
-    save(path, {"kernel": w})
-    mesh = jax.make_mesh((2,), ("x",), devices=jax.devices()[:2])
-
-    def like(spec):
-        sharding = NamedSharding(mesh, spec)
-        shape = lambda a: ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)  # noqa: E731
-        return {"kernel": jax.tree.map(shape, w)}
-
-    loaded = load(path, like=like(P()))["kernel"]
-    assert loaded.layout == "cpu" and loaded.bits.sharding.is_fully_replicated
-    assert len(loaded.bits.sharding.device_set) == 2
-    np.testing.assert_array_equal(loaded.bits, w.bits)
-    with pytest.raises(
-        CheckpointError,
-        match=rf"^{re.escape(str(path))}: kernel: a layout='cpu' BCQWeight \(K = 64, N = 48\) "
-        r"cannot be split along K or N, but mesh axes 'x' \(K\) and None \(N\)",
-    ):
-        load(path, like=like(P("x")))
 
 
 def test_entries_without_layout_load_canonical(saved):

@@ -7,9 +7,8 @@ Three kernel paths: the LUT kernel in "exact" and "fast" mode, and "dense" (FFI 
 large-batch path the op switches to at ``ops.CPU_CROSSOVER``: dequantized 128 x 64 tiles and an
 FMA GEMM). ``LUTGEMM_CPU_POISON=1`` makes the handler fill the output with NaN before computing,
 so a finite result proves that every element was written. Sign words are passed in both layouts
-(``layout`` fixture): canonical, and the "cpu" layout (column-block-major, byte-major blocks),
-produced here by an independent numpy transcription of its definition in
-include/lutgemm/bcq_format.h (`cpu_layout_np`).
+(``layout`` fixture): canonical, and the "cpu" byte-major layout, produced here by an independent
+numpy transcription of its definition in include/lutgemm/bcq_format.h (`cpu_layout_np`).
 
 Tolerances (max |y - y64| over max |y64|, y64 = float64 x @ W_hat from the unpacked signs):
 * exact and dense, float32: 1e-5 (the issue's contract; float32 tables of 4 activations,
@@ -48,34 +47,27 @@ LAYOUTS = ("canonical", "cpu")  # FFI attribute layout = index
 
 
 def cpu_layout_np(bits):
-    """The "cpu" layout of canonical ``bits [Kp/32, q, N]``: for every 32-column block, word and
-    plane (in that order) the block's 128 bytes byte-major (byte j of column c at 32*j + c), then
-    the last N % 32 columns' words in canonical order; reshaped to the same [Kp/32, q, N]."""
+    """The "cpu" sign layout of canonical ``bits [Kp/32, q, N]``: in every (word, plane) row,
+    each block of 32 columns stores its 128 bytes byte-major (byte j of column c at 32*j + c);
+    the last N % 32 columns stay canonical."""
     bits = np.ascontiguousarray(np.asarray(bits, np.dtype("<u4")))
     kw, q, n = bits.shape
     n32 = n - n % 32
     blocks = bits[..., :n32].view(np.uint8).reshape(kw, q, n32 // 32, 32, 4)
-    blocked = np.ascontiguousarray(blocks.transpose(2, 0, 1, 4, 3)).reshape(-1).view("<u4")
-    tail = np.ascontiguousarray(bits[..., n32:]).reshape(-1)
-    return np.concatenate([blocked, tail]).reshape(kw, q, n)
+    blocked = np.ascontiguousarray(blocks.swapaxes(-1, -2)).reshape(kw, q, n32 * 4)
+    return np.concatenate([blocked.view("<u4"), bits[..., n32:]], axis=-1)
 
 
 def test_cpu_layout_np_moves_bytes_as_specified():
     # The test's transcription of the layout, checked byte by byte against the definition.
     rng = np.random.default_rng(0)
-    kw, q, n = 2, 3, 70
-    bits = rng.integers(0, 2**32, size=(kw, q, n), dtype=np.uint32)
-    out = cpu_layout_np(bits).reshape(-1).view(np.uint8)
-    src = bits.view(np.uint8).reshape(kw, q, n, 4)
-    for k in range(kw):
-        for i in range(q):
-            for col in range(n):
-                for j in range(4):
-                    if col < 64:
-                        at = (((col // 32) * kw + k) * q + i) * 128 + 32 * j + col % 32
-                    else:
-                        at = (kw * q * 64 + (k * q + i) * (n - 64) + col - 64) * 4 + j
-                    assert out[at] == src[k, i, col, j]
+    bits = rng.integers(0, 2**32, size=(2, 3, 70), dtype=np.uint32)
+    out = cpu_layout_np(bits).view(np.uint8).reshape(2, 3, 70 * 4)
+    src = bits.view(np.uint8).reshape(2, 3, 70, 4)
+    for col in range(70):
+        for j in range(4):
+            at = (col // 32 * 128 + 32 * j + col % 32) if col < 64 else 4 * col + j
+            np.testing.assert_array_equal(out[..., at], src[..., col, j])
 
 
 @pytest.fixture(params=LAYOUTS)

@@ -3,8 +3,6 @@ independent numpy transcription of its definition, and every consumer (dequantiz
 path, the native CPU kernel, grad, vmap, jax.export, nnx/linen trees, sharding, the CUDA
 lowering's operands) giving the same results for both layouts."""
 
-import dataclasses
-import re
 from functools import partial
 
 import jax
@@ -15,39 +13,27 @@ from bcq_testing import random_weight, reference, rel_err
 from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
-from jax.sharding import AxisType, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import lutgemm_jax as lj
 from lutgemm_jax import format as fmt
 from lutgemm_jax import ops
-from lutgemm_jax.format import LAYOUTS
 from lutgemm_jax.nnx import LutLinear
 
 WIDTHS = [1, 31, 32, 33, 64, 100, 4096 + 17]
 
 
 def cpu_layout_np(bits: np.ndarray) -> np.ndarray:
-    """The "cpu" layout of canonical ``bits [..., KW, q, N]``, from its definition (the byte
-    index of each byte, as in bcq_format.h): with N32 = N - N % 32, memory holds first, for
-    every block b, word kw and plane i (b slowest), the block's 128 bytes byte-major, byte j of
-    column 32*b + c at byte 32*j + c; then the words of the last N % 32 columns in canonical
-    order [KW][q][N % 32]."""
+    """The "cpu" layout of canonical ``bits [..., Kp/32, q, N]``, from its definition: in every
+    row, each block of 32 columns stores its ``[32 columns][4 bytes]`` little-endian bytes as
+    ``[4 bytes][32 columns]``; the last N % 32 columns stay canonical."""
     bits = np.ascontiguousarray(bits, np.dtype("<u4"))
-    *lead, kw, q, n = bits.shape
-    n32, tail = n - n % 32, n % 32
-    w, i, col, j = np.meshgrid(
-        np.arange(kw), np.arange(q), np.arange(n), np.arange(4), indexing="ij"
-    )  # [KW, q, N, 4]: the canonical bytes, byte j of word (w, i, col)
-    block = ((col // 32) * kw + w) * q + i
-    in_blocks = block * 128 + 32 * j + col % 32
-    in_tail = (kw * q * n32 + (w * q + i) * tail + (col - n32)) * 4 + j
-    dest = np.where(col < n32, in_blocks, in_tail).reshape(-1)
-    assert np.array_equal(np.sort(dest), np.arange(dest.size))  # a permutation of the bytes
-    src = bits.view(np.uint8).reshape(*lead, -1)
-    out = np.empty_like(src)
-    out[..., dest] = src
-    return out.view("<u4").reshape(bits.shape)
+    *lead, n = bits.shape
+    n32 = n - n % 32
+    blocks = bits[..., :n32].view(np.uint8).reshape(*lead, n32 // 32, 32, 4)
+    moved = np.ascontiguousarray(blocks.swapaxes(-1, -2)).reshape(*lead, n32 * 4).view("<u4")
+    return np.concatenate([moved, bits[..., n32:]], axis=-1)
 
 
 def random_bits(seed: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -297,181 +283,64 @@ def _place(w, mesh, k_axis, n_axis):
     return jax.tree.map(lambda a, s: jax.device_put(a, NamedSharding(mesh, s)), w, specs)
 
 
-SPLIT_ERROR = (
-    r"a layout='cpu' BCQWeight \(K = {k}, N = {n}\) cannot be split along K or N, but "
-    r"{detail}.*to_layout\(w, 'canonical'\) before sharding it, or keep layout='cpu' weights "
-    r"replicated"
-)
-
-
-def _split_error(k, n, detail=".*"):
-    return SPLIT_ERROR.format(k=k, n=n, detail=detail)
-
-
-@pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])
-@pytest.mark.parametrize("q,rows", [(1, 4), (3, 8)])
-def test_data_parallel_cpu_layout_matches_one_device(axis_type, q, rows):
-    """x's batch split over 4 devices, the cpu-layout weight replicated: the result equals one
-    device's (q = 1, 1 row per device: the LUT path on both; q = 3, 8 rows: the dense path on
-    one device, the LUT path per device), with no collective."""
+@pytest.mark.parametrize("n", [64, 128])
+def test_column_parallel_cpu_layout_matches_one_device(n):
     rng = np.random.default_rng(9)
-    w, w64 = random_weight(rng, 256, 100, q, 64, True)  # N % 32 = 4: blocks and a tail
-    c = w.to_layout("cpu")
-    x = jnp.asarray(rng.normal(size=(rows, 256)), jnp.float32)
-    mesh = jax.make_mesh(
-        (4,), ("x",), devices=jax.devices()[:4], axis_types=(getattr(AxisType, axis_type),)
-    )
-    ws = _place(c, mesh, None, None)
-    xs = jax.device_put(x, NamedSharding(mesh, P("x")))
-    f = jax.jit(lj.lut_gemm, out_shardings=NamedSharding(mesh, P("x")))
-    y = f(xs, ws)
-    one = lj.lut_gemm(x, c)
-    crossover = ops._cpu_crossover("exact", q)
-    if (rows >= crossover) == (rows // 4 >= crossover):  # the same kernel path: the same bits
-        np.testing.assert_array_equal(np.asarray(y), np.asarray(one))
-    assert rel_err(y, np.asarray(one, np.float64)) <= 1e-6
-    assert rel_err(y, reference(x, w64)) <= 1e-5
-    hlo = f.lower(xs, ws).compile().as_text()
-    assert not re.findall(r"= \S+ (all-gather|all-reduce|collective-permute|all-to-all)", hlo)
-    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(lj.lut_gemm(x, w) ** 2)))
-    assert rel_err(grad(xs, ws), np.asarray(grad(x, c), np.float64)) <= 1e-5
-
-
-def test_cpu_layout_with_k_split_activations_gathers_x():
-    """x arrives split along K (as after a column-parallel canonical layer) and the cpu-layout
-    weight is replicated: x is gathered, the weight stays whole (Auto axes: propagation)."""
-    rng = np.random.default_rng(10)
-    w, w64 = random_weight(rng, 256, 96, 3, 64, True)
+    w, w64 = random_weight(rng, 256, n, 3, 64)
     x = jnp.asarray(rng.normal(size=(4, 256)), jnp.float32)
-    mesh = jax.make_mesh((4,), ("x",), devices=jax.devices()[:4], axis_types=(AxisType.Auto,))
-    xs = jax.device_put(x, NamedSharding(mesh, P(None, "x")))
-
-    @jax.jit
-    def f(x, w):  # alpha computed in the program: its sharding is propagated, not given
-        w = dataclasses.replace(w, alpha=w.alpha * 1.0)
-        return jax.lax.with_sharding_constraint(lj.lut_gemm(x, w), NamedSharding(mesh, P()))
-
-    assert rel_err(f(xs, _place(w.to_layout("cpu"), mesh, None, None)), reference(x, w64)) <= 1e-5
+    mesh = _mesh(2)
+    ws = _place(w.to_layout("cpu"), mesh, None, "x")
+    f = jax.jit(lj.lut_gemm, out_shardings=NamedSharding(mesh, P(None, "x")))
+    y = f(jax.device_put(x, NamedSharding(mesh, P())), ws)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(lj.lut_gemm(x, w.to_layout("cpu"))))
+    assert rel_err(y, reference(x, w64)) <= 1e-5
 
 
-def _sharding_rule(text: str) -> tuple[list[set[str]], set[str], set[str]]:
-    """(factors of each operand, of the result, that need replication) of the Shardy rule of
-    the one custom-partitioned call in lowered StableHLO ``text``."""
-    rule = re.search(r"op_sharding_rule<\((.*?)\)->\((.*?)\) \{[^}]*\}([^>]*)>", text)
-    operands = [set(re.findall(r"\w", dims)) for dims in re.findall(r"\[(.*?)\]", rule.group(1))]
-    replicated = re.search(r"need_replication=\{(.*?)\}", rule.group(3))
-    return (
-        operands,
-        set(re.findall(r"\w", rule.group(2))),
-        set(re.findall(r"\w", replicated.group(1))) if replicated else set(),
-    )
-
-
-def test_sharding_rule_gives_cpu_bits_their_own_replicated_factors():
-    """So that no sharding of x, alpha or offset is ever propagated into opaque bits."""
-    w, _ = random_weight(np.random.default_rng(11), 256, 96, 3, 64, True)
+def test_row_parallel_cpu_layout_any_n():
+    """K splits do not cut column blocks: N = 100 (N % 32 = 4), K over 4 devices."""
+    rng = np.random.default_rng(10)
+    w, w64 = random_weight(rng, 256, 100, 3, 64)
+    x = jnp.asarray(rng.normal(size=(4, 256)), jnp.float32)
     mesh = _mesh(4)
-    xs = jax.device_put(jnp.ones((8, 256)), NamedSharding(mesh, P("x")))
-    for layout in LAYOUTS:
-        ws = _place(w.to_layout(layout), mesh, None, None)
-        operands, result, replicated = _sharding_rule(jax.jit(lj.lut_gemm).lower(xs, ws).as_text())
-        bits = operands[1]  # [Kp/32, q, N]
-        others = set().union(operands[0], *operands[2:], result)
-        if layout == "cpu":
-            assert bits <= replicated and not bits & others
-        else:  # K (groups) and N shared with x, alpha, offset and the result
-            assert len(bits & others) == 3 and not bits & replicated
-
-
-@pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])
-@pytest.mark.parametrize(
-    "k_axis,n_axis,arrays",
-    [
-        (None, "x", ("bits", "alpha", "offset")),
-        ("x", None, ("bits", "alpha", "offset")),
-        (None, "x", ("bits",)),
-        (None, "x", ("alpha",)),
-        ("x", None, ("offset",)),
-    ],
-)
-def test_k_or_n_split_of_a_cpu_layout_weight_raises(axis_type, k_axis, n_axis, arrays):
-    """Any K or N split (N = 128: whole 32-column blocks per shard, once allowed) is refused,
-    naming the layout, the mesh axes, the shard shape and the fix; the canonical weight splits."""
-    w, _ = random_weight(np.random.default_rng(12), 256, 128, 2, 64, True)
-    mesh = jax.make_mesh(
-        (2,), ("x",), devices=jax.devices()[:2], axis_types=(getattr(AxisType, axis_type),)
+    ws = _place(w.to_layout("cpu"), mesh, "x", None)
+    f = jax.jit(lj.lut_gemm, out_shardings=NamedSharding(mesh, P()))
+    assert (
+        rel_err(f(jax.device_put(x, NamedSharding(mesh, P(None, "x"))), ws), reference(x, w64))
+        <= 1e-5
     )
+
+
+@pytest.mark.parametrize("n,devices", [(96, 2), (64, 4), (100, 2)])
+def test_column_split_cutting_blocks_raises(n, devices):
+    w, _ = random_weight(np.random.default_rng(11), 128, n, 2, 64)
+    mesh = _mesh(devices)
+    ws = _place(w.to_layout("cpu"), mesh, None, "x")
+    with pytest.raises(Exception, match=rf"layout='cpu' weight with N = {n} .*size {devices}"):
+        jax.jit(lj.lut_gemm)(jnp.ones((2, 128)), ws)
+    # the same split of the canonical weight is fine
+    jax.jit(lj.lut_gemm)(jnp.ones((2, 128)), _place(w, mesh, None, "x")).block_until_ready()
+
+
+@pytest.mark.parametrize("n,ok", [(128, True), (96, False)])
+def test_shard_map_local_views(n, ok):
+    rng = np.random.default_rng(12)
+    w, w64 = random_weight(rng, 128, n, 2, 64)
     c = w.to_layout("cpu")
-    split = _place(c, mesh, k_axis, n_axis)
-    ws = dataclasses.replace(
-        _place(c, mesh, None, None), **{name: getattr(split, name) for name in arrays}
+    x = jnp.asarray(rng.normal(size=(2, 128)), jnp.float32)
+    mesh = _mesh(2)
+    specs = fmt.BCQWeight(
+        P(None, None, "x"), P(None, None, "x"), P(None, "x"), 128, n, 2, 64, "cpu"
     )
-    shard = re.escape("[128, 128]" if k_axis else "[256, 64]")
-    axes = rf"mesh axes {k_axis!r} \(K\) and {n_axis!r} \(N\) would give shards of {shard}"
-    x = jnp.ones((2, 256))
-    xs = jax.device_put(x, NamedSharding(mesh, P(None, k_axis)))
-    if axis_type == "Explicit":  # the shardings are in the types: refused while tracing
-        with pytest.raises(ValueError, match="^lut_gemm: " + _split_error(256, 128, axes)):
-            jax.jit(lj.lut_gemm)(xs, ws)
-    else:  # known only to XLA's partitioner: it fails with the same message
-        with pytest.raises(Exception, match="lut_gemm: " + _split_error(256, 128, axes)):
-            jax.jit(lj.lut_gemm)(xs, ws)
-    with pytest.raises(ValueError, match="^lut_gemm: " + _split_error(256, 128, axes)):
-        lj.lut_gemm(x, ws)  # placed arrays: refused before tracing
-    canonical = _place(w, mesh, k_axis, n_axis)
-    jax.jit(lj.lut_gemm)(xs, canonical).block_until_ready()
 
-
-@pytest.mark.parametrize("split", [False, True])
-def test_shard_map_takes_cpu_layout_weights_whole(split):
-    rng = np.random.default_rng(13)
-    w, w64 = random_weight(rng, 128, 96, 2, 64)
-    c = w.to_layout("cpu")
-    x = jnp.asarray(rng.normal(size=(4, 128)), jnp.float32)
-    # Auto axes: with Explicit ones, shard_map refuses to pcast the invariant weights to x's
-    # varying axes (a JAX limitation, canonical weights alike).
-    mesh = jax.make_mesh((2,), ("x",), devices=jax.devices()[:2], axis_types=(AxisType.Auto,))
-    n_axis = "x" if split else None
-    spec = P(None, None, n_axis)
-    specs = fmt.BCQWeight(spec, spec, P(None, n_axis), 128, 96, 2, 64, "cpu")
-
-    @partial(jax.shard_map, mesh=mesh, in_specs=(P("x"), specs), out_specs=P("x", n_axis))
+    @partial(jax.shard_map, mesh=mesh, in_specs=(P(), specs), out_specs=P(None, "x"))
     def local(x, w):
         return lj.lut_gemm(x, w)
 
-    xs = jax.device_put(x, NamedSharding(mesh, P("x")))
-    if not split:  # data parallel: each device has its rows and the whole weight
-        assert rel_err(jax.jit(local)(xs, _place(c, mesh, None, None)), reference(x, w64)) <= 1e-5
-        return
-    got = re.escape(
-        "it got shards bits (4, 2, 48) of (4, 2, 96), alpha (2, 2, 48) of (2, 2, 96), "
-        "offset (2, 48) of (2, 96) (in jax.shard_map, pass it with the spec P())"
-    )
-    with pytest.raises(ValueError, match="^lut_gemm: " + _split_error(128, 96, got)):
-        jax.jit(local)(xs, _place(c, mesh, None, "x"))
-
-
-def test_placement_helpers_refuse_splitting_cpu_layout_weights():
-    """to_layout of a split weight, and shard_like of a cpu-layout weight, name themselves and
-    the mesh axes; replicated weights convert and place (keeping their placement)."""
-    w, _ = random_weight(np.random.default_rng(14), 128, 64, 2, 32, True)
-    mesh = _mesh(2)
-    with pytest.raises(ValueError, match=r"^to_layout: " + _split_error(128, 64, ".*'x' \\(N\\)")):
-        _place(w, mesh, None, "x").to_layout("cpu")
-    tree = {"layer": {"kernel": _place(w, mesh, "x", None)}}
-    with pytest.raises(ValueError, match=r"^to_layout: \['layer'\]\['kernel'\]: .*'x' \(K\)"):
-        lj.to_layout(tree, "cpu")
-    replicated = lj.to_layout(_place(w, mesh, None, None), "cpu")
-    np.testing.assert_array_equal(np.asarray(replicated.bits), cpu_layout_np(np.asarray(w.bits)))
-    c = w.to_layout("cpu")
-    with pytest.raises(ValueError, match=r"^shard_like: " + _split_error(128, 64)):
-        lj.sharding.shard_like(c, NamedSharding(mesh, P(None, "x")))
-    placed = lj.sharding.shard_like(c, NamedSharding(mesh, P()))
-    assert placed.layout == "cpu" and placed.bits.sharding.is_fully_replicated
-    assert len(placed.bits.sharding.device_set) == 2
-    # Splitting it back to canonical is fine: a canonical weight may be split.
-    back = lj.sharding.shard_like(placed.to_layout("canonical"), NamedSharding(mesh, P(None, "x")))
-    np.testing.assert_array_equal(np.asarray(back.bits), np.asarray(w.bits))
+    if ok:
+        assert rel_err(jax.jit(local)(x, _place(c, mesh, None, "x")), reference(x, w64)) <= 1e-5
+    else:
+        with pytest.raises(ValueError, match=rf"layout='cpu' weight with N = {n} .*2 shards"):
+            jax.jit(local)(x, _place(c, mesh, None, "x"))
 
 
 # ---- CUDA lowering: the handlers receive canonical bits, and no layout attribute -----------

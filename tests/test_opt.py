@@ -360,28 +360,6 @@ def test_cli_layout_choice():
         cli.parse_args(["--layout", "gpu"])
 
 
-def test_cli_layout_with_a_mesh(capsys):
-    """cpu-layout weights cannot be split: auto picks canonical for a mesh of several devices,
-    and an explicit --layout cpu with a tp axis is an argparse error naming the fix."""
-    cli = _cli_module()
-    for mesh in ("tp=4", "dp=2", "dp=2,tp=2"):
-        assert cli.resolve_layout(cli.parse_args(["--mesh", mesh])) == "canonical"
-    one = "cpu" if jax.default_backend() == "cpu" else "canonical"
-    assert cli.resolve_layout(cli.parse_args(["--mesh", "tp=1"])) == one
-    for mesh in ("dp=2", "dp=2,tp=1"):  # data parallel: the weights are replicated
-        assert cli.resolve_layout(cli.parse_args(["--layout", "cpu", "--mesh", mesh])) == "cpu"
-    for argv in (["--layout", "cpu", "--mesh", "tp=4"], ["--mesh", "dp=2,tp=2", "--layout", "cpu"]):
-        with pytest.raises(SystemExit) as exit_info:
-            cli.parse_args(argv)
-        assert exit_info.value.code == 2
-        err = capsys.readouterr().err
-        assert "error: --layout cpu cannot be used with --mesh" in err
-        assert "use --layout canonical (or auto), or a dp-only mesh" in err
-    with pytest.raises(SystemExit):
-        cli.parse_args(["--mesh", "tp4"])
-    assert "error: --mesh: bad mesh spec 'tp4'" in capsys.readouterr().err
-
-
 def test_cli_compare_logits():
     """The demo's teacher-forced statistics count live (non-pad) positions only."""
     cli = _cli_module()

@@ -42,15 +42,18 @@ def _generate_compiled(model, params, ids, mask):
     return np.asarray(compiled(*args).tokens), compiled.as_text()
 
 
-@pytest.mark.parametrize("spec", ["tp=4", "dp=2,tp=2"])
-def test_sharded_generation_matches_one_device(quantized, spec):
+@pytest.mark.parametrize(
+    ("spec", "layout"), [("tp=4", "canonical"), ("dp=2,tp=2", "canonical"), ("tp=4", "cpu")]
+)
+def test_sharded_generation_matches_one_device(quantized, spec, layout):
     qparams, want = quantized
+    qparams = to_layout(qparams, layout)
     model = opt.OPT(CONFIG)
     mesh = tp.make_mesh(spec)
     sharded = tp.shard_params(qparams, mesh)
     fc1 = sharded["layers_0"]["fc1"]["kernel"]
     fc2 = sharded["layers_0"]["fc2"]["kernel"]
-    assert fc1.layout == fc2.layout == "canonical"
+    assert fc1.layout == fc2.layout == layout
     assert fc1.bits.sharding.spec == jax.sharding.PartitionSpec(None, None, "tp")
     assert fc2.alpha.sharding.spec == jax.sharding.PartitionSpec("tp", None, None)
     ids, mask = tp.shard_batch(mesh, *_batch())
@@ -70,32 +73,6 @@ def test_sharded_generation_matches_one_device(quantized, spec):
     layer_norms = 4 * CONFIG.hidden_size * 4 * CONFIG.num_hidden_layers * (tp_size - 1)
     expected = rest + (linear + biases_replicated + layer_norms) // tp_size
     assert tp.device_bytes(sharded) == expected
-
-
-def test_cpu_layout_is_refused_by_tensor_parallel_and_runs_data_parallel(quantized):
-    """cpu-layout weights are opaque: shard_params refuses to split them over tp, naming the
-    layer, the mesh axes and the fix; over dp they are replicated and generate the same tokens
-    as one device, with no collective."""
-    qparams, want = quantized
-    cpu = to_layout(qparams, "cpu")
-    with pytest.raises(
-        ValueError,
-        match=r"^shard_params: layers_0/fc1/kernel: a layout='cpu' BCQWeight "
-        r"\(K = 256, N = 512\) cannot be split along K or N, but mesh axes None \(K\) and "
-        r"'tp' \(N\) would give shards of \[256, 128\].*to_layout\(w, 'canonical'\)",
-    ):
-        tp.shard_params(cpu, tp.make_mesh("tp=4"))
-    with pytest.raises(ValueError, match=r"^shard_params: layers_0/fc2/kernel: .*'tp' \(K\)"):
-        tp.shard_params({"layers_0": {"fc2": cpu["layers_0"]["fc2"]}}, tp.make_mesh("tp=2"))
-    mesh = tp.make_mesh("dp=2")
-    sharded = tp.shard_params(cpu, mesh)
-    fc1 = sharded["layers_0"]["fc1"]["kernel"]
-    assert fc1.layout == "cpu" and fc1.bits.sharding.is_fully_replicated
-    ids, mask = tp.shard_batch(mesh, *_batch())
-    with jax.set_mesh(mesh):
-        got, hlo = _generate_compiled(opt.OPT(CONFIG), sharded, ids, mask)
-    np.testing.assert_array_equal(got, want)
-    assert not re.findall(r"= \S+ (all-gather|all-reduce)(-start)?\(", hlo)
 
 
 def test_row_parallel_rejects_split_groups_naming_the_layer():
@@ -126,5 +103,4 @@ def test_cli_mesh(tmp_path, capsys, quantized):
               "--mesh", "tp=4", "--max-new-tokens", "2", "--no-compare"])  # fmt: skip
     out = capsys.readouterr().out
     assert "mesh {'tp': 4}" in out and "weights per device" in out
-    assert ", layout canonical, in" in out  # --layout auto: tensor parallel needs canonical
     assert "same tokens as one device: yes" in out

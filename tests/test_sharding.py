@@ -1,6 +1,5 @@
 """lut_gemm on several devices: column-, row- and data-parallel layouts under jit, and
-shard_map, against the single-device float64 reference (8 host CPU devices, see conftest.py);
-weights in the "cpu" sign-word layout run data-parallel only."""
+shard_map, against the single-device float64 reference (8 host CPU devices, see conftest.py)."""
 
 import re
 from functools import partial
@@ -25,7 +24,7 @@ def _weight_sharding(mesh, k_axis, n_axis, w):
     return jax.tree.map(
         lambda a, name: jax.device_put(a, NamedSharding(mesh, spec[name])),
         w,
-        lj.BCQWeight("bits", "alpha", "offset", K, N, Q, G, w.layout),
+        lj.BCQWeight("bits", "alpha", "offset", K, N, Q, G),
     )
 
 
@@ -37,10 +36,9 @@ LAYOUTS = {
 }
 
 
-def _setup(devices, layout, seed=0, sign_layout="canonical"):
+def _setup(devices, layout, seed=0):
     rng = np.random.default_rng(seed)
     w, w64 = random_weight(rng, K, N, Q, G, True)
-    w = w.to_layout(sign_layout)
     x = jnp.asarray(rng.normal(size=(8, K)), jnp.float32)
     mesh = jax.make_mesh((devices,), ("x",), devices=jax.devices()[:devices])
     x_spec, k_axis, n_axis, out_spec = LAYOUTS[layout]
@@ -66,23 +64,6 @@ def test_sharded_matches_single_device(devices, layout):
     if layout == "row":
         expected["all-reduce"] = 1  # the one psum of the partial products
     assert found == expected, found
-
-
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_cpu_sign_layout_runs_data_parallel_only(layout):
-    """A "cpu"-layout weight (opaque bits) is never split: data parallel matches one device with
-    no collective; column- and row-parallel placements are refused, naming the mesh axes."""
-    mesh, x, w, w64, xs, ws, out_sharding = _setup(4, layout, seed=9, sign_layout="cpu")
-    f = jax.jit(lj.lut_gemm, out_shardings=out_sharding)
-    if layout != "data":
-        axes = "None (K) and 'x' (N)" if layout == "column" else "'x' (K) and None (N)"
-        with pytest.raises(ValueError, match=rf"layout='cpu' .*mesh axes {re.escape(axes)}"):
-            f(xs, ws)
-        return
-    y = f(xs, ws)
-    assert rel_err(y, reference(x, w64)) <= 1e-5
-    assert y.sharding.is_equivalent_to(out_sharding, 2)
-    assert _collectives(f.lower(xs, ws).compile().as_text()) == {c: 0 for c in COLLECTIVES}
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

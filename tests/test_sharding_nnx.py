@@ -5,8 +5,6 @@
 ``with_sharding_constraint`` + ``nnx.update`` recipe and ``nnx.eval_shape``; the converters carry
 an ``nnx.Linear``'s names over. Uses the 8 host CPU devices of conftest.py."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -191,42 +189,6 @@ def test_eager_sharding_under_set_mesh(layout):
         assert _spec(model.lora_a.get_value()) == (k, None)
         assert _spec(model.lora_b.get_value()) == (None, n)
     _assert_same_output_as_unsharded(model, _x(), mesh)
-
-
-@pytest.mark.parametrize("layout", ["column", "row"])
-def test_cpu_layout_kernels_are_not_split(layout):
-    """A "cpu"-layout kernel is opaque: eager sharding that would split it along K or N raises,
-    naming the layout, the mesh axes and the fix; placed that way by the nnx recipe, lut_gemm
-    refuses it; with replicated names (data parallel) it places and runs."""
-    names = LAYOUTS[layout]
-    axes = "None (K) and 'model' (N)" if layout == "column" else "'model' (K) and None (N)"
-    error = rf"a layout='cpu' BCQWeight .*mesh axes {re.escape(axes)}.*to_layout\(w, 'canonical'\)"
-    mesh = jax.make_mesh((4,), ("model",), devices=jax.devices()[:4])
-    with jax.set_mesh(mesh):
-        with pytest.raises(ValueError, match=r"^QuantizedWeight \(eager sharding\): " + error):
-            _layer(names, layout="cpu")
-        replicated = _layer((None, None), seed=3, layout="cpu")
-    packed = replicated.kernel.get_value()
-    assert packed.layout == "cpu" and packed.bits.sharding.is_fully_replicated
-    assert len(packed.bits.sharding.device_set) == 4
-    want = _assert_same_output_as_unsharded(replicated, _x(8), mesh)
-    with jax.set_mesh(mesh):  # data parallel: x's batch split, the kernel replicated
-        y = nnx.jit(lambda m, x: m(x))(replicated, jax.device_put(_x(8), P("model")))
-    assert _spec(y) == ("model", None)
-    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6 * float(jnp.abs(want).max()))
-
-    @nnx.jit
-    def create():
-        with nnx.use_eager_sharding(False):
-            m = _layer(names, seed=1, layout="cpu")
-        state = nnx.state(m)
-        nnx.update(m, jax.lax.with_sharding_constraint(state, nnx.get_partition_spec(state)))
-        return m
-
-    with jax.set_mesh(_mesh(4)):
-        split = create()
-    with pytest.raises(ValueError, match="^lut_gemm: " + error):
-        split(_x())
 
 
 def test_row_parallel_splitting_a_group_raises():

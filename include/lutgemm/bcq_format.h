@@ -47,6 +47,25 @@ struct BcqShape {
   LUTGEMM_HD int64_t words_per_group() const { return group_size / kWordBits; }
 };
 
+// Layouts of the sign words in `bits` (the FFI attribute `layout`; lutgemm_jax.format.LAYOUTS):
+//   kCanonical  as described above (what every quantizer produces; the CUDA kernel's input).
+//   kCpu        same array shape. In every (word, plane) row of N words, the first
+//               N32 = N - N % 32 columns form blocks of 32 columns whose 128 bytes are stored
+//               byte-major: byte j of column c of a block sits at byte 32*j + c of the block
+//               (canonical: 4*c + j). The last N % 32 columns stay canonical.
+// The CPU's AVX2 kernel reads byte j of 32 columns with one 32-byte load in the kCpu layout,
+// where the canonical one needs an in-register 4 x 32 byte transpose per word (~15% of its
+// time). The layout is produced once per weight (lutgemm_jax.to_layout), never per call.
+enum class Layout : int64_t { kCanonical = 0, kCpu = 1 };
+constexpr int kLayoutBlock = 32;  // columns per byte-major block of the kCpu layout
+
+// Offset in bytes, from the start of a (word, plane) row, of byte j of column `col`'s word.
+LUTGEMM_HD int64_t SignByteOffset(Layout layout, int64_t n, int64_t col, int j) {
+  if (layout == Layout::kCpu && col < n - n % kLayoutBlock)
+    return (col - col % kLayoutBlock) * kBytesPerWord + j * kLayoutBlock + col % kLayoutBlock;
+  return col * kBytesPerWord + j;
+}
+
 // Flat indices into the three arrays.
 LUTGEMM_HD int64_t BitsIndex(const BcqShape& s, int64_t word, int64_t plane, int64_t col) {
   return (word * s.q + plane) * s.n + col;
@@ -56,35 +75,6 @@ LUTGEMM_HD int64_t AlphaIndex(const BcqShape& s, int64_t group, int64_t plane, i
 }
 LUTGEMM_HD int64_t OffsetIndex(const BcqShape& s, int64_t group, int64_t col) {
   return group * s.n + col;
-}
-
-// Layouts of the sign words in `bits` (the FFI attribute `layout`; lutgemm_jax.format.LAYOUTS):
-//   kCanonical  as described above (what every quantizer produces; the CUDA kernel's input).
-//   kCpu        the same words re-ordered for the CPU kernel (produced once per weight by
-//               lutgemm_jax.to_layout, never per call). With N32 = N - N % 32 columns in blocks
-//               of 32, memory holds first, for every block b, word kw and plane i (in that
-//               order), the block's 128 bytes byte-major: byte j of column 32*b + c at byte
-//               32*j + c (canonical: 4*c + j); then the words of the last N % 32 columns in
-//               canonical order [Kp/32][q][N % 32].
-// The AVX2 kernel thus reads byte j of 32 columns with one load (canonical words need an
-// in-register 4 x 32 byte transpose), and each 32-column block's sign words for all of K as one
-// sequential stream (canonical: q * S/32 interleaved rows per scale block), which is what bounds
-// batch 1 on weights streamed from DRAM. The array keeps its shape [Kp/32, q, N], but its axes
-// no longer index (word, plane, column): a kCpu weight is opaque and cannot be sliced or sharded.
-enum class Layout : int64_t { kCanonical = 0, kCpu = 1 };
-constexpr int kLayoutBlock = 32;  // columns per byte-major block of the kCpu layout
-
-// Byte index into `bits` of byte j (little-endian) of the sign word (word kw, plane i, column col).
-LUTGEMM_HD int64_t SignByteIndex(const BcqShape& s, Layout layout, int64_t kw, int64_t i,
-                                 int64_t col, int j) {
-  if (layout == Layout::kCanonical) return BitsIndex(s, kw, i, col) * kBytesPerWord + j;
-  const int64_t n32 = s.n - s.n % kLayoutBlock, words = s.num_words();
-  if (col < n32) {
-    const int64_t block = ((col / kLayoutBlock) * words + kw) * s.q + i;
-    return block * kLayoutBlock * kBytesPerWord + j * kLayoutBlock + col % kLayoutBlock;
-  }
-  const int64_t tail = s.n - n32;
-  return (words * s.q * n32 + (kw * s.q + i) * tail + (col - n32)) * kBytesPerWord + j;
 }
 
 // Attributes come from the caller (an FFI call can carry any int64): K and g are bounded so that

@@ -702,9 +702,8 @@ def quantize_model(
     With ``quantize_lm_head`` the tied lm_head is untied (`untie_lm_head`) and quantized too;
     the token embedding stays in float (it is a lookup). ``layout`` is the sign-word layout of
     the packed kernels (`lutgemm_jax.format.LAYOUTS`): ``"cpu"`` for a model that will run on
-    CPU (faster kernel, bitwise the same results; one device or data parallel, since such
-    weights cannot be split), ``"canonical"`` (default) for GPU, portable artifacts and
-    tensor parallelism; `lutgemm_jax.to_layout` converts later. Extra keywords go to
+    CPU (faster kernel, bitwise the same results), ``"canonical"`` (default) for GPU
+    and portable artifacts; `lutgemm_jax.to_layout` converts later. Extra keywords go to
     `lutgemm_jax.quantize` (``rounds``, ``fit_offset``, ``alpha_dtype``, ...).
     """
     from lutgemm_jax.linen import quantize_params

@@ -12,9 +12,7 @@ SPMD machinery: params are placed with `NamedSharding`s and the jitted `opt.gene
 Quantized kernels (`BCQWeight`) are placed with `lutgemm_jax.sharding.packed_specs`, so the
 packed sign bits, scales and offsets are split exactly like the dense kernel they replace and
 `lut_gemm`'s partitioning rule never gathers them. Row-parallel needs the number of
-quantization groups along K to be divisible by the ``tp`` size. Tensor parallelism needs the
-``"canonical"`` sign-word layout: a ``"cpu"``-layout weight is opaque and cannot be split, so
-`shard_params` refuses it over a ``tp`` axis (data parallelism keeps it replicated and works).
+quantization groups along K to be divisible by the ``tp`` size.
 
 Nothing here assumes one process: on several hosts call ``jax.distributed.initialize()`` first,
 then build the mesh over ``jax.devices()`` (`make_mesh` does).
@@ -33,7 +31,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lutgemm_jax.format import BCQWeight
-from lutgemm_jax.sharding import check_layout_placement, packed_specs
+from lutgemm_jax.sharding import packed_specs
 
 COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "fc1")
 ROW_PARALLEL = ("out_proj", "fc2")
@@ -113,14 +111,9 @@ def shard_params(params, mesh: jax.sharding.Mesh, *, tp_axis: str | None = "tp")
     (`lutgemm_jax.sharding.packed_specs`). With ``tp_axis`` None or absent from the mesh, all
     params are replicated (pure data parallelism).
 
-    A ``"cpu"``-layout `BCQWeight` (`lutgemm_jax.format.LAYOUTS`) is opaque and cannot be
-    split: convert the params with ``to_layout(params, "canonical")`` before sharding them over
-    a ``tp`` axis of size > 1, or use a mesh without one (data parallel, weights replicated).
-
     Raises:
       ValueError: a sharded dimension does not split evenly over the ``tp`` axis (for a
-        quantized row-parallel layer: the number of groups along K), or a ``"cpu"``-layout
-        weight would be split; naming the layer.
+        quantized row-parallel layer: the number of groups along K), naming the layer.
     """
     if tp_axis is not None and tp_axis not in mesh.shape:
         tp_axis = None
@@ -146,9 +139,7 @@ def shard_params(params, mesh: jax.sharding.Mesh, *, tp_axis: str | None = "tp")
             if spec == P():
                 return jax.tree.map(lambda a: jax.device_put(a, replicated), x)
             specs = packed_specs(spec, x.has_offset)
-            shardings = {k: NamedSharding(mesh, s) for k, s in specs.items()}
-            check_layout_placement(x, shardings, f"shard_params: {name}")
-            placed = {k: jax.device_put(getattr(x, k), s) for k, s in shardings.items()}
+            placed = {k: put(getattr(x, k), s) for k, s in specs.items()}
             return dataclasses.replace(x, **placed)  # keeps the metadata (K, N, q, g, layout)
         return put(x, spec)
 
