@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -601,75 +602,103 @@ void RunColumns(const Prep& p, const Kernels& kr, const Operands& op, int64_t c_
 }
 
 // ---- dense path (large batches): dequantized tiles + FMA micro-kernel --------------------------
+//
+// BLIS-style blocking with the weight dequantized on the fly. x is packed once per call (PackX).
+// Each task owns a range of output columns and, per tile of kNB columns x kKB rows of K:
+//   dequantize the tile into kNB / kNR packed micro-panels (64 KiB, L2), then
+//   for each micro-panel (kKB x 16 floats, kept in L1):
+//     for each block of kMR = 6 rows of x (its packed kKB x 6 panel streams from L2):
+//       6 x 16 register-blocked FMA micro-kernel, accumulating into the task's [m, kNB] buffer.
+// Every weight element is dequantized once per call and reused by all m rows, so at m >= 64 the
+// dequantization is a few percent of the FMAs. Columns never straddle tasks, and each output's
+// sum runs over k in the same order whatever the split (deterministic for any thread count).
 
+constexpr int kNR = 16;   // columns per micro-panel (two AVX2 vectors of accumulators)
+constexpr int kMR = 6;    // rows of x per micro-kernel call (6 x 2 accumulators + 3 = 15 ymm)
 constexpr int kNB = 64;   // columns per dequantized tile
-constexpr int kKB = 128;  // rows of K per tile (tile = 32 KiB of float32)
-constexpr int kMR = 6;    // rows of x per micro-kernel call
+constexpr int kKB = 256;  // rows of K per tile (tile = 64 KiB of float32, one micro-panel 16 KiB)
 
-// W_hat[k0 .. k0+kc, c0 .. c0+nc] into wt[kKB][kNB]; columns >= nc are zero.
+// A dequantized tile is stored as kNB / kNR micro-panels, each [kKB][kNR] contiguous, so that the
+// micro-kernel walks one panel sequentially and the panel (16 KiB) maps onto every L1 set evenly
+// (a row stride of kNB floats would crowd it into a quarter of the sets, where x evicts it).
+inline int64_t TileIndex(int64_t kk, int64_t c) {
+  return (c / kNR) * (kKB * kNR) + kk * kNR + c % kNR;
+}
+
+// W_hat[k0 .. k0+kc, c0 .. c0+nc] into the micro-panels of wt; columns >= nc are zero.
 template <DType AT>
 inline void DequantTile(const Prep& p, int64_t k0, int64_t kc, int64_t c0, int64_t nc, float* wt) {
   const int64_t n = p.s.n, q = p.s.q;
   for (int64_t kk = 0; kk < kc; ++kk) {
     const int64_t k = k0 + kk, grp = k / p.g, kw = k / kWordBits, t = k % kWordBits;
-    float* d = wt + kk * kNB;
-    for (int64_t c = 0; c < nc; ++c) d[c] = p.offset ? ToF32(p.offset, AT, grp * n + c0 + c) : 0.f;
-    for (int64_t c = nc; c < kNB; ++c) d[c] = 0.f;
-    for (int64_t i = 0; i < q; ++i) {
-      const int64_t ai = (grp * q + i) * n + c0;
-      for (int64_t c = 0; c < nc; ++c) {
-        const uint32_t word = LoadWord(p, kw, i, c0 + c);
-        d[c] += ToF32(p.alpha, AT, ai + c) *
-                static_cast<float>(static_cast<int>((word >> t) & 1u) * 2 - 1);
+    for (int64_t c = 0; c < kNB; ++c) {
+      float v = 0.f;
+      if (c < nc) {
+        if (p.offset) v = ToF32(p.offset, AT, grp * n + c0 + c);
+        for (int64_t i = 0; i < q; ++i) {
+          const uint32_t word = LoadWord(p, kw, i, c0 + c);
+          v += ToF32(p.alpha, AT, (grp * q + i) * n + c0 + c) *
+               static_cast<float>(static_cast<int>((word >> t) & 1u) * 2 - 1);
+        }
       }
+      wt[TileIndex(kk, c)] = v;
     }
   }
 }
 
-// The micro-kernels read x from a packed panel xp[k][kMR] (the kMR rows of a row block
-// interleaved per k, zero rows past m), so the broadcasts walk one contiguous stream instead of
-// kMR rows K floats apart (which alias in L1 when K is a multiple of 1024).
+// x is packed once per call into panels of kKB x kMR floats (the kMR rows of a row block
+// interleaved per k, zero rows past m), ordered [K tile][row block][kk][kMR]: the broadcasts walk
+// one contiguous stream instead of kMR rows K floats apart (which alias in L1 when K is a multiple
+// of 1024), and the row blocks of one K tile follow each other in memory, as the micro-kernel
+// calls do.
+inline int64_t PanelIndex(int64_t blocks, int64_t i, int64_t row) {
+  return ((i / kKB * blocks + row / kMR) * kKB + i % kKB) * kMR + row % kMR;
+}
+
 template <int MR>
 void MicroPortable(const float* xp, const float* wt, int64_t kc, float* c, int64_t ldc) {
   #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
     for (int64_t k = 0; k < kc; ++k) {
       const float xv = xp[k * kMR + r];
-      for (int j = 0; j < 16; ++j) c[r * ldc + j] += xv * wt[k * kNB + j];
+      for (int j = 0; j < kNR; ++j) c[r * ldc + j] += xv * wt[k * kNR + j];
     }
 }
 
 // Per 8 columns and sign word (32 rows of K; g is a multiple of 32, so one group per word): the
-// q words, alpha and -alpha are loaded once, then each row picks +-alpha per plane with blendv on
-// the word shifted so that the row's bit is the sign bit (rows in descending order, one shift per
-// row and plane). Same summation order as DequantTile, so W_hat is bitwise equal.
-template <DType AT>
+// Q words, alpha and -alpha are loaded once into registers (Q is a template parameter so that
+// they stay there), then each row picks +-alpha per plane with blendv on the word shifted so that
+// the row's bit is the sign bit (rows in descending order, one shift per row and plane). Same
+// summation order as DequantTile, so W_hat is bitwise equal.
+template <DType AT, int Q>
 LUTGEMM_AVX2 void DequantTileAvx2(const Prep& p, int64_t k0, int64_t kc, int64_t c0, int64_t nc,
                                   float* wt) {
   if (nc < kNB) return DequantTile<AT>(p, k0, kc, c0, nc, wt);
-  const int64_t n = p.s.n, q = p.s.q;
+  const int64_t n = p.s.n;
   const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u)));
-  __m256i w[kMaxBits];
-  __m256 pos[kMaxBits], neg[kMaxBits];
+  __m256i w[Q];
+  __m256 pos[Q], neg[Q];
   for (int c = 0; c < kNB; c += 8) {
     for (int64_t kk0 = 0; kk0 < kc; kk0 += kWordBits) {
       const int64_t kw = (k0 + kk0) / kWordBits, grp = (k0 + kk0) / p.g;
       const int rows = static_cast<int>(std::min<int64_t>(kWordBits, kc - kk0));
-      for (int64_t i = 0; i < q; ++i) {
+      #pragma GCC unroll 8
+      for (int i = 0; i < Q; ++i) {
         const __m256i b = LoadWords8(p, kw, i, c0 + c);
         w[i] = _mm256_sll_epi32(b, _mm_cvtsi32_si128(kWordBits - rows));  // bit rows-1 on top
-        pos[i] = LoadAlpha8<AT>(p.alpha, (grp * q + i) * n + c0 + c);
+        pos[i] = LoadAlpha8<AT>(p.alpha, (grp * Q + i) * n + c0 + c);
         neg[i] = _mm256_xor_ps(pos[i], sign);
       }
       const __m256 base =
           p.offset ? LoadAlpha8<AT>(p.offset, grp * n + c0 + c) : _mm256_setzero_ps();
       for (int t = rows - 1; t >= 0; --t) {
         __m256 acc = base;
-        for (int64_t i = 0; i < q; ++i) {
+        #pragma GCC unroll 8
+        for (int i = 0; i < Q; ++i) {
           acc = _mm256_add_ps(acc, _mm256_blendv_ps(neg[i], pos[i], _mm256_castsi256_ps(w[i])));
           w[i] = _mm256_slli_epi32(w[i], 1);
         }
-        _mm256_storeu_ps(wt + (kk0 + t) * kNB + c, acc);
+        _mm256_storeu_ps(wt + TileIndex(kk0 + t, c), acc);
       }
     }
   }
@@ -684,7 +713,7 @@ LUTGEMM_AVX2 void MicroAvx2(const float* xp, const float* wt, int64_t kc, float*
     acc[r][1] = _mm256_loadu_ps(c + r * ldc + 8);
   }
   for (int64_t k = 0; k < kc; ++k) {
-    const __m256 w0 = _mm256_loadu_ps(wt + k * kNB), w1 = _mm256_loadu_ps(wt + k * kNB + 8);
+    const __m256 w0 = _mm256_loadu_ps(wt + k * kNR), w1 = _mm256_loadu_ps(wt + k * kNR + 8);
     #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const __m256 xv = _mm256_broadcast_ss(xp + k * kMR + r);
@@ -699,6 +728,34 @@ LUTGEMM_AVX2 void MicroAvx2(const float* xp, const float* wt, int64_t kc, float*
   }
 }
 
+// x [m, k] into float32 panels (PanelIndex), rows past m zero. The rows of the last K tile past
+// k are left unwritten: the micro-kernels read only kc = k - k0 rows of it.
+void PackX(const Operands& op, int64_t m, int64_t k, float* xp) {
+  const int64_t blocks = (m + kMR - 1) / kMR;
+  const std::vector<float> zeros(k, 0.f);
+  std::vector<float> rows(op.x_type == DType::kF32 ? 0 : kMR * k);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* src[kMR];
+    for (int r = 0; r < kMR; ++r) {
+      const int64_t row = b * kMR + r;
+      if (row >= m) {
+        src[r] = zeros.data();
+      } else if (op.x_type == DType::kF32) {
+        src[r] = static_cast<const float*>(op.x) + row * k;
+      } else {
+        for (int64_t i = 0; i < k; ++i) rows[r * k + i] = ToF32(op.x, op.x_type, row * k + i);
+        src[r] = rows.data() + r * k;
+      }
+    }
+    for (int64_t k0 = 0; k0 < k; k0 += kKB) {
+      float* d = xp + PanelIndex(blocks, k0, b * kMR);
+      const int64_t kc = std::min<int64_t>(kKB, k - k0);
+      for (int64_t kk = 0; kk < kc; ++kk)
+        for (int r = 0; r < kMR; ++r) d[kk * kMR + r] = src[r][k0 + kk];
+    }
+  }
+}
+
 using TileFn = void (*)(const Prep&, int64_t, int64_t, int64_t, int64_t, float*);
 using MicroFn = void (*)(const float*, const float*, int64_t, float*, int64_t);
 
@@ -708,34 +765,40 @@ struct DenseKernels {
 };
 
 template <DType AT>
-DenseKernels GetDenseKernels(bool avx2) {
+DenseKernels GetDenseKernels(bool avx2, int64_t q) {
+  static constexpr TileFn kAvx2Tiles[kMaxBits] = {
+      DequantTileAvx2<AT, 1>, DequantTileAvx2<AT, 2>, DequantTileAvx2<AT, 3>,
+      DequantTileAvx2<AT, 4>, DequantTileAvx2<AT, 5>, DequantTileAvx2<AT, 6>,
+      DequantTileAvx2<AT, 7>, DequantTileAvx2<AT, 8>};
   if (avx2)
-    return {DequantTileAvx2<AT>,
+    return {kAvx2Tiles[q - 1],
             {MicroAvx2<1>, MicroAvx2<2>, MicroAvx2<3>, MicroAvx2<4>, MicroAvx2<5>, MicroAvx2<6>}};
   return {DequantTile<AT>,
           {MicroPortable<1>, MicroPortable<2>, MicroPortable<3>, MicroPortable<4>,
            MicroPortable<5>, MicroPortable<6>}};
 }
 
-// Columns [c_begin, c_end) of every row; xp is x packed as [ceil(m / kMR)][k][kMR] float32. Each
+// Columns [c_begin, c_end) of every row; xp is x packed by PanelIndex. Each
 // column's sums run over k in the same order whatever the column split, so results do not depend
 // on the thread count.
 void RunDense(const Prep& p, const DenseKernels& dk, const Operands& op, const float* xp,
               int64_t c_begin, int64_t c_end) {
-  const int64_t m = p.m, k = p.s.k, n = p.s.n;
-  std::vector<float> wt(kKB * kNB), facc(m * kNB);
+  const int64_t m = p.m, k = p.s.k, n = p.s.n, blocks = (m + kMR - 1) / kMR;
+  // The tile, 64-byte aligned so that no micro-panel row of kNR floats straddles two lines.
+  std::vector<float> wt_buf(kKB * kNB + 16), facc(m * kNB);
+  float* wt = wt_buf.data() + (-reinterpret_cast<uintptr_t>(wt_buf.data()) / sizeof(float)) % 16;
   for (int64_t c0 = c_begin; c0 < c_end; c0 += kNB) {
     const int64_t nc = std::min<int64_t>(kNB, c_end - c0);
     std::fill(facc.begin(), facc.end(), 0.f);
     for (int64_t k0 = 0; k0 < k; k0 += kKB) {
       const int64_t kc = std::min<int64_t>(kKB, k - k0);
-      dk.tile(p, k0, kc, c0, nc, wt.data());
-      // 16-column slices outer: a slice of the tile (kc x 16 floats, 8 KiB) stays in L1 while
-      // every row block of x streams past it.
-      for (int64_t cs = 0; cs < nc; cs += 16) {
+      dk.tile(p, k0, kc, c0, nc, wt);
+      // Micro-panels outer: one panel (kc x kNR floats, 16 KiB) stays in L1 while every row
+      // block of x (kc x kMR floats each, from L2) streams past it.
+      for (int64_t cs = 0; cs < nc; cs += kNR) {
         for (int64_t m0 = 0; m0 < m; m0 += kMR) {
           const int mr = static_cast<int>(std::min<int64_t>(kMR, m - m0));
-          dk.micro[mr - 1](xp + (m0 * k + k0 * kMR), wt.data() + cs, kc,
+          dk.micro[mr - 1](xp + PanelIndex(blocks, k0, m0), wt + TileIndex(0, cs), kc,
                            facc.data() + m0 * kNB + cs, kNB);
         }
       }
@@ -772,29 +835,25 @@ void RunDenseAll(const Prep& p, const Operands& op, Isa isa, int64_t max_tasks,
   DenseKernels dk;
   switch (p.at) {
     case DType::kF32:
-      dk = GetDenseKernels<DType::kF32>(avx2);
+      dk = GetDenseKernels<DType::kF32>(avx2, p.s.q);
       break;
     case DType::kBF16:
-      dk = GetDenseKernels<DType::kBF16>(avx2);
+      dk = GetDenseKernels<DType::kBF16>(avx2, p.s.q);
       break;
     default:
-      dk = GetDenseKernels<DType::kF16>(avx2);
+      dk = GetDenseKernels<DType::kF16>(avx2, p.s.q);
       break;
   }
   const int64_t m = p.m, k = p.s.k, n = p.s.n;
-  // x as float32 row-block panels [ceil(m / kMR)][k][kMR], rows past m zero.
-  const int64_t blocks = (m + kMR - 1) / kMR;
-  std::vector<float> xp(static_cast<size_t>(blocks) * k * kMR, 0.f);
-  for (int64_t b = 0; b < blocks; ++b)
-    for (int64_t r = 0; r < kMR && b * kMR + r < m; ++r)
-      for (int64_t i = 0; i < k; ++i)
-        xp[(b * k + i) * kMR + r] = ToF32(op.x, op.x_type, (b * kMR + r) * k + i);
+  const int64_t blocks = (m + kMR - 1) / kMR, ktiles = (k + kKB - 1) / kKB;
+  std::unique_ptr<float[]> xp(new float[ktiles * blocks * kKB * kMR]);
+  PackX(op, m, k, xp.get());
   const int64_t tasks = std::max<int64_t>(1, max_tasks);
   int64_t chunk = (n + tasks * 4 - 1) / (tasks * 4);
   chunk = std::max<int64_t>(kNB, (chunk + kNB - 1) / kNB * kNB);
   const int64_t nchunk = (n + chunk - 1) / chunk;
   auto run = [&](int64_t i) {
-    RunDense(p, dk, op, xp.data(), i * chunk, std::min(n, (i + 1) * chunk));
+    RunDense(p, dk, op, xp.get(), i * chunk, std::min(n, (i + 1) * chunk));
   };
   if (nchunk == 1 || tasks == 1) {
     for (int64_t i = 0; i < nchunk; ++i) run(i);

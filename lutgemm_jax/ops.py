@@ -289,8 +289,8 @@ CPU_CROSSOVER: dict[str, int | tuple[int, ...]] = {
     "fast": (_NEVER,) * 4 + (64, 48, 48, 48),
 }
 """Per mode (an int, or a tuple indexed by q - 1): the number of rows M (product of x's leading
-dims) from which the CPU kernel uses its dense path (W_hat dequantized one 128 x 64 tile at a
-time into L1/L2, FMA GEMM; FFI mode 2) instead of lookup tables. Static at lowering. Measured
+dims) from which the CPU kernel uses its dense path (W_hat dequantized one 256 x 64 tile at a
+time into L2, packed FMA GEMM; FFI mode 2) instead of lookup tables. Static at lowering. Measured
 on 4096 x 4096, g = 128 with ``python -m lutgemm_jax.bench --backends lut_kernel dense``
 (BENCHMARKS.md, "Crossover measurements"): the exact LUT ties the dense path at M = 8 for
 q = 1, at M = 2-4 for q = 2-4 and at M = 2 for q = 8 (q = 5-7 interpolated); the fast LUT beats

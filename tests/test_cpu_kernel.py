@@ -4,7 +4,7 @@ The kernel is called through ``jax.ffi.ffi_call`` on the registered target (so e
 size and path is reachable regardless of the op's crossover), with the code path forced by
 ``LUTGEMM_CPU_ISA`` and the thread count by ``LUTGEMM_CPU_THREADS`` (both read per call).
 Three kernel paths: the LUT kernel in "exact" and "fast" mode, and "dense" (FFI mode 2, the
-large-batch path the op switches to at ``ops.CPU_CROSSOVER``: dequantized 128 x 64 tiles and an
+large-batch path the op switches to at ``ops.CPU_CROSSOVER``: dequantized 256 x 64 tiles and an
 FMA GEMM). ``LUTGEMM_CPU_POISON=1`` makes the handler fill the output with NaN before computing,
 so a finite result proves that every element was written. Sign words are passed in both layouts
 (``layout`` fixture): canonical, and the "cpu" byte-major layout, produced here by an independent
