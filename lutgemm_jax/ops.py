@@ -285,17 +285,18 @@ def _ffi_attributes(params) -> dict[str, np.int64]:
 
 _NEVER = 1 << 62
 CPU_CROSSOVER: dict[str, int | tuple[int, ...]] = {
-    "exact": (8, 4, 4, 4, 3, 3, 2, 2),
+    "exact": (8, 3, 3, 2, 2, 2, 2, 2),
     "fast": (_NEVER,) * 4 + (64, 48, 48, 48),
 }
 """Per mode (an int, or a tuple indexed by q - 1): the number of rows M (product of x's leading
 dims) from which the CPU kernel uses its dense path (W_hat dequantized one 256 x 64 tile at a
 time into L2, packed FMA GEMM; FFI mode 2) instead of lookup tables. Static at lowering. Measured
 on 4096 x 4096, g = 128 with ``python -m lutgemm_jax.bench --backends lut_kernel dense``
-(BENCHMARKS.md, "Crossover measurements"): the exact LUT ties the dense path at M = 8 for
-q = 1, at M = 2-4 for q = 2-4 and at M = 2 for q = 8 (q = 5-7 interpolated); the fast LUT beats
-it at every M <= 256 for q <= 4 and loses from M = 64 (q = 5) or between 32 and 64 (q = 6, 8;
-q = 7 interpolated)."""
+(BENCHMARKS.md, "Crossover measurements"): the exact LUT still wins at M = 4 for q = 1 and loses
+at M = 8, wins at M = 2 and loses from M = 3 for q = 2, ties at M = 2 for q = 3 and loses from
+M = 2 for q = 4 and 8 (q = 5-7 interpolated); the fast LUT beats the dense path at every
+M <= 256 for q <= 4, ties it at M = 64 for q = 5 (loses at 128), and loses from M = 48 for q = 6
+and 8 (q = 7 interpolated)."""
 
 
 def _cpu_crossover(mode: str, q: int) -> int:
