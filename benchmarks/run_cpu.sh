@@ -15,6 +15,6 @@ bench --shapes $shapes --q 2 3 4 --batch 1 --modes fast --backends lut xla numpy
 bench --shapes $shapes --q 3 --batch 8 --modes fast exact --backends lut xla numpy \
   --json "$out/batch8.json" | tee "$out/batch8.md"
 bench --shapes 4096x4096 --q 3 --sweep --modes fast exact --backends lut dense xla \
-  --budget 2 --reps 15 --json "$out/sweep.json" --csv "$out/sweep.csv" \
+  --budget 4 --reps 40 --json "$out/sweep.json" --csv "$out/sweep.csv" \
   --plot benchmarks/speedup_vs_batch.png | tee "$out/sweep.md"
 uptime | tee -a "$out/load.txt"

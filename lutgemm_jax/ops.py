@@ -285,7 +285,7 @@ def _ffi_attributes(params) -> dict[str, np.int64]:
 
 _NEVER = 1 << 62
 CPU_CROSSOVER: dict[str, int | tuple[int, ...]] = {
-    "exact": (8, 3, 3, 2, 2, 2, 2, 2),
+    "exact": (8, 3, 2, 2, 2, 2, 2, 2),
     "fast": (_NEVER,) * 4 + (64, 48, 48, 48),
 }
 """Per mode (an int, or a tuple indexed by q - 1): the number of rows M (product of x's leading
@@ -293,10 +293,10 @@ dims) from which the CPU kernel uses its dense path (W_hat dequantized one 256 x
 time into L2, packed FMA GEMM; FFI mode 2) instead of lookup tables. Static at lowering. Measured
 on 4096 x 4096, g = 128 with ``python -m lutgemm_jax.bench --backends lut_kernel dense``
 (BENCHMARKS.md, "Crossover measurements"): the exact LUT still wins at M = 4 for q = 1 and loses
-at M = 8, wins at M = 2 and loses from M = 3 for q = 2, ties at M = 2 for q = 3 and loses from
-M = 2 for q = 4 and 8 (q = 5-7 interpolated); the fast LUT beats the dense path at every
-M <= 256 for q <= 4, ties it at M = 64 for q = 5 (loses at 128), and loses from M = 48 for q = 6
-and 8 (q = 7 interpolated)."""
+at M = 8, wins at M = 2 and loses from M = 3 for q = 2, ties (1.0x) or loses (0.8x) at M = 2 for
+q = 3 and loses from M = 2 for q = 4 and 8 (q = 5-7 interpolated); the fast LUT beats the dense
+path at every M <= 256 for q <= 4, ties it at M = 64 for q = 5 (loses at 128), and loses from
+M = 48 for q = 6 and 8 (q = 7 interpolated)."""
 
 
 def _cpu_crossover(mode: str, q: int) -> int:
