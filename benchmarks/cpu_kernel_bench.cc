@@ -6,7 +6,9 @@
 //       benchmarks/cpu_kernel_bench.cc cpu/lut_gemm_cpu.cc -lpthread      (one command)
 //   /tmp/cpu_kernel_bench K N q [mode=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1]
 //
-// mode: 0 exact LUT, 1 fast LUT, 2 dense path. sets: weight copies rotated per call (sets x the
+// mode: 0 exact LUT, 1 fast LUT, 2 dense path, 3 read only: every sign word and alpha loaded in the
+// fast kernel's order (scale block, 32-column block, plane, word; the same column chunks over the
+// threads), summed with no table work, i.e. what the kernel's traversal costs in memory. sets: weight copies rotated per call (sets x the
 // packed bytes above the 32 MiB L3 gives cold weights). layout: 0 canonical, 1 'cpu' sign words
 // (random bits either way; the layout only changes how the kernel reads them). Threads are started per call (as the
 // XLA pool's workers are woken per call). g = 128, float32 x and alpha, no offset. Prints the
@@ -21,6 +23,8 @@
 #include <random>
 #include <thread>
 #include <vector>
+
+#include <immintrin.h>
 
 #include "lut_gemm_cpu.h"
 
@@ -46,6 +50,40 @@ cpu::ParallelFor ThreadsFor(int64_t threads) {
   };
 }
 
+// Mode 3: the fast kernel's loads without its arithmetic (g = 128: one alpha row per scale block
+// of 4 words). Columns are chunked as LutGemm chunks them.
+__attribute__((target("avx2"))) int64_t ReadOnlyChunk(const uint32_t* bits, const float* alpha,
+                                                      int64_t kw, int64_t q, int64_t n,
+                                                      int64_t c0, int64_t c1) {
+  __m256i acc = _mm256_setzero_si256();
+  for (int64_t sb = 0; sb < kw / 4; ++sb)
+    for (int64_t col = c0; col < c1; col += 32)
+      for (int64_t i = 0; i < q; ++i) {
+        for (int64_t w = 0; w < 4; ++w) {
+          const uint32_t* row = bits + ((sb * 4 + w) * q + i) * n + col;
+          for (int j = 0; j < 4; ++j)
+            acc = _mm256_add_epi8(acc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 8 * j)));
+        }
+        const float* a = alpha + (sb * q + i) * n + col;
+        for (int j = 0; j < 4; ++j)
+          acc = _mm256_add_epi8(acc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 8 * j)));
+      }
+  return _mm256_extract_epi64(acc, 0);
+}
+
+void ReadOnly(const uint32_t* bits, const float* alpha, const lutgemm::BcqShape& s,
+              int64_t threads, const cpu::ParallelFor& parallel_for) {
+  const int64_t n = s.n;
+  int64_t chunk = std::max<int64_t>(1024, (n + threads * 4 - 1) / (threads * 4));
+  chunk = std::min<int64_t>(chunk, (n + threads - 1) / threads);
+  chunk = std::max<int64_t>(32, (chunk + 31) / 32 * 32);
+  std::atomic<int64_t> sink{0};
+  parallel_for((n + chunk - 1) / chunk, [&](int64_t c) {
+    const int64_t c1 = std::min(n, (c + 1) * chunk) / 32 * 32;
+    sink += ReadOnlyChunk(bits, alpha, s.num_words(), s.q, n, c * chunk, c1);
+  });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -61,7 +99,7 @@ int main(int argc, char** argv) {
   const int64_t reps = Arg(argc, argv, 8, 200), layout = Arg(argc, argv, 9, 1);
   const lutgemm::BcqShape shape{k, n, q, 128, false};
   if (k <= 0 || n <= 0 || m <= 0 || threads <= 0 || sets <= 0 || reps <= 0 || mode < 0 ||
-      mode > 2 || layout < 0 || layout > 1 || lutgemm::CheckShape(shape) != nullptr) {
+      mode > 3 || layout < 0 || layout > 1 || lutgemm::CheckShape(shape) != nullptr) {
     std::fprintf(stderr, "bad arguments\n");
     return 2;
   }
@@ -92,7 +130,10 @@ int main(int argc, char** argv) {
     op.bits = bits[r % sets].data();
     op.alpha = alpha[r % sets].data();
     const auto t0 = std::chrono::steady_clock::now();
-    cpu::LutGemm(op, static_cast<cpu::Mode>(mode), isa, threads, parallel_for);
+    if (mode == 3)
+      ReadOnly(op.bits, static_cast<const float*>(op.alpha), shape, threads, parallel_for);
+    else
+      cpu::LutGemm(op, static_cast<cpu::Mode>(mode), isa, threads, parallel_for);
     ms.push_back(
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }

@@ -8,9 +8,10 @@
 //       for each plane i: sum the lookups of the block's S/32 words  -> per-column plane sums
 //                         tot += plane_sum * alpha[group, i, col]
 //       facc[row, col] += tot (* table scale in fast mode)
-// so the sign words of each (word, plane) row are streamed sequentially over columns (hardware
-// prefetch friendly) and every weight byte is read once per block of 4 rows. For more than 4
-// rows, columns are tiled so that a tile of the weight stays in L2 across row blocks.
+// so the sign words of each (word, plane) row are streamed sequentially over columns (the fast
+// kernel also prefetches each stream a few blocks ahead) and every weight byte is read once per
+// block of 4 rows. For more than 4 rows, columns are tiled so that a tile of the weight stays in
+// L2 across row blocks.
 #include "lut_gemm_cpu.h"
 
 #include <immintrin.h>
@@ -392,6 +393,21 @@ LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, 
   }
 }
 
+// Software prefetch in the fast kernel. Per scale block a task reads q * S/32 rows of sign words
+// and q rows of alpha (15 streams for q = 3, g = 128), each only 128 bytes per 32-column block:
+// more concurrent streams than the hardware prefetcher keeps ahead of, so on cold weights (a
+// decode step) the lookups stall on DRAM. Each row's block kPrefetchBlocks ahead is prefetched
+// just before the row is read (bits, and alpha with the first word). Measured with two threads on
+// cold 16384 x 4096 and 4096 x 16384: 10-20% faster; issuing the same prefetches in one burst per
+// block, or for the bits or the alpha alone, was not faster.
+constexpr int64_t kPrefetchBlocks = 4;
+
+inline void PrefetchAhead(const void* at) {
+  __builtin_prefetch(reinterpret_cast<const void*>(
+                         reinterpret_cast<uintptr_t>(at) + kPrefetchBlocks * 32 * sizeof(uint32_t)),
+                     0, 3);
+}
+
 // 32 columns (one kCpu block): four vectors bj[j] each hold byte j of the 32 columns' sign words
 // (kCpu: loaded as they are; canonical: four vectors of 8 words transposed in registers). The low
 // and high nibbles of bj[j] index the int8 tables of chunks 2j and 2j+1 with vpshufb; the two
@@ -408,6 +424,9 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
   const __m256i by_byte = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
                                            0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi8(1);
+  // Only on the first pass over the weight (later row blocks find it in L2), within the row.
+  const bool prefetch = r0 == 0 && col + 32 * (kPrefetchBlocks + 1) <= n - n % kLayoutBlock;
+  constexpr int64_t kAlphaBytes = AT == DType::kF32 ? 4 : 2;
   __m256 tot[R][4];
   #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -417,8 +436,17 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
     __m256i acc[R][2];
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    if (prefetch) {
+      const char* a = static_cast<const char*>(p.alpha) + ((grp * q + i) * n + col) * kAlphaBytes;
+      PrefetchAhead(a);
+      if constexpr (kAlphaBytes == 4) PrefetchAhead(a + 64);
+    }
     for (int64_t w = 0; w < p.wps; ++w) {
       const uint32_t* row = p.bits + ((kw0 + w) * q + i) * n;
+      if (prefetch) {
+        PrefetchAhead(row + col);
+        PrefetchAhead(row + col + 16);
+      }
       __m256i bj[4];
       if constexpr (L == Layout::kCpu) {
         const uint8_t* block = reinterpret_cast<const uint8_t*>(row) + col * kBytesPerWord;
