@@ -54,8 +54,8 @@ MODES = ("exact", "fast")
 DEFAULT_MODE = os.environ.get("LUTGEMM_DEFAULT_MODE", "fast")
 """The mode `lut_gemm` uses when none is given: ``"fast"`` unless the environment variable
 ``LUTGEMM_DEFAULT_MODE`` (read at import) says ``"exact"``. Fast is the default because on this
-project's reference CPU it is 2.5-3x faster than exact at batch 1 (the only mode that meets the
-speed targets) while its error (about 5e-3 of max |y| for Gaussian activations, with a stated
+project's reference CPU it is 2.5-5x faster than exact at batch 1 (the only mode near the
+speed targets) while its error (about 6e-3 of max |y| for Gaussian activations, with a stated
 worst-case bound) is of the order of rounding the activations to bfloat16 and far below the
 error of 2-4-bit weight quantization itself. See BENCHMARKS.md."""
 if DEFAULT_MODE not in MODES:
