@@ -54,8 +54,11 @@ def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 7) -> float:
     return 2 * nbytes / statistics.median(times)
 
 
-def random_weight(rng, k: int, n: int, q: int, g: int, offset: bool) -> BCQWeight:
-    """Random packed weight (random sign words directly: fast for large shapes)."""
+def random_weight(
+    rng, k: int, n: int, q: int, g: int, offset: bool, alpha_dtype=jnp.float32
+) -> BCQWeight:
+    """Random packed weight (random sign words directly: fast for large shapes); alpha and offset
+    in ``alpha_dtype``."""
     groups = -(-k // g)
     kp = groups * g
     bits = rng.integers(0, 1 << 32, size=(kp // 32, q, n), dtype=np.uint32)
@@ -63,8 +66,8 @@ def random_weight(rng, k: int, n: int, q: int, g: int, offset: bool) -> BCQWeigh
     off = rng.normal(0, 0.01, (groups, n)).astype(np.float32) if offset else None
     return BCQWeight(
         bits=jnp.asarray(bits),
-        alpha=jnp.asarray(alpha),
-        offset=None if off is None else jnp.asarray(off),
+        alpha=jnp.asarray(alpha, alpha_dtype),
+        offset=None if off is None else jnp.asarray(off, alpha_dtype),
         in_features=k,
         out_features=n,
         num_bits=q,
@@ -147,9 +150,9 @@ def run(args) -> list[dict]:
                 )
         for mode in args.modes:
             if ws is None:
-                w0 = random_weight(rng, k, n, q, g, args.offset)
+                w0 = random_weight(rng, k, n, q, g, args.offset, args.alpha_dtype)
                 ws = [w0] + [
-                    random_weight(rng, k, n, q, g, args.offset)
+                    random_weight(rng, k, n, q, g, args.offset, args.alpha_dtype)
                     for _ in range(_sets(w0.nbytes()) - 1)
                 ]
                 if "jnp" in args.backends:
@@ -181,6 +184,8 @@ def run(args) -> list[dict]:
                         pct_of_floor=100 * floor / t,
                         min_ms=t_min * 1e3,
                     )
+                    if args.alpha_dtype != "float32":
+                        row["alpha"] = args.alpha_dtype
                     for b, (tb, tb_min) in base.items():
                         row[f"ms_{b}"] = tb * 1e3
                         row[f"x_vs_{b}"] = tb / t
@@ -279,6 +284,7 @@ COLUMNS = [
     ("M", "{}"),
     ("mode", "{}"),
     ("layout", "{}"),
+    ("alpha", "{}"),
     ("backend", "{}"),
     ("ms", "{:.3f}"),
     ("min_ms", "{:.3f}"),
@@ -362,6 +368,12 @@ def main(argv=None) -> None:
         "--backends", nargs="+", default=["lut", "xla", "numpy", "jnp"], choices=ALL_BACKENDS
     )
     p.add_argument("--offset", action="store_true", help="weights with an offset term")
+    p.add_argument(
+        "--alpha-dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="dtype of alpha (and offset); float16 is LUT-GEMM's own format",
+    )
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--budget", type=float, default=3.0, help="max seconds per timing")

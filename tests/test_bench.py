@@ -5,6 +5,8 @@ by the benchmark, never by tests)."""
 import csv
 import json
 
+import pytest
+
 from lutgemm_jax import bench
 
 
@@ -37,3 +39,20 @@ def test_bench_writes_every_backend_layout_and_output(tmp_path, capsys):
         assert len(list(csv.DictReader(f))) == len(rows)
     assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| mode | layout | backend |" in capsys.readouterr().out
+
+
+def test_bench_alpha_dtype(tmp_path, capsys):
+    # float16 alpha (LUT-GEMM's own format): 2 bytes per alpha in the weight-bytes column, and an
+    # alpha column in the table; float32 (the default) adds no column.
+    out = tmp_path / "rows.json"
+    common = ["--quiet", "--shapes", "256x96", "--reps", "2", "--warmup", "1", "--budget", "0.1"]
+    bench.main(common + ["--alpha-dtype", "float16", "--backends", "lut", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    groups, q = 2, 3
+    assert row["alpha"] == "float16"
+    assert row["weight_MB"] * 1e6 == pytest.approx(256 // 32 * q * 96 * 4 + groups * q * 96 * 2)
+    assert "| layout | alpha | backend |" in capsys.readouterr().out
+    bench.main(common + ["--backends", "lut", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert "alpha" not in row
+    assert "| layout | backend |" in capsys.readouterr().out
