@@ -189,12 +189,35 @@ def _check_x(shape, dtype, in_features: int) -> None:
 # ---- abstract evaluation -------------------------------------------------------------------
 
 
+def _axes(entry) -> tuple[str, ...]:
+    """The mesh axes of one PartitionSpec entry."""
+    return () if entry is None else entry if isinstance(entry, tuple) else (entry,)
+
+
+def _result_sharding(x, bits):
+    """The sharding type of ``y [..., N]`` (explicit mesh axes; all-None otherwise): x's leading
+    dims, and N split like the weight's N (``bits [Kp/32, q, N]``). A split of K is summed away
+    by the partitioning rule (sharding.py), so it does not carry over."""
+    spec = tuple(x.sharding.spec) + (None,) * (x.ndim - len(x.sharding.spec))
+    lead = spec[:-1]
+    n = tuple(bits.sharding.spec)[2] if len(bits.sharding.spec) > 2 else None
+    if set(_axes(n)) & {a for e in lead for a in _axes(e)}:
+        n = None  # an axis already splits the batch: N stays whole
+    # x may carry no mesh at all (created outside it) while the weight does.
+    base = x.sharding if x.sharding.mesh.axis_names or n is None else bits.sharding
+    return base.update(spec=jax.sharding.PartitionSpec(*lead, n))
+
+
 def _abstract_eval(x, bits, alpha, offset, **params):
     w = _weight(bits, alpha, offset, **params)
     _check_x(x.shape, x.dtype, params["in_features"])
     w.validate()
     # Derived from x's aval so that shard_map's varying manual axes carry over to the result.
-    return x.update(shape=(*x.shape[:-1], params["out_features"]), dtype=x.dtype)
+    return x.update(
+        shape=(*x.shape[:-1], params["out_features"]),
+        dtype=x.dtype,
+        sharding=_result_sharding(x, bits),
+    )
 
 
 lut_gemm_p.def_abstract_eval(_abstract_eval)
@@ -417,20 +440,45 @@ def _jvp(primals, tangents, **params):
     return y, jnp.zeros_like(y) if ty is None else ty
 
 
+def _with_auto_axes(fn, out_avals, in_avals):
+    """``fn`` as is, or, when the sharding types of ``in_avals`` name explicit mesh axes, ``fn``
+    run with those axes made automatic (XLA picks the shardings of the dense math below) and its
+    results resharded to ``out_avals``'s types."""
+    meshes = [a.sharding.mesh for a in (*out_avals, *in_avals) if a.sharding.mesh.axis_names]
+    mesh = meshes[0] if meshes else None
+    if mesh is None or jax.sharding.AxisType.Explicit not in mesh.axis_types:
+        return fn
+    out = tuple(a.sharding.spec for a in out_avals)
+    auto = jax.sharding.auto_axes(fn, out_sharding=out[0] if len(out) == 1 else out)
+
+    def call(*args):
+        with jax.sharding.use_abstract_mesh(mesh):
+            return auto(*args)
+
+    return call
+
+
 def _transpose(ct, x, bits, alpha, offset, **params):
     if type(ct) is ad.Zero:
         return None, None, None, None
     ct_x = ct_alpha = ct_offset = None
     if ad.is_undefined_primal(x):
-        w = _weight(bits, alpha, offset, **params)
-        dense = dequantize(w, jnp.float32)
-        ct_x = jnp.matmul(
-            ct.astype(jnp.float32), dense.T, precision=jax.lax.Precision.HIGHEST
-        ).astype(x.aval.dtype)
+
+        def x_cotangent(ct, bits, alpha, offset):
+            dense = dequantize(_weight(bits, alpha, offset, **params), jnp.float32)
+            y = jnp.matmul(ct.astype(jnp.float32), dense.T, precision=jax.lax.Precision.HIGHEST)
+            return y.astype(x.aval.dtype)
+
+        avals = [jax.typeof(a) for a in (ct, bits, alpha, offset)]
+        ct_x = _with_auto_axes(x_cotangent, [x.aval], avals)(ct, bits, alpha, offset)
     if ad.is_undefined_primal(alpha) or ad.is_undefined_primal(offset):
         alpha_aval = alpha.aval if ad.is_undefined_primal(alpha) else alpha
         offset_aval = offset.aval if ad.is_undefined_primal(offset) else offset
-        ct_alpha, ct_offset = _scale_cotangents(x, bits, ct, alpha_aval, offset_aval, params)
+        scales = functools.partial(
+            _scale_cotangents, alpha_aval=alpha_aval, offset_aval=offset_aval, params=params
+        )
+        avals = [jax.typeof(a) for a in (x, bits, ct)]
+        ct_alpha, ct_offset = _with_auto_axes(scales, [alpha_aval, offset_aval], avals)(x, bits, ct)
         ct_alpha = ct_alpha if ad.is_undefined_primal(alpha) else None
         ct_offset = ct_offset if ad.is_undefined_primal(offset) else None
     return ct_x, None, ct_alpha, ct_offset

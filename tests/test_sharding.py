@@ -79,6 +79,32 @@ def test_sharded_grad_matches_single_device(layout):
     assert rel_err(got, np.asarray(want, np.float64)) <= 1e-5
 
 
+def _spec(sharding, ndim):
+    spec = tuple(sharding.spec)
+    return spec + (None,) * (ndim - len(spec))
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_explicit_mesh_types(layout):
+    # With explicit mesh axes the shardings are part of the types: y [M, N] is split like x's
+    # leading dim and like the weight's N (a K split is summed away by the rule), and grad x has
+    # x's type; values equal the single-device ones.
+    mesh, x, w, w64, xs, ws, out_sharding = _setup(4, layout, seed=5)
+    assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
+    c = jnp.asarray(np.random.default_rng(6).normal(size=(8, N)), jnp.float32)
+
+    def loss(x, w):
+        return jnp.sum(lj.lut_gemm(x, w) * c)
+
+    with jax.set_mesh(mesh):
+        y = jax.jit(lj.lut_gemm)(xs, ws)
+        grad = jax.jit(jax.grad(loss))(xs, ws)
+    assert _spec(jax.typeof(y).sharding, 2) == _spec(out_sharding, 2)
+    assert _spec(jax.typeof(grad).sharding, 2) == _spec(xs.sharding, 2)
+    assert rel_err(y, reference(x, w64)) <= 1e-5
+    assert rel_err(grad, np.asarray(jax.grad(loss)(x, w), np.float64)) <= 1e-5
+
+
 def test_two_dimensional_mesh_data_and_tensor_parallel():
     rng = np.random.default_rng(3)
     w, w64 = random_weight(rng, K, N, Q, G, True)
