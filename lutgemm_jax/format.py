@@ -45,6 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lutgemm_jax._explicit import auto_axes_like
+
 WORD_BITS = 32
 """Sign bits per packed uint32 word (along K)."""
 MAX_BITS = 8
@@ -275,12 +277,20 @@ def convert_bits(bits: Any, source: str, target: str) -> Any:
     if source == target or n32 == 0:
         return bits
     xp = _namespace(bits)
-    block = (CPU_BLOCK_COLUMNS, _WORD_BYTES)
-    blocks = _word_bytes(bits[..., :n32]).reshape(
-        *lead, n32 // CPU_BLOCK_COLUMNS, *(block if source == "canonical" else block[::-1])
-    )
-    moved = xp.swapaxes(blocks, -1, -2).reshape(*lead, n32, _WORD_BYTES)
-    return xp.concatenate([_bytes_word(moved), bits[..., n32:]], axis=-1)
+
+    def convert(bits):
+        block = (CPU_BLOCK_COLUMNS, _WORD_BYTES)
+        blocks = _word_bytes(bits[..., :n32]).reshape(
+            *lead, n32 // CPU_BLOCK_COLUMNS, *(block if source == "canonical" else block[::-1])
+        )
+        moved = xp.swapaxes(blocks, -1, -2).reshape(*lead, n32, _WORD_BYTES)
+        return xp.concatenate([_bytes_word(moved), bits[..., n32:]], axis=-1)
+
+    if xp is np:
+        return convert(bits)
+    # Sharded along K or N on an explicit mesh: the result keeps the input's sharding.
+    aval = jax.typeof(bits)
+    return auto_axes_like(convert, [aval], [aval])(bits)
 
 
 def canonical_bits(w: BCQWeight) -> Any:

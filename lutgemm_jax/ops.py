@@ -33,6 +33,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from lutgemm_jax import _native, sharding
+from lutgemm_jax._explicit import auto_axes_like
 from lutgemm_jax.format import (
     LAYOUTS,
     WORD_BITS,
@@ -440,24 +441,6 @@ def _jvp(primals, tangents, **params):
     return y, jnp.zeros_like(y) if ty is None else ty
 
 
-def _with_auto_axes(fn, out_avals, in_avals):
-    """``fn`` as is, or, when the sharding types of ``in_avals`` name explicit mesh axes, ``fn``
-    run with those axes made automatic (XLA picks the shardings of the dense math below) and its
-    results resharded to ``out_avals``'s types."""
-    meshes = [a.sharding.mesh for a in (*out_avals, *in_avals) if a.sharding.mesh.axis_names]
-    mesh = meshes[0] if meshes else None
-    if mesh is None or jax.sharding.AxisType.Explicit not in mesh.axis_types:
-        return fn
-    out = tuple(a.sharding.spec for a in out_avals)
-    auto = jax.sharding.auto_axes(fn, out_sharding=out[0] if len(out) == 1 else out)
-
-    def call(*args):
-        with jax.sharding.use_abstract_mesh(mesh):
-            return auto(*args)
-
-    return call
-
-
 def _transpose(ct, x, bits, alpha, offset, **params):
     if type(ct) is ad.Zero:
         return None, None, None, None
@@ -470,7 +453,7 @@ def _transpose(ct, x, bits, alpha, offset, **params):
             return y.astype(x.aval.dtype)
 
         avals = [jax.typeof(a) for a in (ct, bits, alpha, offset)]
-        ct_x = _with_auto_axes(x_cotangent, [x.aval], avals)(ct, bits, alpha, offset)
+        ct_x = auto_axes_like(x_cotangent, [x.aval], avals)(ct, bits, alpha, offset)
     if ad.is_undefined_primal(alpha) or ad.is_undefined_primal(offset):
         alpha_aval = alpha.aval if ad.is_undefined_primal(alpha) else alpha
         offset_aval = offset.aval if ad.is_undefined_primal(offset) else offset
@@ -478,7 +461,7 @@ def _transpose(ct, x, bits, alpha, offset, **params):
             _scale_cotangents, alpha_aval=alpha_aval, offset_aval=offset_aval, params=params
         )
         avals = [jax.typeof(a) for a in (x, bits, ct)]
-        ct_alpha, ct_offset = _with_auto_axes(scales, [alpha_aval, offset_aval], avals)(x, bits, ct)
+        ct_alpha, ct_offset = auto_axes_like(scales, [alpha_aval, offset_aval], avals)(x, bits, ct)
         ct_alpha = ct_alpha if ad.is_undefined_primal(alpha) else None
         ct_offset = ct_offset if ad.is_undefined_primal(offset) else None
     return ct_x, None, ct_alpha, ct_offset

@@ -310,6 +310,23 @@ def test_row_parallel_cpu_layout_any_n():
     )
 
 
+@pytest.mark.parametrize("k_axis,n_axis", [(None, "x"), ("x", None)])
+def test_to_layout_of_sharded_weights(k_axis, n_axis):
+    # jax.make_mesh's axes are explicit: the conversion's reshapes of sharded dimensions must
+    # still work, in and out of jit, and keep each array's sharding.
+    w, _ = random_weight(np.random.default_rng(13), 256, 128, 3, 64)
+    mesh = _mesh(2)
+    assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
+    ws = _place(w, mesh, k_axis, n_axis)
+    want = fmt.convert_bits(np.asarray(w.bits), "canonical", "cpu")
+    for convert in (lambda w: w.to_layout("cpu"), jax.jit(lambda w: lj.to_layout(w, "cpu"))):
+        c = convert(ws)
+        np.testing.assert_array_equal(np.asarray(c.bits), want)
+        assert c.bits.sharding.spec == ws.bits.sharding.spec
+        back = c.to_layout("canonical")
+        np.testing.assert_array_equal(np.asarray(back.bits), np.asarray(w.bits))
+
+
 @pytest.mark.parametrize("n,devices", [(96, 2), (64, 4), (100, 2)])
 def test_column_split_cutting_blocks_raises(n, devices):
     w, _ = random_weight(np.random.default_rng(11), 128, n, 2, 64)
