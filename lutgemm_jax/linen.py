@@ -24,7 +24,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import traverse_util
 from flax.core import FrozenDict
 from jax.sharding import NamedSharding
@@ -73,14 +72,14 @@ def convert_layout(w: BCQWeight, layout: str) -> BCQWeight:
     """``w`` with its sign words ``bits [..., Kp/32, q, N]`` in ``layout``, placed as before.
 
     A weight sharded over several devices (the converters follow a placed dense kernel) is
-    shuffled on the host and put back with the same sharding: the shuffle regroups N, which
-    eager jax ops cannot do on an N-sharded array.
+    converted by a jitted program whose output has the input's sharding (on any mesh, and on
+    several hosts: nothing is gathered to one).
     """
     sharding = getattr(w.bits, "sharding", None)  # None for tracers
     if layout == w.layout or not isinstance(sharding, NamedSharding) or sharding.num_devices == 1:
         return w.to_layout(layout)
-    bits = convert_bits(np.asarray(w.bits), w.layout, layout)
-    return dataclasses.replace(w, bits=jax.device_put(bits, sharding), layout=layout)
+    convert = jax.jit(lambda b: convert_bits(b, w.layout, layout), out_shardings=sharding)
+    return dataclasses.replace(w, bits=convert(w.bits), layout=layout)
 
 
 def init_bcq_weight(
