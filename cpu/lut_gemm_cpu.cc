@@ -402,10 +402,11 @@ LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, 
 // block, or for the bits or the alpha alone, was not faster.
 constexpr int64_t kPrefetchBlocks = 4;
 
-inline void PrefetchAhead(const void* at) {
-  __builtin_prefetch(reinterpret_cast<const void*>(
-                         reinterpret_cast<uintptr_t>(at) + kPrefetchBlocks * 32 * sizeof(uint32_t)),
-                     0, 3);
+// Prefetches the line kPrefetchBlocks column blocks past `at`, in a row of `bytes`-sized elements.
+inline void PrefetchAhead(const void* at, int64_t bytes) {
+  __builtin_prefetch(
+      reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(at) + kPrefetchBlocks * 32 * bytes),
+      0, 3);
 }
 
 // 32 columns (one kCpu block): four vectors bj[j] each hold byte j of the 32 columns' sign words
@@ -438,14 +439,14 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     if (prefetch) {
       const char* a = static_cast<const char*>(p.alpha) + ((grp * q + i) * n + col) * kAlphaBytes;
-      PrefetchAhead(a);
-      if constexpr (kAlphaBytes == 4) PrefetchAhead(a + 64);
+      PrefetchAhead(a, kAlphaBytes);
+      if constexpr (kAlphaBytes == 4) PrefetchAhead(a + 64, kAlphaBytes);
     }
     for (int64_t w = 0; w < p.wps; ++w) {
       const uint32_t* row = p.bits + ((kw0 + w) * q + i) * n;
       if (prefetch) {
-        PrefetchAhead(row + col);
-        PrefetchAhead(row + col + 16);
+        PrefetchAhead(row + col, sizeof(uint32_t));
+        PrefetchAhead(row + col + 16, sizeof(uint32_t));
       }
       __m256i bj[4];
       if constexpr (L == Layout::kCpu) {

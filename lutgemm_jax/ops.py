@@ -455,8 +455,8 @@ def _transpose(ct, x, bits, alpha, offset, **params):
         avals = [jax.typeof(a) for a in (ct, bits, alpha, offset)]
         ct_x = auto_axes_like(x_cotangent, [x.aval], avals)(ct, bits, alpha, offset)
     if ad.is_undefined_primal(alpha) or ad.is_undefined_primal(offset):
-        alpha_aval = alpha.aval if ad.is_undefined_primal(alpha) else alpha
-        offset_aval = offset.aval if ad.is_undefined_primal(offset) else offset
+        alpha_aval = alpha.aval if ad.is_undefined_primal(alpha) else jax.typeof(alpha)
+        offset_aval = offset.aval if ad.is_undefined_primal(offset) else jax.typeof(offset)
         scales = functools.partial(
             _scale_cotangents, alpha_aval=alpha_aval, offset_aval=offset_aval, params=params
         )

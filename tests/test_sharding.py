@@ -1,6 +1,7 @@
 """lut_gemm on several devices: column-, row- and data-parallel layouts under jit, and
 shard_map, against the single-device float64 reference (8 host CPU devices, see conftest.py)."""
 
+import dataclasses
 import re
 from functools import partial
 
@@ -103,6 +104,26 @@ def test_explicit_mesh_types(layout):
     assert _spec(jax.typeof(grad).sharding, 2) == _spec(xs.sharding, 2)
     assert rel_err(y, reference(x, w64)) <= 1e-5
     assert rel_err(grad, np.asarray(jax.grad(loss)(x, w), np.float64)) <= 1e-5
+
+
+@pytest.mark.parametrize("has_offset", [True, False])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_explicit_mesh_scale_gradient(layout, has_offset):
+    # jit grad w.r.t. alpha alone (offset held constant, or absent: an empty array built inside
+    # lut_gemm) on an explicit mesh: alpha's type and the single-device values.
+    mesh, x, w, _, xs, ws, _ = _setup(4, layout, seed=7)
+    if not has_offset:
+        w, ws = (dataclasses.replace(v, offset=None) for v in (w, ws))
+
+    c = jnp.asarray(np.random.default_rng(8).normal(size=(8, N)), jnp.float32)
+
+    def loss(alpha, x, w):  # linear in y: the cotangent is c, exactly, on every layout
+        return jnp.sum(lj.lut_gemm(x, dataclasses.replace(w, alpha=alpha)) * c)
+
+    with jax.set_mesh(mesh):
+        got = jax.jit(jax.grad(loss))(ws.alpha, xs, ws)
+    assert _spec(jax.typeof(got).sharding, 3) == _spec(ws.alpha.sharding, 3)
+    assert rel_err(got, np.asarray(jax.grad(loss)(w.alpha, x, w), np.float64)) <= 1e-5
 
 
 def test_two_dimensional_mesh_data_and_tensor_parallel():
