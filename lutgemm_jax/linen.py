@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -78,8 +79,15 @@ def convert_layout(w: BCQWeight, layout: str) -> BCQWeight:
     sharding = getattr(w.bits, "sharding", None)  # None for tracers
     if layout == w.layout or not isinstance(sharding, NamedSharding) or sharding.num_devices == 1:
         return w.to_layout(layout)
-    convert = jax.jit(lambda b: convert_bits(b, w.layout, layout), out_shardings=sharding)
-    return dataclasses.replace(w, bits=convert(w.bits), layout=layout)
+    bits = _sharded_convert(sharding, w.layout, layout)(w.bits)
+    return dataclasses.replace(w, bits=bits, layout=layout)
+
+
+@functools.lru_cache(maxsize=64)
+def _sharded_convert(sharding: NamedSharding, source: str, target: str):
+    """`convert_bits` jitted with its output placed by ``sharding`` (one program per placement
+    and pair of layouts, compiled once per shape)."""
+    return jax.jit(lambda bits: convert_bits(bits, source, target), out_shardings=sharding)
 
 
 def init_bcq_weight(
