@@ -356,3 +356,21 @@ def test_standalone_kernel_bench_builds_and_runs(tmp_path):
         assert "median" in out, out
     bad = subprocess.run([exe, "300", "70", "9"], capture_output=True, text=True)
     assert bad.returncode == 2 and "bad arguments" in bad.stderr
+
+
+def test_inner_loop_microbenchmark_builds_and_runs(tmp_path):
+    # benchmarks/lut_inner_loop.cc (BENCHMARKS.md's "table work in isolation") must keep compiling
+    # and reject bad arguments; a tiny `rows` run times both traversal orders.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    exe = str(tmp_path / "lut_inner_loop")
+    cxx = os.environ.get("CXX", "c++")
+    src = f"{root}/benchmarks/lut_inner_loop.cc"
+    subprocess.run([cxx, "-O1", "-std=c++17", "-mavx2", "-o", exe, src], check=True)
+    if not _lutgemm_cpu.avx2_supported():
+        pytest.skip("built; running it needs AVX2")
+    out = subprocess.run([exe, "rows", "4096"], check=True, capture_output=True, text=True).stdout
+    assert "stride 4096 block" in out and "stride 4096 rows" in out, out
+    assert out.count("cycles/word") == 2, out
+    for args in ([], ["rows"], ["rows", "100"], ["l2"]):
+        bad = subprocess.run([exe, *args], capture_output=True, text=True)
+        assert bad.returncode == 2 and "usage" in bad.stderr, (args, bad.stderr)
