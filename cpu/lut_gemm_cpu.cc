@@ -105,19 +105,21 @@ inline void ChunkTable(const float* x4, float* t) {
   }
 }
 
-void BuildTables(const float* xrow, Prep& p, int64_t row, bool fast) {
+// Tables of row `row` for scale blocks [b0, b1); xb: the row's activations from block b0 on.
+void BuildTables(const float* xb, Prep& p, int64_t row, bool fast, int64_t b0, int64_t b1) {
+  const int64_t cpb = p.S / kMu;  // chunks per scale block
+  const int64_t c0 = b0 * cpb;    // chunk c's activations: xb + (c - c0) * kMu
   if (!fast) {
     float* ft = p.ft.data() + row * p.nchunks * kEntries;
-    for (int64_t c = 0; c < p.nchunks; ++c) ChunkTable(xrow + c * kMu, ft + c * kEntries);
+    for (int64_t c = c0; c < b1 * cpb; ++c) ChunkTable(xb + (c - c0) * kMu, ft + c * kEntries);
     return;
   }
   int8_t* qt = p.qt.data() + row * p.nchunks * kEntries;
-  const int64_t cpb = p.S / kMu;  // chunks per scale block
-  for (int64_t b = 0; b < p.nsb; ++b) {
+  for (int64_t b = b0; b < b1; ++b) {
     float amax = 0.f;
     bool finite = true;
     for (int64_t c = b * cpb; c < (b + 1) * cpb; ++c) {
-      const float* x4 = xrow + c * kMu;
+      const float* x4 = xb + (c - c0) * kMu;
       const float a = ((std::fabs(x4[0]) + std::fabs(x4[1])) + std::fabs(x4[2])) + std::fabs(x4[3]);
       if (!std::isfinite(a)) finite = false;
       else amax = std::max(amax, a);
@@ -136,7 +138,7 @@ void BuildTables(const float* xrow, Prep& p, int64_t row, bool fast) {
     p.qscale[row * p.nsb + b] = scale;
     float t[kEntries];
     for (int64_t c = b * cpb; c < (b + 1) * cpb; ++c) {
-      ChunkTable(xrow + c * kMu, t);
+      ChunkTable(xb + (c - c0) * kMu, t);
       for (int e = 0; e < kEntries; ++e) {
         float v = std::nearbyint(t[e] * inv);
         v = std::min(127.f, std::max(-127.f, v));
@@ -265,34 +267,37 @@ LUTGEMM_AVX2 inline void ChunkTableAvx2(const float* x4, __m256* lo, __m256* hi)
 // BuildTables on AVX2, giving the same table values. Fast mode: a scale block's float tables are built
 // into a stack buffer first; the block's max |entry| equals max_c sum_j |x[4c+j]| (the entry whose
 // signs match x is evaluated in the same order as that sum, and rounding is monotonic).
-LUTGEMM_AVX2 void BuildTablesAvx2(const float* xrow, Prep& p, int64_t row, bool fast) {
+LUTGEMM_AVX2 void BuildTablesAvx2(const float* xb, Prep& p, int64_t row, bool fast, int64_t b0,
+                                  int64_t b1) {
+  const int64_t cpb = p.S / kMu;  // chunks per scale block: 8..32, even
+  const int64_t c0 = b0 * cpb;    // chunk c's activations: xb + (c - c0) * kMu
   if (!fast) {
     float* ft = p.ft.data() + row * p.nchunks * kEntries;
-    for (int64_t c = 0; c < p.nchunks; ++c) {
+    for (int64_t c = c0; c < b1 * cpb; ++c) {
       __m256 lo, hi;
-      ChunkTableAvx2(xrow + c * kMu, &lo, &hi);
+      ChunkTableAvx2(xb + (c - c0) * kMu, &lo, &hi);
       _mm256_storeu_ps(ft + c * kEntries, lo);
       _mm256_storeu_ps(ft + c * kEntries + 8, hi);
     }
     return;
   }
   int8_t* qt = p.qt.data() + row * p.nchunks * kEntries;
-  const int64_t cpb = p.S / kMu;  // chunks per scale block: 8..32, even
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256i max_finite = _mm256_set1_epi32(0x7f7fffff);
   const __m256i interleave = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   __m256 t[2 * 32];
-  for (int64_t b = 0; b < p.nsb; ++b) {
-    const float* xb = xrow + b * p.S;
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* xblock = xb + (b - b0) * p.S;
     __m256 vmax = _mm256_setzero_ps();
     __m256i nonfinite = _mm256_setzero_si256();
     for (int64_t c = 0; c < cpb; ++c) {
-      ChunkTableAvx2(xb + c * kMu, &t[2 * c], &t[2 * c + 1]);
+      ChunkTableAvx2(xblock + c * kMu, &t[2 * c], &t[2 * c + 1]);
       // Entries 8-15 are the negated entries 7-0 (all signs flipped), so |entries 0-7| suffice.
       vmax = _mm256_max_ps(vmax, _mm256_and_ps(t[2 * c], abs_mask));
     }
     for (int64_t i = 0; i < p.S; i += 8) {
-      const __m256i bits = _mm256_castps_si256(_mm256_and_ps(_mm256_loadu_ps(xb + i), abs_mask));
+      const __m256i bits =
+          _mm256_castps_si256(_mm256_and_ps(_mm256_loadu_ps(xblock + i), abs_mask));
       nonfinite = _mm256_or_si256(nonfinite, _mm256_cmpgt_epi32(bits, max_finite));
     }
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
@@ -593,9 +598,11 @@ void StoreRow(const float* src, DType t, void* y, int64_t offset, int64_t count)
   }
 }
 
-// Computes columns [c_begin, c_end) of every row. c_begin is a multiple of 32.
+// Computes columns [c_begin, c_end) of every row over scale blocks [sb_begin, sb_end) of K.
+// c_begin is a multiple of 32. The result goes to y (in x's dtype) or, for a K slice, as float32
+// into partial[m, n].
 void RunColumns(const Prep& p, const Kernels& kr, const Operands& op, int64_t c_begin,
-                int64_t c_end) {
+                int64_t c_end, int64_t sb_begin, int64_t sb_end, float* partial) {
   const int64_t n = p.s.n, q = p.s.q, m = p.m;
   // Column tile: all of the range for <= 4 rows (one pass over the weight); otherwise a tile whose
   // sign words (Kp * q / 8 bytes per column) fill about 512 KiB (Zen 3's L2; 256 KiB measured 4-8%
@@ -612,7 +619,7 @@ void RunColumns(const Prep& p, const Kernels& kr, const Operands& op, int64_t c_
     for (int64_t r0 = 0; r0 < m; r0 += kMaxRows) {
       const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, m - r0));
       std::fill(facc.begin(), facc.begin() + rows * ld, 0.f);
-      for (int64_t sb = 0; sb < p.nsb; ++sb) {
+      for (int64_t sb = sb_begin; sb < sb_end; ++sb) {
         if (p.offset != nullptr && (sb * p.S) % p.g == 0) {
           const int64_t grp = sb * p.S / p.g;
           for (int r = 0; r < rows; ++r) {
@@ -626,7 +633,12 @@ void RunColumns(const Prep& p, const Kernels& kr, const Operands& op, int64_t c_
         for (int64_t c = vec_end; c < t1; ++c)
           kr.tail[rows - 1](p, r0, sb, c, facc.data() + (c - t0), ld);
       }
-      for (int r = 0; r < rows; ++r) StoreRow(facc.data() + r * ld, op.x_type, op.y, (r0 + r) * n + t0, ld);
+      for (int r = 0; r < rows; ++r) {
+        if (partial != nullptr)
+          std::memcpy(partial + (r0 + r) * n + t0, facc.data() + r * ld, ld * sizeof(float));
+        else
+          StoreRow(facc.data() + r * ld, op.x_type, op.y, (r0 + r) * n + t0, ld);
+      }
     }
   }
 }
@@ -893,6 +905,66 @@ void RunDenseAll(const Prep& p, const Operands& op, Isa isa, int64_t max_tasks,
 }
 }  // namespace
 
+namespace {
+
+// Split-K for tall-skinny weights. Columns alone cannot keep several threads busy when N has
+// only a few 32-column blocks (a router, a value head, a narrow tensor-parallel shard), and the
+// lookup tables, whose bytes grow with K alone, are then a large part of the work (4 bytes per
+// activation against q * N / 8 of sign bits). So K is cut into up to kKSlices slices of whole
+// scale blocks; each slice is one work item that builds its own tables and writes float32
+// partial sums of all columns, and the partials are added in slice order. The number of slices
+// depends on the shape only, never on the thread count, so results stay bitwise identical for
+// any number of threads.
+// A slice reads at least kMinSliceBytes of sign words: below that, waking another thread costs
+// more than the slice (on this 2-core VM, K = 16384 x N = 32 at 3 bits, 196 KB, was slower split).
+constexpr int64_t kSplitKBelowBlocks = 4;  // split K when N has fewer 32-column blocks
+constexpr int64_t kKSlices = 8;
+constexpr int64_t kMinSliceBytes = 128 * 1024;
+
+int64_t KSlices(const Prep& p) {
+  if ((p.s.n + kLayoutBlock - 1) / kLayoutBlock >= kSplitKBelowBlocks) return 1;
+  const int64_t bytes = p.kp / 8 * p.s.q * p.s.n;
+  return std::max<int64_t>(1, std::min({kKSlices, p.nsb, bytes / kMinSliceBytes}));
+}
+
+// Every row's tables for scale blocks [b0, b1), and the offset term's sums of x over the groups
+// that start in those blocks (in double). float32 x is read in place for the blocks that lie
+// inside K; other dtypes, and the block reaching past K, go through a float32 copy zero-padded
+// to the block's end. (Copying whole rows with memcpy, as an earlier version did, ran into
+// glibc's `rep movsb` path, which on this Zen 3 VM took 40% of a 16384 x 32 call.)
+void PrepareBlocks(const Operands& op, Prep& p, Isa isa, bool fast, int64_t b0, int64_t b1) {
+  const int64_t k = p.s.k;
+  const int64_t direct = op.x_type == DType::kF32 ? std::clamp(k / p.S, b0, b1) : b0;
+  const auto build = isa == Isa::kAvx2 ? BuildTablesAvx2 : BuildTables;
+  std::vector<float> xb((b1 - direct) * p.S, 0.f);  // x[r, direct * S ..], zero past K
+  for (int64_t r = 0; r < p.m; ++r) {
+    if (direct > b0)
+      build(static_cast<const float*>(op.x) + r * k + b0 * p.S, p, r, fast, b0, direct);
+    if (direct < b1) {
+      const int64_t lo = direct * p.S, hi = std::min(k, b1 * p.S);
+      for (int64_t i = lo; i < hi; ++i) xb[i - lo] = ToF32(op.x, op.x_type, r * k + i);
+      build(xb.data(), p, r, fast, direct, b1);
+    }
+    if (p.offset == nullptr) continue;
+    for (int64_t grp = (b0 * p.S + p.g - 1) / p.g; grp * p.g < b1 * p.S; ++grp) {
+      double sum = 0.0;
+      for (int64_t i = grp * p.g; i < std::min(k, (grp + 1) * p.g); ++i)
+        sum += ToF32(op.x, op.x_type, r * k + i);
+      p.gsum[r * p.ngroups + grp] = static_cast<float>(sum);
+    }
+  }
+}
+
+// y[i] = partial[0][i] + partial[1][i] + ... (in slice order), stored in x's dtype.
+void SumSlices(const float* partial, int64_t slices, int64_t count, const Operands& op) {
+  std::vector<float> sum(partial, partial + count);
+  for (int64_t s = 1; s < slices; ++s)
+    for (int64_t i = 0; i < count; ++i) sum[i] += partial[s * count + i];
+  StoreRow(sum.data(), op.x_type, op.y, 0, count);
+}
+
+}  // namespace
+
 void LutGemm(const Operands& op, Mode mode, Isa isa, int64_t max_tasks,
              const ParallelFor& parallel_for) {
   const bool fast = mode == Mode::kFast, dense = mode == Mode::kDense;
@@ -913,9 +985,6 @@ void LutGemm(const Operands& op, Mode mode, Isa isa, int64_t max_tasks,
   p.offset = op.offset;
   p.at = op.alpha_type;
 
-  const int64_t k = p.s.k;
-  // Activations as float32, zero-padded to Kp; tables and group sums per row.
-  std::vector<float> xrow(p.kp, 0.f);
   if (dense) {
     RunDenseAll(p, op, isa, max_tasks, parallel_for);
     return;
@@ -927,30 +996,30 @@ void LutGemm(const Operands& op, Mode mode, Isa isa, int64_t max_tasks,
     p.ft.resize(p.m * p.nchunks * kEntries);
   }
   p.gsum.resize(p.m * p.ngroups);
-  for (int64_t r = 0; r < p.m; ++r) {
-    if (op.x_type == DType::kF32) {
-      std::memcpy(xrow.data(), static_cast<const float*>(op.x) + r * k, k * sizeof(float));
-    } else {
-      for (int64_t i = 0; i < k; ++i) xrow[i] = ToF32(op.x, op.x_type, r * k + i);
-    }
-    if (isa == Isa::kAvx2)
-      BuildTablesAvx2(xrow.data(), p, r, fast);
-    else
-      BuildTables(xrow.data(), p, r, fast);
-    if (p.offset != nullptr) {
-      for (int64_t grp = 0; grp < p.ngroups; ++grp) {
-        double sum = 0.0;
-        for (int64_t i = grp * p.g; i < (grp + 1) * p.g; ++i) sum += xrow[i];
-        p.gsum[r * p.ngroups + grp] = static_cast<float>(sum);
-      }
-    }
-  }
-
   const Kernels kr = GetKernels(isa, fast, p.at, p.layout);
-  // Column chunks: multiples of 32 columns (no two tasks share a 128-byte line of y or of a sign
-  // word row), up to 4 per task for load balance.
   const int64_t n = p.s.n;
   const int64_t tasks = std::max<int64_t>(1, max_tasks);
+
+  // Split-K: work item s builds the tables of K slice s and computes all columns over it.
+  if (const int64_t slices = KSlices(p); slices > 1) {
+    std::vector<float> partial(slices * p.m * n);
+    auto run = [&](int64_t s) {
+      const int64_t b0 = s * p.nsb / slices, b1 = (s + 1) * p.nsb / slices;
+      PrepareBlocks(op, p, isa, fast, b0, b1);
+      RunColumns(p, kr, op, 0, n, b0, b1, partial.data() + s * p.m * n);
+    };
+    if (tasks == 1) {
+      for (int64_t s = 0; s < slices; ++s) run(s);
+    } else {
+      parallel_for(slices, run);
+    }
+    SumSlices(partial.data(), slices, p.m * n, op);
+    return;
+  }
+
+  PrepareBlocks(op, p, isa, fast, 0, p.nsb);
+  // Column chunks: multiples of 32 columns (no two tasks share a 128-byte line of y or of a sign
+  // word row), up to 4 per task for load balance.
   // Chunks of >= 1024 columns where N allows (>= 4 KiB contiguous per sign-word row and scale
   // block, so that hardware prefetch streams run long), but at least one chunk per task.
   int64_t chunk = std::max<int64_t>(1024, (n + tasks * 4 - 1) / (tasks * 4));
@@ -958,7 +1027,7 @@ void LutGemm(const Operands& op, Mode mode, Isa isa, int64_t max_tasks,
   chunk = std::max<int64_t>(32, (chunk + 31) / 32 * 32);
   const int64_t nchunk = (n + chunk - 1) / chunk;
   auto run = [&](int64_t i) {
-    RunColumns(p, kr, op, i * chunk, std::min(n, (i + 1) * chunk));
+    RunColumns(p, kr, op, i * chunk, std::min(n, (i + 1) * chunk), 0, p.nsb, nullptr);
   };
   if (nchunk == 1 || tasks == 1) {
     for (int64_t i = 0; i < nchunk; ++i) run(i);

@@ -237,6 +237,45 @@ def test_deterministic_across_thread_counts(isa, layout, mode, monkeypatch):
         np.testing.assert_array_equal(y, outs[0])
 
 
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_tall_skinny_split_k(isa, layout, mode, monkeypatch):
+    # N < 128 (fewer than 4 blocks of 32 columns) with >= 256 KB of sign words: K is cut into
+    # min(8, scale blocks, sign-word bytes / 128 KiB) slices of whole scale blocks, each building
+    # its own tables, and their partial sums are added in slice order. Slices of unequal length
+    # (313 blocks / 5, 469 / 5, 2731 / 2), K past the last whole block (read through the padded
+    # copy), bfloat16 x, 6 rows, and a per-column group (g = K rounded up) whose offset term
+    # spans both slices. Against float64, and bitwise equal for 1, 2, 3 and 5 threads.
+    # The activations make fast mode's int8 tables exact (`_int8_exact_activations`), so both
+    # modes are held to float32 rounding: a lost or doubled slice cannot hide in the fast bound.
+    cases = [
+        (40000, 33, 4, 128, (1,), jnp.float32),  # 661 KB: 5 slices
+        (30000, 100, 2, 64, (6,), jnp.bfloat16),  # 750 KB: 5 slices
+        (262161, 1, 8, None, (2,), jnp.float32),  # 262 KB: 2 slices, S = 96
+    ]
+    for k, n, q, g, batch, dtype in cases:
+        _, w, w64 = _case(k + n, k, n, q, g, True, batch=batch)
+        x = _int8_exact_activations(np.random.default_rng(k), batch, k, w.group_size, dtype)
+        outs = []
+        for threads in ("1", "2", "3", "5"):
+            monkeypatch.setenv("LUTGEMM_CPU_THREADS", threads)
+            outs.append(np.asarray(_kernel_jit(x, w, mode, layout).astype(jnp.float32)))
+        check(outs[0], x, w, w64, "exact", dtype)
+        for y in outs[1:]:
+            np.testing.assert_array_equal(y, outs[0])
+
+
+def _int8_exact_activations(rng, batch, k, g, dtype=jnp.float32):
+    """Integer activations whose fast-mode tables are exact: every chunk of 4 has sum |x| <= 124
+    except the first chunk of each scale block, [127, 0, 0, 0], so each block's table step
+    (max chunk sum / 127) is 1 and every table entry an integer in [-127, 127]."""
+    s = next(c for c in (128, 96, 64, 32) if g % c == 0)
+    x = rng.integers(-31, 32, size=(*batch, k)).astype(np.float32)
+    x[..., ::s] = 127.0
+    for j in (1, 2, 3):
+        x[..., j::s] = 0.0
+    return jnp.asarray(x, dtype)  # integers <= 127: exact in bfloat16 and float16
+
+
 def test_deterministic_with_one_or_all_cpus():
     # A fresh process restricted to one CPU (XLA sizes its intra-op pool from the CPUs it may
     # use) and one with all CPUs, through the public op: bitwise equal results.
