@@ -2,7 +2,8 @@
 // attributes, selected at run time), each in an exact (float tables) and a fast (int8 tables)
 // mode. See lut_gemm_cpu.h for the method.
 //
-// Loop structure (per task = a range of output columns, per block of up to 4 rows of x):
+// Loop structure (per task = a range of output columns, or for tall-skinny weights a slice of K
+// (split-K, see KSlices); per block of up to 4 rows of x):
 //   for each scale block of S activations (S | g, S <= 128):
 //     for each block of W columns (W = 32 fast / 16 exact on AVX2, 1 portable):
 //       for each plane i: sum the lookups of the block's S/32 words  -> per-column plane sums
@@ -605,11 +606,12 @@ void RunColumns(const Prep& p, const Kernels& kr, const Operands& op, int64_t c_
                 int64_t c_end, int64_t sb_begin, int64_t sb_end, float* partial) {
   const int64_t n = p.s.n, q = p.s.q, m = p.m;
   // Column tile: all of the range for <= 4 rows (one pass over the weight); otherwise a tile whose
-  // sign words (Kp * q / 8 bytes per column) fill about 512 KiB (Zen 3's L2; 256 KiB measured 4-8%
-  // slower at M = 8-16), reused by every row block.
+  // sign words over the scale blocks run here (K * q / 8 bytes per column without split-K) fill
+  // about 512 KiB (Zen 3's L2; 256 KiB measured 4-8% slower at M = 8-16), reused by every row
+  // block.
   int64_t tile = c_end - c_begin;
   if (m > kMaxRows) {
-    const int64_t bytes_per_col = p.kp * q / 8;
+    const int64_t bytes_per_col = (sb_end - sb_begin) * p.S * q / 8;
     tile = std::max<int64_t>(32, (512 * 1024 / bytes_per_col) / 32 * 32);
   }
   std::vector<float> facc(static_cast<size_t>(kMaxRows) * std::min(tile, c_end - c_begin));
@@ -915,14 +917,15 @@ namespace {
 // partial sums of all columns, and the partials are added in slice order. The number of slices
 // depends on the shape only, never on the thread count, so results stay bitwise identical for
 // any number of threads.
-// A slice reads at least kMinSliceBytes of sign words: below that, waking another thread costs
-// more than the slice (on this 2-core VM, K = 16384 x N = 32 at 3 bits, 196 KB, was slower split).
-constexpr int64_t kSplitKBelowBlocks = 4;  // split K when N has fewer 32-column blocks
+// A slice reads about kMinSliceBytes of sign words or more: below that, waking another thread
+// costs more than the slice (on this 2-core VM, K = 16384 x N = 32 at 3 bits, 196 KB, was slower
+// split).
+constexpr int64_t kSplitKBelowN = 128;  // split K when N < 128 (fewer than 4 whole blocks of 32)
 constexpr int64_t kKSlices = 8;
 constexpr int64_t kMinSliceBytes = 128 * 1024;
 
 int64_t KSlices(const Prep& p) {
-  if ((p.s.n + kLayoutBlock - 1) / kLayoutBlock >= kSplitKBelowBlocks) return 1;
+  if (p.s.n >= kSplitKBelowN) return 1;
   const int64_t bytes = p.kp / 8 * p.s.q * p.s.n;
   return std::max<int64_t>(1, std::min({kKSlices, p.nsb, bytes / kMinSliceBytes}));
 }
@@ -955,12 +958,12 @@ void PrepareBlocks(const Operands& op, Prep& p, Isa isa, bool fast, int64_t b0, 
   }
 }
 
-// y[i] = partial[0][i] + partial[1][i] + ... (in slice order), stored in x's dtype.
-void SumSlices(const float* partial, int64_t slices, int64_t count, const Operands& op) {
-  std::vector<float> sum(partial, partial + count);
+// y[i] = partial[0][i] + partial[1][i] + ... (in slice order, summed into partial[0]), stored in
+// x's dtype.
+void SumSlices(float* partial, int64_t slices, int64_t count, const Operands& op) {
   for (int64_t s = 1; s < slices; ++s)
-    for (int64_t i = 0; i < count; ++i) sum[i] += partial[s * count + i];
-  StoreRow(sum.data(), op.x_type, op.y, 0, count);
+    for (int64_t i = 0; i < count; ++i) partial[i] += partial[s * count + i];
+  StoreRow(partial, op.x_type, op.y, 0, count);
 }
 
 }  // namespace

@@ -12,8 +12,9 @@
 //          (one load); canonical words are transposed in registers first (~15% slower).
 // Per (scale block, plane, column) the lookups are summed, scaled by alpha (and, in fast mode, by
 // the block's table scale) and accumulated in float32; the offset adds offset * sum(x over group).
-// Every column is computed by one thread with a fixed operation order, so results do not depend
-// on the number of threads.
+// Every column is computed by one thread with a fixed operation order; for tall-skinny weights
+// (N < 128) K is split into slices fixed by the shape, whose partial sums are added in slice
+// order. Either way results do not depend on the number of threads.
 #ifndef LUTGEMM_CPU_LUT_GEMM_CPU_H_
 #define LUTGEMM_CPU_LUT_GEMM_CPU_H_
 

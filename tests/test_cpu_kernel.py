@@ -239,7 +239,7 @@ def test_deterministic_across_thread_counts(isa, layout, mode, monkeypatch):
 
 @pytest.mark.parametrize("mode", ["exact", "fast"])
 def test_tall_skinny_split_k(isa, layout, mode, monkeypatch):
-    # N < 128 (fewer than 4 blocks of 32 columns) with >= 256 KB of sign words: K is cut into
+    # N < 128 (fewer than 4 whole blocks of 32 columns) with >= 256 KB of sign words: K is cut into
     # min(8, scale blocks, sign-word bytes / 128 KiB) slices of whole scale blocks, each building
     # its own tables, and their partial sums are added in slice order. Slices of unequal length
     # (313 blocks / 5, 469 / 5, 2731 / 2), K past the last whole block (read through the padded
