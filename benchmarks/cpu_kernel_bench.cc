@@ -5,14 +5,20 @@
 //   g++ -O3 -std=c++17 -Icpu -Iinclude -o /tmp/cpu_kernel_bench
 //       benchmarks/cpu_kernel_bench.cc cpu/lut_gemm_cpu.cc -lpthread      (one command)
 //   /tmp/cpu_kernel_bench K N q [mode=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1]
+//                         [alpha=0]
 //
-// mode: 0 exact LUT, 1 fast LUT, 2 dense path, 3 read only: every sign word and alpha loaded in the
-// fast kernel's order (scale block, 32-column block, plane, word; the same column chunks over the
-// threads), summed with no table work, i.e. what the kernel's traversal costs in memory. sets: weight copies rotated per call (sets x the
-// packed bytes above the 32 MiB L3 gives cold weights). layout: 0 canonical, 1 'cpu' sign words
-// (random bits either way; the layout only changes how the kernel reads them). Threads are started per call (as the
-// XLA pool's workers are woken per call). g = 128, float32 x and alpha, no offset. Prints the
-// fastest and the median call and the packed weight bytes (bits + alpha) over the median.
+// mode: 0 exact LUT, 1 fast LUT, 2 dense path, 3 read only: every sign word and alpha loaded in
+//   the fast kernel's order (scale block, 32-column block, plane, word; the same column chunks
+//   over the threads), summed with no table work, i.e. what the kernel's traversal costs in
+//   memory (float32 alpha).
+// sets: weight copies rotated per call (sets x the packed bytes above the 32 MiB L3 gives cold
+//   weights).
+// layout: 0 canonical, 1 'cpu' sign words (random bits either way; the layout only changes how
+//   the kernel reads them).
+// alpha: 0 float32, 1 bfloat16, 2 float16 scales.
+// Threads are started per call (as the XLA pool's workers are woken per call). g = 128, float32
+// x, no offset. Prints the fastest and the median call and the packed weight bytes (bits +
+// alpha) over the median.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -27,6 +33,7 @@
 #include <immintrin.h>
 
 #include "lut_gemm_cpu.h"
+#include "lutgemm/dtypes.h"
 
 namespace cpu = lutgemm::cpu;
 
@@ -89,7 +96,8 @@ void ReadOnly(const uint32_t* bits, const float* alpha, const lutgemm::BcqShape&
 int main(int argc, char** argv) {
   if (argc < 4) {
     std::fprintf(stderr,
-                 "usage: %s K N q [mode=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1]\n",
+                 "usage: %s K N q [mode=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1] "
+                 "[alpha=0]\n",
                  argv[0]);
     return 2;
   }
@@ -97,9 +105,11 @@ int main(int argc, char** argv) {
   const int64_t mode = Arg(argc, argv, 4, 1), m = Arg(argc, argv, 5, 1);
   const int64_t threads = Arg(argc, argv, 6, 1), sets = Arg(argc, argv, 7, 1);
   const int64_t reps = Arg(argc, argv, 8, 200), layout = Arg(argc, argv, 9, 1);
+  const int64_t alpha_kind = Arg(argc, argv, 10, 0);
   const lutgemm::BcqShape shape{k, n, q, 128, false};
   if (k <= 0 || n <= 0 || m <= 0 || threads <= 0 || sets <= 0 || reps <= 0 || mode < 0 ||
-      mode > 3 || layout < 0 || layout > 1 || lutgemm::CheckShape(shape) != nullptr) {
+      mode > 3 || layout < 0 || layout > 1 || alpha_kind < 0 || alpha_kind > 2 ||
+      (mode == 3 && alpha_kind != 0) || lutgemm::CheckShape(shape) != nullptr) {
     std::fprintf(stderr, "bad arguments\n");
     return 2;
   }
@@ -111,6 +121,12 @@ int main(int argc, char** argv) {
   std::vector<std::vector<float>> alpha(sets, std::vector<float>(alphas));
   for (auto& set : bits) std::generate(set.begin(), set.end(), [&] { return rng(); });
   for (auto& set : alpha) std::generate(set.begin(), set.end(), [&] { return uniform(rng); });
+  // bfloat16 / float16 alpha: the same values rounded, stored as 16-bit words.
+  std::vector<std::vector<uint16_t>> alpha16(alpha_kind == 0 ? 0 : sets);
+  for (int64_t i = 0; i < static_cast<int64_t>(alpha16.size()); ++i)
+    for (float a : alpha[i])
+      alpha16[i].push_back(alpha_kind == 1 ? lutgemm::FloatToBf16(a) : lutgemm::FloatToF16(a));
+  const cpu::DType alpha_types[] = {cpu::DType::kF32, cpu::DType::kBF16, cpu::DType::kF16};
   std::vector<float> x(m * k), y(m * n);
   std::generate(x.begin(), x.end(), [&] { return uniform(rng); });
 
@@ -120,7 +136,7 @@ int main(int argc, char** argv) {
   op.x = x.data();
   op.x_type = cpu::DType::kF32;
   op.layout = static_cast<lutgemm::Layout>(layout);
-  op.alpha_type = cpu::DType::kF32;
+  op.alpha_type = alpha_types[alpha_kind];
   op.y = y.data();
   const cpu::ParallelFor parallel_for = ThreadsFor(threads);
   const cpu::Isa isa = cpu::SelectIsa();
@@ -128,7 +144,8 @@ int main(int argc, char** argv) {
   std::vector<double> ms;
   for (int64_t r = 0; r < reps; ++r) {
     op.bits = bits[r % sets].data();
-    op.alpha = alpha[r % sets].data();
+    op.alpha = alpha_kind == 0 ? static_cast<const void*>(alpha[r % sets].data())
+                               : static_cast<const void*>(alpha16[r % sets].data());
     const auto t0 = std::chrono::steady_clock::now();
     if (mode == 3)
       ReadOnly(op.bits, static_cast<const float*>(op.alpha), shape, threads, parallel_for);
@@ -139,13 +156,15 @@ int main(int argc, char** argv) {
   }
   std::sort(ms.begin(), ms.end());
   const double median = ms[ms.size() / 2];
-  const double bytes = static_cast<double>(words) * 4 + static_cast<double>(alphas) * 4;
-  std::printf("K=%lld N=%lld q=%lld mode=%lld M=%lld threads=%lld sets=%lld layout=%lld isa=%s: "
+  const double bytes =
+      static_cast<double>(words) * 4 + static_cast<double>(alphas) * (alpha_kind == 0 ? 4 : 2);
+  std::printf("K=%lld N=%lld q=%lld mode=%lld M=%lld threads=%lld sets=%lld layout=%lld "
+              "alpha=%s isa=%s: "
               "min %.3f ms, median %.3f ms, %.2f GB/s (weight bytes / median)\n",
               static_cast<long long>(k), static_cast<long long>(n), static_cast<long long>(q),
               static_cast<long long>(mode), static_cast<long long>(m),
               static_cast<long long>(threads), static_cast<long long>(sets),
-              static_cast<long long>(layout),
+              static_cast<long long>(layout), alpha_kind == 0 ? "f32" : alpha_kind == 1 ? "bf16" : "f16",
               isa == cpu::Isa::kAvx2 ? "avx2" : "portable", ms.front(), median,
               bytes / median / 1e6);
   return 0;

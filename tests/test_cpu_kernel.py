@@ -393,8 +393,17 @@ def test_standalone_kernel_bench_builds_and_runs(tmp_path):
         ).stdout
         assert f"mode={mode} M=5 threads=2 sets=2 layout={layout}" in out, out
         assert "median" in out, out
-    bad = subprocess.run([exe, "300", "70", "9"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "bad arguments" in bad.stderr
+    for alpha, name in [("1", "bf16"), ("2", "f16")]:
+        out = subprocess.run(
+            [exe, "300", "70", "3", "1", "2", "2", "2", "3", "1", alpha],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert f"layout=1 alpha={name}" in out, out
+    for args in (["300", "70", "9"], ["300", "70", "3", "1", "1", "1", "1", "3", "1", "3"]):
+        bad = subprocess.run([exe, *args], capture_output=True, text=True)
+        assert bad.returncode == 2 and "bad arguments" in bad.stderr
 
 
 def test_inner_loop_microbenchmark_builds_and_runs(tmp_path):
