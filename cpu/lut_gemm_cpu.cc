@@ -905,9 +905,6 @@ void RunDenseAll(const Prep& p, const Operands& op, Isa isa, int64_t max_tasks,
     parallel_for(nchunk, run);
   }
 }
-}  // namespace
-
-namespace {
 
 // Split-K for tall-skinny weights. Columns alone cannot keep several threads busy when N has
 // only a few 32-column blocks (a router, a value head, a narrow tensor-parallel shard), and the
