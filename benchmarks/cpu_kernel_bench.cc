@@ -3,7 +3,7 @@
 // threads) that the JAX-level benchmark (python -m lutgemm_jax.bench) cannot separate.
 //
 //   g++ -O3 -std=c++17 -Icpu -Iinclude -o /tmp/cpu_kernel_bench
-//       benchmarks/cpu_kernel_bench.cc cpu/lut_gemm_cpu.cc -lpthread      (one command)
+//       benchmarks/cpu_kernel_bench.cc cpu/lut_gemm_cpu.cc cpu/worker_pool.cc -lpthread
 //   /tmp/cpu_kernel_bench K N q [mode=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1]
 //                         [alpha=0]
 //
@@ -16,7 +16,8 @@
 // layout: 0 canonical, 1 'cpu' sign words (random bits either way; the layout only changes how
 //   the kernel reads them).
 // alpha: 0 float32, 1 bfloat16, 2 float16 scales.
-// Threads are started per call (as the XLA pool's workers are woken per call). g = 128, float32
+// Threads: the caller and the op's worker pool (cpu/worker_pool.h; LUTGEMM_CPU_SPIN_US applies).
+// g = 128, float32
 // x, no offset. Prints the fastest and the median call and the packed weight bytes (bits +
 // alpha) over the median.
 #include <algorithm>
@@ -27,12 +28,12 @@
 #include <cstdlib>
 #include <functional>
 #include <random>
-#include <thread>
 #include <vector>
 
 #include <immintrin.h>
 
 #include "lut_gemm_cpu.h"
+#include "worker_pool.h"
 #include "lutgemm/dtypes.h"
 
 namespace cpu = lutgemm::cpu;
@@ -43,17 +44,10 @@ int64_t Arg(int argc, char** argv, int i, int64_t fallback) {
   return argc > i ? std::atoll(argv[i]) : fallback;
 }
 
-// Runs fn(0 .. count-1) on `threads` threads (the caller included) claiming indices in order.
+// Runs fn(0 .. count-1) on `threads` threads (the caller included), as the FFI handler does.
 cpu::ParallelFor ThreadsFor(int64_t threads) {
   return [threads](int64_t count, const std::function<void(int64_t)>& fn) {
-    std::atomic<int64_t> next{0};
-    auto work = [&] {
-      for (int64_t i; (i = next.fetch_add(1)) < count;) fn(i);
-    };
-    std::vector<std::thread> helpers;
-    for (int64_t t = 1; t < threads; ++t) helpers.emplace_back(work);
-    work();
-    for (auto& t : helpers) t.join();
+    cpu::PoolParallelFor(std::min(threads, count) - 1, count, fn);
   };
 }
 

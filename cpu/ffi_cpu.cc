@@ -3,25 +3,25 @@
 // Attributes: in_features, out_features, num_bits, group_size (validated by CheckOperands),
 // layout (0 = canonical sign words, 1 = the 'cpu' byte-major layout; bcq_format.h) and mode
 // (0 = exact float32 tables, 1 = fast int8 tables, 2 = dequantized tiles + dense GEMM, the
-// large-batch path). Work is spread over XLA's intra-op thread pool (ffi::ThreadPool); the
-// calling thread works too.
+// large-batch path). Work is spread over the calling thread and the library's own workers
+// (worker_pool.h), as many threads in all as XLA's intra-op pool (ffi::ThreadPool) has, up to 256.
 // Environment (read per call, for tests and benchmarks):
 //   LUTGEMM_CPU_ISA=portable|avx2   force the code path (default: best the CPU supports)
 //   LUTGEMM_CPU_THREADS=<n>         use at most n threads (default: the pool's size)
+//   LUTGEMM_CPU_SPIN_US=<us>        how long idle workers spin before sleeping (worker_pool.h)
 //   LUTGEMM_CPU_POISON=1            fill y with NaN bytes (0xff) before computing, so tests can
 //                                   prove that every output element is written
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <functional>
-#include <memory>
-#include <mutex>
+#include <new>
 #include <string>
 
 #include "lut_gemm_cpu.h"
+#include "worker_pool.h"
 #include "lutgemm/ffi_checks.h"
 #include "nanobind/nanobind.h"
 #include "xla/ffi/api/ffi.h"
@@ -41,38 +41,6 @@ DType ToDType(ffi::DataType t) {
     default:
       return DType::kF16;
   }
-}
-
-// Claims indices from a shared counter on the caller and on up to `helpers` pool threads; returns
-// once every index has run. Helpers that start late find nothing left and only touch the shared
-// state, which they keep alive.
-struct ForState {
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  std::mutex mu;
-  std::condition_variable cv;
-};
-
-void PoolParallelFor(ffi::ThreadPool& pool, int64_t helpers, int64_t count,
-                     const std::function<void(int64_t)>& fn) {
-  auto st = std::make_shared<ForState>();
-  const std::function<void(int64_t)>* fp = &fn;
-  auto work = [st, fp, count]() {
-    for (int64_t i; (i = st->next.fetch_add(1)) < count;) {
-      (*fp)(i);
-      if (st->done.fetch_add(1) + 1 == count) {
-        std::lock_guard<std::mutex> lock(st->mu);
-        st->cv.notify_all();
-      }
-    }
-  };
-  for (int64_t h = 0; h < helpers; ++h) {
-    auto copy = work;
-    pool.Schedule(std::move(copy));
-  }
-  work();
-  std::unique_lock<std::mutex> lock(st->mu);
-  st->cv.wait(lock, [&] { return st->done.load() == count; });
 }
 
 int64_t NumThreads(ffi::ThreadPool& pool) {
@@ -119,10 +87,17 @@ ffi::Error LutGemmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
   op.y = y->untyped_data();
 
   const int64_t threads = NumThreads(pool);
-  ParallelFor pf = [&pool, threads](int64_t count, const std::function<void(int64_t)>& fn) {
-    PoolParallelFor(pool, std::min(threads, count) - 1, count, fn);
+  ParallelFor pf = [threads](int64_t count, const std::function<void(int64_t)>& fn) {
+    PoolParallelFor(std::min(threads, count) - 1, count, fn);
   };
-  LutGemm(op, static_cast<Mode>(mode), SelectIsa(), threads, pf);
+  try {  // nothing may unwind into XLA: allocations (tables, partial sums) can fail
+    LutGemm(op, static_cast<Mode>(mode), SelectIsa(), threads, pf);
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "lut_gemm: out of memory for the kernel's lookup tables or buffers");
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("lut_gemm: ") + e.what());
+  }
   return ffi::Error::Success();
 }
 

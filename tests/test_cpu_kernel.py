@@ -381,6 +381,7 @@ def test_standalone_kernel_bench_builds_and_runs(tmp_path):
         exe,
         f"{root}/benchmarks/cpu_kernel_bench.cc",
         f"{root}/cpu/lut_gemm_cpu.cc",
+        f"{root}/cpu/worker_pool.cc",
         "-lpthread",
     ]
     subprocess.run(cmd, check=True, capture_output=True)
