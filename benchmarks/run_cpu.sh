@@ -8,7 +8,7 @@ shapes="4096x4096 4096x16384 16384x4096"
 bench() { python -m lutgemm_jax.bench --quiet "$@"; }
 uptime | tee "$out/load.txt"
 bench --shapes $shapes --q 3 --batch 1 --modes fast exact --layouts cpu canonical \
-  --backends lut xla numpy jnp --accuracy --json "$out/batch1.json" --csv "$out/batch1.csv" \
+  --backends lut xla xla_bytes numpy jnp --accuracy --json "$out/batch1.json" --csv "$out/batch1.csv" \
   | tee "$out/batch1.md"
 bench --shapes $shapes --q 2 3 4 --batch 1 --modes fast --backends lut xla numpy \
   --json "$out/qscaling.json" | tee "$out/qscaling.md"

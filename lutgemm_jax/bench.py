@@ -8,6 +8,10 @@ served from the last-level cache (cold weights, as in a decode step of a large m
 * ``lut_kernel``: the native LUT kernel at every batch size (``jax.ffi.ffi_call``, no crossover);
 * ``dense``:      the kernel's large-batch path at every batch size (dequantized tiles + FMA);
 * ``xla``:        XLA float32 ``x @ W`` on a dense float32 weight;
+* ``xla_bytes``:  XLA float32 ``x @ W`` on a dense float32 weight of the packed weight's size
+                  (``[B / 4N, N]`` for B packed bytes): how fast XLA's own GEMV streams as many
+                  bytes as the LUT kernel reads, so ``ms_xla / ms_xla_bytes`` is the speedup over
+                  ``xla`` that a kernel reading the packed bytes at XLA's rate would get;
 * ``numpy``:      numpy/OpenBLAS float32 ``x @ W``;
 * ``jnp``:        the pure-jnp path (`ops.lut_gemm_reference`: dequantize + dot, fused by XLA).
 
@@ -16,7 +20,9 @@ prepare once with `lutgemm_jax.to_layout`; ``canonical`` as quantizers produce i
 
 The same run measures memory copy bandwidth (numpy copy of a 256 MiB buffer, read + write bytes
 over time) and reports each LUT timing against the bandwidth floor: bytes of bits + alpha
-(+ offset) divided by that bandwidth. Timings are medians after warm-up.
+(+ offset) divided by that bandwidth. Timings are medians after warm-up. Ratio columns:
+``x_vs_<backend>`` = that backend's time / the LUT time; ``xla_vs_xla_bytes`` = ``ms_xla /
+ms_xla_bytes``.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from lutgemm_jax import _native, ops
 from lutgemm_jax.format import LAYOUTS, BCQWeight
 
 L3_BYTES = 32 << 20
-ALL_BACKENDS = ("lut", "lut_kernel", "dense", "xla", "numpy", "jnp")
+ALL_BACKENDS = ("lut", "lut_kernel", "dense", "xla", "xla_bytes", "numpy", "jnp")
 
 
 def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 7) -> float:
@@ -122,9 +128,16 @@ def run(args) -> list[dict]:
     dense_cache: dict = {}
     for k, n, q, m in configs:
         g = args.g if args.g > 0 else -(-k // 32) * 32
-        ws = None
+        w0 = random_weight(rng, k, n, q, g, args.offset, args.alpha_dtype)
+        ws = [w0] + [
+            random_weight(rng, k, n, q, g, args.offset, args.alpha_dtype)
+            for _ in range(_sets(w0.nbytes()) - 1)
+        ]
+        wbytes = w0.nbytes()
         x = jnp.asarray(rng.normal(size=(m, k)), jnp.float32)
         base = {}
+        if "xla_bytes" in args.backends:
+            base["xla_bytes"] = _time_xla_bytes(args, rng, m, wbytes, n)
         if any(b in args.backends for b in ("xla", "numpy")):
             key = (k, n)
             if key not in dense_cache:
@@ -148,22 +161,15 @@ def run(args) -> list[dict]:
                     args.warmup,
                     args.budget,
                 )
+        if "jnp" in args.backends:
+            f = jax.jit(
+                lambda x, w: ops.lut_gemm_reference(
+                    x, w.bits, w.alpha, _offset(w), **ops._params(w)
+                )
+            )
+            base["jnp"] = _time(f, [(x, w) for w in ws[:2]], args.reps, 1, args.budget)
+        floor = wbytes / bw
         for mode in args.modes:
-            if ws is None:
-                w0 = random_weight(rng, k, n, q, g, args.offset, args.alpha_dtype)
-                ws = [w0] + [
-                    random_weight(rng, k, n, q, g, args.offset, args.alpha_dtype)
-                    for _ in range(_sets(w0.nbytes()) - 1)
-                ]
-                if "jnp" in args.backends:
-                    f = jax.jit(
-                        lambda x, w: ops.lut_gemm_reference(
-                            x, w.bits, w.alpha, _offset(w), **ops._params(w)
-                        )
-                    )
-                    base["jnp"] = _time(f, [(x, w) for w in ws[:2]], args.reps, 1, args.budget)
-            wbytes = ws[0].nbytes()
-            floor = wbytes / bw
             for layout in args.layouts:
                 wl = [w.to_layout(layout) for w in ws]
                 res = _time_lut(args, x, wl, mode, dense=mode == args.modes[0])
@@ -191,6 +197,8 @@ def run(args) -> list[dict]:
                         row[f"x_vs_{b}"] = tb / t
                         if b == "xla":
                             row["x_vs_xla_min"] = tb_min / t_min
+                    if "xla" in base and "xla_bytes" in base:
+                        row["xla_vs_xla_bytes"] = base["xla"][0] / base["xla_bytes"][0]
                     rows.append(row)
                 progress.advance()
                 del wl
@@ -205,6 +213,18 @@ def run(args) -> list[dict]:
         crossover=dict(ops.CPU_CROSSOVER),
     )
     return rows, meta
+
+
+def _time_xla_bytes(args, rng, m: int, nbytes: int, n: int) -> tuple[float, float]:
+    """(median, min) seconds of XLA float32 ``x @ W`` for W ``[nbytes / 4n, n]`` (rotated)."""
+    k_eq = max(1, round(nbytes / (4 * n)))
+    dense = [
+        jnp.asarray(rng.standard_normal((k_eq, n), dtype=np.float32))
+        for _ in range(_sets(4 * k_eq * n))
+    ]
+    x = jnp.asarray(rng.normal(size=(m, k_eq)), jnp.float32)
+    f = jax.jit(lambda x, w: x @ w)
+    return _time(f, [(x, d) for d in dense], args.reps, args.warmup, args.budget)
 
 
 def _time_lut(args, x, ws: list[BCQWeight], mode: str, dense: bool) -> dict[str, tuple]:
@@ -293,6 +313,9 @@ COLUMNS = [
     ("ms_xla", "{:.3f}"),
     ("x_vs_xla", "{:.1f}x"),
     ("x_vs_xla_min", "{:.1f}x"),
+    ("ms_xla_bytes", "{:.3f}"),
+    ("x_vs_xla_bytes", "{:.2f}x"),
+    ("xla_vs_xla_bytes", "{:.1f}x"),
     ("ms_numpy", "{:.3f}"),
     ("x_vs_numpy", "{:.1f}x"),
     ("ms_jnp", "{:.3f}"),

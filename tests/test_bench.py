@@ -15,7 +15,8 @@ def test_bench_writes_every_backend_layout_and_output(tmp_path, capsys):
     bench.main(
         ["--quiet", "--shapes", "256x96", "--batch", "1", "5", "--reps", "2", "--warmup", "1"]
         + ["--budget", "0.1", "--modes", "fast", "exact", "--layouts", "canonical", "cpu"]
-        + ["--backends", "lut", "lut_kernel", "dense", "xla", "numpy", "jnp", "--accuracy"]
+        + ["--backends", "lut", "lut_kernel", "dense", "xla", "xla_bytes", "numpy", "jnp"]
+        + ["--accuracy"]
         + ["--json", str(out["json"]), "--csv", str(out["csv"]), "--plot", str(out["png"])]
     )
     data = json.loads(out["json"].read_text())
@@ -29,7 +30,9 @@ def test_bench_writes_every_backend_layout_and_output(tmp_path, capsys):
     assert len(rows) == len(keys) == 2 * 2 * (2 * 2 + 1)
     for r in rows:
         assert r["ms"] > 0 and r["min_ms"] <= r["ms"]
-        assert {"x_vs_xla", "x_vs_numpy", "x_vs_jnp"} <= set(r)
+        assert {"x_vs_xla", "x_vs_xla_bytes", "x_vs_numpy", "x_vs_jnp"} <= set(r)
+        # The same-bytes baseline: its speedup over XLA is the ratio of the two XLA timings.
+        assert r["xla_vs_xla_bytes"] == pytest.approx(r["ms_xla"] / r["ms_xla_bytes"])
     assert data["meta"]["copy_GBps"] > 0
     # Accuracy table: both modes within their documented error (exact <= 1e-5, fast ~5e-3).
     acc = {(a["activations"], a["mode"]): a["rel_err"] for a in data["meta"]["accuracy"]}
