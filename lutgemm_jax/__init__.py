@@ -19,6 +19,7 @@ Public API:
 
 from lutgemm_jax import checkpoint, linen, nnx
 from lutgemm_jax._native import build_info, export_disabled_checks
+from lutgemm_jax.config import BCQConfig
 from lutgemm_jax.format import (
     LAYOUTS,
     PER_COLUMN,
@@ -32,6 +33,7 @@ from lutgemm_jax.ops import lut_gemm, lut_gemm_p
 from lutgemm_jax.quantize import quantize
 
 __all__ = [
+    "BCQConfig",
     "LAYOUTS",
     "PER_COLUMN",
     "BCQWeight",

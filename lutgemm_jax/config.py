@@ -1,0 +1,130 @@
+"""`BCQConfig`: how a dense kernel becomes a packed `BCQWeight`, defined once.
+
+Every entry point that quantizes (`lutgemm_jax.quantize`, the Flax layers ``LutDense`` and
+``LutLinear``, ``LutLinear.from_linear``, ``linen.quantize_params``, ``nnx.quantize_model`` and
+the model converters in `lutgemm_jax.models`) takes a ``config: BCQConfig``; their keyword
+arguments (``bits=``, ``group_size=``, ...) are a convenience that builds one with
+`BCQConfig.make`. Each field is documented here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lutgemm_jax.format import ALPHA_DTYPES, LAYOUTS, MAX_BITS, PER_COLUMN, WORD_BITS
+
+METHODS = ("greedy", "alternating", "rtn")
+"""Fitting methods (see `lutgemm_jax.quantize` for the math of each)."""
+AUTO_LAYOUT = "auto"
+"""`BCQConfig.layout` value resolved by `resolve_layout` when a weight is quantized."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BCQConfig:
+    """What to quantize to and how: the format of the result and the fit that produces it.
+
+    Frozen and hashable, so it can be a static argument of ``jax.jit`` and a field of a Flax
+    module. ``BCQConfig()`` is the library default: 3-bit, groups of 128, alternating BCQ,
+    float32 scales, the sign layout of the default backend.
+    """
+
+    # ---- the packed format -------------------------------------------------------------------
+    bits: int = 3
+    """``q``, the number of bit-planes (binary codes) per weight, 1..8."""
+    group_size: int | None = 128
+    """``g``, consecutive rows of K that share scales: a positive multiple of 32, or ``None``
+    (equivalently `PER_COLUMN`, -1) for one group spanning all of K per output column."""
+    alpha_dtype: Any = jnp.float32
+    """Storage dtype of the scales ``alpha`` and the offset: float32, bfloat16 or float16
+    (LUT-GEMM's own format). Stored as a ``numpy.dtype``."""
+    layout: str = AUTO_LAYOUT
+    """Byte order of the packed sign words: ``"canonical"`` (the LUT-GEMM layout, read by every
+    kernel), ``"cpu"`` (32-column blocks stored byte-major: the CPU kernel loads 32 table
+    indices with one vector load; other backends shuffle it back to canonical on every call,
+    a fused byte permutation) or ``"auto"`` (``"cpu"`` when ``jax.default_backend()`` is the CPU
+    at quantize time, else ``"canonical"``). `lutgemm_jax.to_layout` converts later, e.g. before
+    moving CPU-quantized weights to a GPU. See `lutgemm_jax.format` for the byte layout."""
+
+    # ---- the fit -----------------------------------------------------------------------------
+    method: str = "alternating"
+    """``"greedy"``, ``"alternating"`` (greedy, then alternating least-squares rounds) or
+    ``"rtn"`` (uniform round-to-nearest, stored exactly as BCQ with an offset)."""
+    rounds: int = 15
+    """Alternating rounds after the greedy start (only ``method="alternating"``)."""
+    fit_offset: bool = False
+    """Fit a per-group offset with greedy / alternating (``"rtn"`` always has one)."""
+    clip_search: bool = False
+    """``method="rtn"`` only: per group, pick the clipping ratio with the lowest squared
+    error."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, (int, np.integer)):
+            raise TypeError(f"BCQConfig: bits must be an int in 1..{MAX_BITS}, got {self.bits!r}")
+        if not 1 <= self.bits <= MAX_BITS:
+            raise ValueError(f"BCQConfig: bits must be in 1..{MAX_BITS}, got {self.bits}")
+        g = self.group_size
+        if g is not None and g != PER_COLUMN and (
+            isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g <= 0 or g % WORD_BITS
+        ):
+            raise ValueError(
+                f"BCQConfig: group_size must be a positive multiple of {WORD_BITS}, None or "
+                f"PER_COLUMN (-1), got {g!r}"
+            )
+        if g == PER_COLUMN:
+            object.__setattr__(self, "group_size", None)
+        try:
+            dtype = jnp.dtype(self.alpha_dtype)
+        except TypeError as e:
+            raise TypeError(f"BCQConfig: alpha_dtype {self.alpha_dtype!r} is not a dtype") from e
+        if dtype not in [jnp.dtype(d) for d in ALPHA_DTYPES]:
+            raise TypeError(
+                f"BCQConfig: alpha_dtype must be float32, bfloat16 or float16, got {dtype}"
+            )
+        object.__setattr__(self, "alpha_dtype", dtype)
+        if self.layout not in (*LAYOUTS, AUTO_LAYOUT):
+            raise ValueError(
+                f"BCQConfig: layout must be one of {(*LAYOUTS, AUTO_LAYOUT)}, got {self.layout!r}"
+            )
+        if self.method not in METHODS:
+            raise ValueError(f"BCQConfig: method must be one of {METHODS}, got {self.method!r}")
+        r = self.rounds
+        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0:
+            raise ValueError(f"BCQConfig: rounds must be a non-negative int, got {r!r}")
+        if self.fit_offset not in (True, False):
+            raise TypeError(f"BCQConfig: fit_offset must be a bool, got {self.fit_offset!r}")
+        if self.clip_search and self.method != "rtn":
+            raise ValueError(
+                f"BCQConfig: clip_search applies to method='rtn' only, got {self.method!r}"
+            )
+
+    @property
+    def has_offset(self) -> bool:
+        """Whether weights quantized with this config carry an offset."""
+        return self.method == "rtn" or self.fit_offset
+
+    def resolve_layout(self) -> str:
+        """The concrete sign layout: `layout`, with ``"auto"`` decided by the default backend."""
+        if self.layout != AUTO_LAYOUT:
+            return self.layout
+        return "cpu" if jax.default_backend() == "cpu" else "canonical"
+
+    def replace(self, **changes: Any) -> BCQConfig:
+        """A copy with ``changes`` applied (validated like a new config)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def make(cls, config: BCQConfig | None = None, /, **fields: Any) -> BCQConfig:
+        """``config`` (default: ``BCQConfig()``) with ``fields`` applied.
+
+        The one place where keyword arguments of the convenience signatures become a config:
+        ``quantize(W, bits=4)`` is ``quantize(W, config=BCQConfig.make(bits=4))``.
+        """
+        base = cls() if config is None else config
+        if not isinstance(base, cls):
+            raise TypeError(f"config must be a BCQConfig, got {type(base).__name__}")
+        return dataclasses.replace(base, **fields) if fields else base
