@@ -399,13 +399,16 @@ LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, 
   }
 }
 
+// Bytes of sign words per column tile when several row blocks reuse them: the per-core L2 of the
+// smallest x86 server cores this targets (512 KiB on Zen 3; Intel's 1-2 MiB L2 holds it too).
+constexpr int64_t kL2TileBytes = 512 * 1024;
+
 // Software prefetch in the fast kernel. Per scale block a task reads q * S/32 rows of sign words
 // and q rows of alpha (15 streams for q = 3, g = 128), each only 128 bytes per 32-column block:
 // more concurrent streams than the hardware prefetcher keeps ahead of, so on cold weights (a
 // decode step) the lookups stall on DRAM. Each row's block kPrefetchBlocks ahead is prefetched
-// just before the row is read (bits, and alpha with the first word). Measured with two threads on
-// cold 16384 x 4096 and 4096 x 16384: 10-20% faster; issuing the same prefetches in one burst per
-// block, or for the bits or the alpha alone, was not faster.
+// just before the row is read (bits, and alpha with the first word), so each stream's next lines
+// are in flight while the current block's lookups run (BENCHMARKS.md has the measurements).
 constexpr int64_t kPrefetchBlocks = 4;
 
 // Prefetches the line kPrefetchBlocks column blocks past `at`, in a row of `bytes`-sized elements.
@@ -607,12 +610,11 @@ void RunColumns(const Prep& p, const Kernels& kr, const Operands& op, int64_t c_
   const int64_t n = p.s.n, q = p.s.q, m = p.m;
   // Column tile: all of the range for <= 4 rows (one pass over the weight); otherwise a tile whose
   // sign words over the scale blocks run here (K * q / 8 bytes per column without split-K) fill
-  // about 512 KiB (Zen 3's L2; 256 KiB measured 4-8% slower at M = 8-16), reused by every row
-  // block.
+  // about kL2TileBytes, so every row block re-reads them from L2 instead of DRAM.
   int64_t tile = c_end - c_begin;
   if (m > kMaxRows) {
     const int64_t bytes_per_col = (sb_end - sb_begin) * p.S * q / 8;
-    tile = std::max<int64_t>(32, (512 * 1024 / bytes_per_col) / 32 * 32);
+    tile = std::max<int64_t>(32, (kL2TileBytes / bytes_per_col) / 32 * 32);
   }
   std::vector<float> facc(static_cast<size_t>(kMaxRows) * std::min(tile, c_end - c_begin));
   for (int64_t t0 = c_begin; t0 < c_end; t0 += tile) {
@@ -914,9 +916,9 @@ void RunDenseAll(const Prep& p, const Operands& op, Isa isa, int64_t max_tasks,
 // partial sums of all columns, and the partials are added in slice order. The number of slices
 // depends on the shape only, never on the thread count, so results stay bitwise identical for
 // any number of threads.
-// A slice reads about kMinSliceBytes of sign words or more: below that, waking another thread
-// costs more than the slice (on this 2-core VM, K = 16384 x N = 32 at 3 bits, 196 KB, was slower
-// split).
+// A slice reads about kMinSliceBytes of sign words or more: below that, handing a slice to
+// another thread costs more than reading it (a wake-up is tens of microseconds; 128 KiB streams
+// from DRAM in about ten).
 constexpr int64_t kSplitKBelowN = 128;  // split K when N < 128 (fewer than 4 whole blocks of 32)
 constexpr int64_t kKSlices = 8;
 constexpr int64_t kMinSliceBytes = 128 * 1024;
@@ -930,8 +932,8 @@ int64_t KSlices(const Prep& p) {
 // Every row's tables for scale blocks [b0, b1), and the offset term's sums of x over the groups
 // that start in those blocks (in double). float32 x is read in place for the blocks that lie
 // inside K; other dtypes, and the block reaching past K, go through a float32 copy zero-padded
-// to the block's end. (Copying whole rows with memcpy, as an earlier version did, ran into
-// glibc's `rep movsb` path, which on this Zen 3 VM took 40% of a 16384 x 32 call.)
+// to the block's end. Reading in place avoids a per-row copy whose cost (glibc's memcpy) is of
+// the order of the lookups themselves for tall, narrow weights.
 void PrepareBlocks(const Operands& op, Prep& p, Isa isa, bool fast, int64_t b0, int64_t b1) {
   const int64_t k = p.s.k;
   const int64_t direct = op.x_type == DType::kF32 ? std::clamp(k / p.S, b0, b1) : b0;

@@ -9,7 +9,7 @@
 //          128/96/64/32 dividing g), T_q = round(T * 127 / max_c sum_j |x[4c+j]|); on AVX2 looked
 //          up 32 columns at a time with vpshufb (the T-MAC technique), summed exactly in int16.
 //          vpshufb needs byte j of 32 columns in one vector: the kCpu sign layout stores them so
-//          (one load); canonical words are transposed in registers first (~15% slower).
+//          (one load); canonical words are transposed in registers first.
 // Per (scale block, plane, column) the lookups are summed, scaled by alpha (and, in fast mode, by
 // the block's table scale) and accumulated in float32; the offset adds offset * sum(x over group).
 // Every column is computed by one thread with a fixed operation order; for tall-skinny weights

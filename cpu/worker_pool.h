@@ -1,12 +1,10 @@
 // Persistent worker threads for the CPU kernels' parallel loops.
 //
-// Why not XLA's intra-op pool (ffi::ThreadPool), which the handler used before: its threads
-// sleep between calls. On a 2-vCPU KVM guest, handing a batch-1 call's second half to it
-// (4096 x 1024, ~0.1 ms of work per thread) found the helper running after ~1 us in a few calls,
-// after 40-80 us in most, and only after the call had finished (~300 us) in some; and Linux
-// often woke it on the caller's own CPU, where the two threads time-shared one core while the
-// other idled. Through the op, 4096 x 1024 took as long on two threads as on one (BENCHMARKS.md,
-// "Worker threads").
+// Why not XLA's intra-op pool (ffi::ThreadPool): its threads sleep between calls, and a batch-1
+// call is a fraction of a millisecond of work per thread, the same order as the time a sleeping
+// thread takes to be woken and scheduled (and Linux may wake it on the caller's own core). Work
+// handed to a sleeping pool then often finishes on the caller alone (BENCHMARKS.md, "Worker
+// threads", has the measured start latencies).
 //
 // Workers here spin for a short window after each job they took part in before they sleep, so
 // the back-to-back calls of a decode step find them awake and the second core starts within a

@@ -116,10 +116,6 @@ __device__ __forceinline__ void AddRows(const float* p, float (&s)[MT]) {
   }
 }
 
-// Minimum resident blocks per SM promised to ptxas (caps registers at 65536 / (128 * blocks)):
-// decode shapes (MT = 1, q <= 4) get 5 blocks = 20 warps (registers <= 102; 5 * 33 KiB of shared
-// memory fits an H100 SM); the larger register sets (8 rows, generic q) get 1, i.e. no cap,
-// which keeps them free of spills (ptxas -v in docs/cuda.md).
 // Stores the MT rows of one table entry with one wide shared-memory store.
 template <int MT>
 __device__ __forceinline__ void StoreRows(float* p, const float (&v)[MT]) {
@@ -134,6 +130,11 @@ __device__ __forceinline__ void StoreRows(float* p, const float (&v)[MT]) {
   }
 }
 
+// Minimum resident blocks per SM promised to ptxas, which caps registers per thread at
+// 65536 / (kThreads * blocks). Decode shapes (MT = 1, q <= 4) get 5 blocks = 20 warps (<= 102
+// registers; 5 * 33 KiB of shared memory fits a Hopper SM) to hide the latency of the weight
+// stream; 2-4 rows with q <= 4 get 3; the largest register sets (8 rows, or the generic-q
+// kernel) get 1, i.e. no cap, which keeps them free of spills (ptxas -v in docs/cuda.md).
 template <int QMAX, int MT>
 constexpr int MinBlocksPerSm() {
   return QMAX <= 4 && MT == 1 ? 5 : QMAX <= 4 && MT <= 4 ? 3 : 1;

@@ -54,8 +54,8 @@ struct BcqShape {
 //               byte-major: byte j of column c of a block sits at byte 32*j + c of the block
 //               (canonical: 4*c + j). The last N % 32 columns stay canonical.
 // The CPU's AVX2 kernel reads byte j of 32 columns with one 32-byte load in the kCpu layout,
-// where the canonical one needs an in-register 4 x 32 byte transpose per word (~15% of its
-// time). The layout is produced once per weight (lutgemm_jax.to_layout), never per call.
+// where the canonical one needs an in-register 4 x 32 byte transpose per word. The layout is
+// produced once per weight (lutgemm_jax.to_layout), never per call.
 enum class Layout : int64_t { kCanonical = 0, kCpu = 1 };
 constexpr int kLayoutBlock = 32;  // columns per byte-major block of the kCpu layout
 
