@@ -459,3 +459,19 @@ def test_cpu_lowering_passes_the_layout_code():
         text = jax.jit(lj.lut_gemm).lower(x, w.to_layout(layout)).as_text()
         call = next(ln for ln in text.splitlines() if "@lutgemm_cpu(" in ln)
         assert f"layout = {code} : i64" in call
+
+
+def test_cpu_kernel_rejects_bad_mode_and_path():
+    x, w, _ = _case(1, 96, 40, 3, 32, True, batch=(2,))
+    with pytest.raises(ValueError, match=r"cpu_kernel: mode must be one of \('exact', 'fast'\)"):
+        lowering.cpu_kernel(x, w, mode="dense", path="lut")
+    with pytest.raises(ValueError, match=r"cpu_kernel: path must be one of \('lut', 'dense'\)"):
+        lowering.cpu_kernel(x, w, mode="exact", path="tables")
+
+
+def test_cpu_path_follows_the_crossover(monkeypatch):
+    monkeypatch.setitem(lowering.CPU_CROSSOVER, "exact", (4, 3, 2, 2, 2, 2, 2, 2))
+    assert [lowering.cpu_path("exact", 1, m) for m in (1, 3, 4, 100)] == ["lut"] * 2 + ["dense"] * 2
+    assert [lowering.cpu_path("exact", 2, m) for m in (2, 3)] == ["lut", "dense"]
+    monkeypatch.setitem(lowering.CPU_CROSSOVER, "fast", 1 << 62)
+    assert lowering.cpu_path("fast", 8, 1 << 20) == "lut"

@@ -201,3 +201,10 @@ def test_cuda_lowering_functions_pass_canonical_bits(path, monkeypatch):
     bits = next(a for a in seen["operands"] if a.dtype == jnp.uint32)
     np.testing.assert_array_equal(np.asarray(bits), np.asarray(w.bits))
     assert set(seen["attributes"]) == {"in_features", "out_features", "num_bits", "group_size"}
+
+
+def test_cuda_kernel_rejects_bad_path():
+    w = make_weight()
+    match = r"cuda_kernel: path must be one of \('lut', 'dequant_dot'\)"
+    with pytest.raises(ValueError, match=match):
+        lowering.cuda_kernel(jnp.ones((1, 300), jnp.bfloat16), w, path="dense")
