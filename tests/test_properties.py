@@ -10,7 +10,7 @@ signs, independent of the code under test):
   code path (portable / AVX2) and thread count, with the output poisoned beforehand;
 * the CUDA kernels under the CPU emulation harness (tests/cuda_emu): the LUT kernel with its
   planned or forced split-K, and the dequantization kernel;
-* the pure-jnp lowering (``ops.lut_gemm_reference``);
+* the pure-jnp lowering (``lowering.jnp_lowering``);
 * and quantize -> pack -> ``lut_gemm`` for the three quantizers on weights of any scale.
 
 Tolerances (y: the result; ref = x64 @ W64; scale = |x64| @ |W64|, elementwise):
@@ -48,13 +48,12 @@ from hypothesis import strategies as st
 import lutgemm_jax as lj
 from lutgemm_jax import lowering, ops
 from lutgemm_jax.format import (
-    WORD_BITS,
     BCQWeight,
     offset_operand,
     padded_in_features,
     resolve_group_size,
 )
-from lutgemm_jax.testing import dense_float64
+from lutgemm_jax.testing import dense_float64, pack_words, weight_float64
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 HALF_ULP = {"float32": 0.0, "bfloat16": 2.0**-8, "float16": 2.0**-11}
@@ -116,7 +115,7 @@ def problems(draw, max_rows: int | None = None):
     alpha = rng.uniform(0.1, 1.0, (kp // gg, q, n)).astype(DTYPES[a_dtype])
     offset = rng.normal(size=(kp // gg, n)).astype(DTYPES[a_dtype]) if has_offset else None
     w = BCQWeight(
-        bits=jnp.asarray(pack64(signs, kp)),
+        bits=jnp.asarray(pack_words(np.pad(signs, ((0, kp - k), (0, 0), (0, 0))))),
         alpha=jnp.asarray(alpha),
         offset=None if offset is None else jnp.asarray(offset),
         in_features=k,
@@ -135,17 +134,6 @@ def problems(draw, max_rows: int | None = None):
     )
     w64 = dense_float64(signs, alpha, offset, gg)
     return dict(w=w, w64=w64, x=x, x_dtype=x_dtype)
-
-
-def pack64(signs, kp):
-    """Packs bool signs [K, q, N] into uint32 [Kp/32, q, N] with numpy (bit t of word kw is
-    row 32 kw + t; padding rows are 0), independently of format.pack_signs."""
-    k, q, n = signs.shape
-    padded = np.zeros((kp, q, n), np.uint64)
-    padded[:k] = signs
-    shifts = np.arange(WORD_BITS, dtype=np.uint64)[None, :, None, None]
-    words = np.sum(padded.reshape(kp // WORD_BITS, WORD_BITS, q, n) << shifts, axis=1)
-    return words.astype(np.uint32)
 
 
 def reference(x, w64):
@@ -281,16 +269,6 @@ def test_emulation_dequant_kernel_matches_float64(emu, p, w_dtype):
 # ---- quantize -> pack -> lut_gemm ----------------------------------------------------------
 
 
-def unpack64(w):
-    """float64 W_hat [K, N] from the packed arrays, with numpy only (independent of format.py)."""
-    bits = np.asarray(w.bits).astype(np.uint64)  # [Kp/32, q, N]
-    t = np.arange(WORD_BITS, dtype=np.uint64)[None, :, None, None]
-    signs = ((bits[:, None] >> t) & 1).reshape(-1, *bits.shape[1:])[: w.in_features] > 0
-    alpha = np.asarray(jnp.asarray(w.alpha).astype(jnp.float32))
-    offset = np.asarray(jnp.asarray(w.offset).astype(jnp.float32)) if w.has_offset else None
-    return dense_float64(signs, alpha, offset, w.group_size)
-
-
 @st.composite
 def weights(draw):
     """Dense float32 weights of any finite kind and scale (the quantizer's input)."""
@@ -342,7 +320,7 @@ def test_quantize_pack_lut_gemm_matches_float64(W, bits, g, method, fit_offset, 
     )
     arrays = [w.alpha] + ([w.offset] if w.has_offset else [])
     assert all(np.isfinite(np.asarray(a, np.float32)).all() for a in arrays)
-    w64 = unpack64(w)
+    w64 = weight_float64(w)
     assert np.isfinite(w64).all()
     x = jnp.asarray(np.random.default_rng(0).normal(size=(3, W.shape[0])), jnp.float32)
     y = jax.jit(lambda x, w: lj.lut_gemm(x, w, mode="exact"))(x, w)
