@@ -55,9 +55,12 @@ def test_import_without_the_cuda_extension_reports_it(tmp_path):
     assert '"other": "jnp (dequantize + dot)"' in r.stdout
 
 
-def test_installed_package_imports_silently():
+def test_installed_package_imports_silently(tmp_path):
+    # From outside the source tree, so that the package under test is the one imported.
     code = "import warnings; warnings.simplefilter('error'); import lutgemm_jax"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0 and r.stdout == "", r.stderr[-2000:]
 
 
