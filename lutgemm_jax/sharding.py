@@ -22,8 +22,9 @@ splits are unaffected.
 
 Per shard, the kernel primitive runs on the local arrays (``in_features`` and ``out_features``
 are the local sizes): `lutgemm_jax.lowering` picks the CPU or CUDA FFI kernel, or
-`lutgemm_jax.lowering.jnp_lowering` on other platforms. A single
-device compile inlines the kernel call (no partitioning callback).
+`lutgemm_jax.lowering.jnp_lowering` on other platforms. A single device compile inlines the
+kernel call (no partitioning callback). `lut_gemm_p`'s lowering into that kernel call is
+registered here.
 
 Inside ``jax.shard_map``, ``lut_gemm`` takes the local shards directly (see ``ops.lut_gemm``).
 """
