@@ -26,6 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lutgemm_jax import build_info, lowering
+from lutgemm_jax.ops import lut_gemm
+from lutgemm_jax.testing import random_packed_weight
+
 SHAPES = [(12288, 12288), (12288, 49152), (49152, 12288), (4096, 4096)]
 L2_BYTES = 50 * 2**20  # H100; an upper bound for A100 (40 MB) too
 
@@ -56,16 +60,6 @@ def copy_bandwidth(nbytes=2 * 2**30) -> float:
     return 2 * nbytes / t
 
 
-def random_weight(rng, k, n, q, g, dtype, with_offset):
-    from lutgemm_jax.format import BCQWeight
-
-    kp = -(-k // g) * g
-    bits = jnp.asarray(rng.integers(0, 2**32, (kp // 32, q, n), dtype=np.uint32))
-    alpha = jnp.asarray(rng.uniform(0.01, 0.1, (kp // g, q, n)), dtype)
-    offset = jnp.asarray(rng.normal(size=(kp // g, n)) * 0.01, dtype) if with_offset else None
-    return BCQWeight(bits, alpha, offset, k, n, q, g)
-
-
 def lut_bytes(k, n, q, g, m, act_bytes, scale_bytes, with_offset):
     groups = -(-k // g)
     scales = groups * n * (q + (1 if with_offset else 0)) * scale_bytes
@@ -87,24 +81,8 @@ def main(argv=None) -> int:
     if _gpu() is None:
         print("bench_gpu: no GPU visible to JAX; nothing timed.")
         return 0
-    from lutgemm_jax import _native, ops
-    from lutgemm_jax.ops import lut_gemm
-
-    def _lut_kernel(x, w):
-        offset = w.offset if w.has_offset else jnp.zeros((0, w.out_features), w.alpha.dtype)
-        return ops._cuda_lut(
-            x,
-            w.bits,
-            w.alpha,
-            offset,
-            in_features=w.in_features,
-            out_features=w.out_features,
-            num_bits=w.num_bits,
-            group_size=w.group_size,
-        )
-
-    if not _native.HAS_CUDA:
-        print("bench_gpu: the CUDA extension is not built; nothing timed.")
+    if not build_info()["cuda"]:
+        print(f"bench_gpu: the CUDA extension is unavailable ({build_info()['paths']['cuda']}).")
         return 1
 
     dtype = jnp.dtype(args.dtype)
@@ -121,14 +99,14 @@ def main(argv=None) -> int:
         r_lut = max(2, -(-3 * L2_BYTES // wb))
         r_dense = max(2, -(-3 * L2_BYTES // (k * n * act)))
         lut_ws = [
-            random_weight(rng, k, n, args.bits, args.group_size, dtype, args.offset)
+            random_packed_weight(rng, k, n, args.bits, args.group_size, args.offset, dtype)
             for _ in range(r_lut)
         ]
         dense_ws = [jnp.asarray(rng.normal(size=(k, n)) * 0.02, dtype) for _ in range(r_dense)]
         lut_step = jax.jit(lambda x, ws: [lut_gemm(x, w) for w in ws])
         # The LUT kernel itself at any M (the lowering switches to dequantize + dot above
-        # ops.CUDA_LUT_MAX_ROWS): for measuring the crossover.
-        kernel_step = jax.jit(lambda x, ws: [_lut_kernel(x, w) for w in ws])
+        # lowering.CUDA_LUT_MAX_ROWS): for measuring the crossover.
+        kernel_step = jax.jit(lambda x, ws: [lowering.cuda_kernel(x, w, path="lut") for w in ws])
         dense_step = jax.jit(
             lambda x, ws: [
                 jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype) for w in ws
@@ -139,7 +117,7 @@ def main(argv=None) -> int:
             t_lut = median_time(lut_step, (x, lut_ws), args.repeats) / r_lut
             t_dense = median_time(dense_step, (x, dense_ws), args.repeats) / r_dense
             t_kernel = t_lut
-            if m > ops.CUDA_LUT_MAX_ROWS:
+            if m > lowering.CUDA_LUT_MAX_ROWS:
                 t_kernel = median_time(kernel_step, (x, lut_ws), args.repeats) / r_lut
             b_lut = lut_bytes(k, n, args.bits, args.group_size, m, act, act, args.offset)
             b_dense = k * n * act + m * (k + n) * act
@@ -152,7 +130,7 @@ def main(argv=None) -> int:
                 dtype=args.dtype,
                 lut_us=t_lut * 1e6,
                 lut_kernel_us=t_kernel * 1e6,
-                path="lut" if m <= ops.CUDA_LUT_MAX_ROWS else "dequant+dot",
+                path="lut" if m <= lowering.CUDA_LUT_MAX_ROWS else "dequant+dot",
                 dense_us=t_dense * 1e6,
                 speedup=t_dense / t_lut,
                 lut_roofline_pct=100 * b_lut / bw / t_lut,

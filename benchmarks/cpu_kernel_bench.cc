@@ -4,10 +4,10 @@
 //
 //   g++ -O3 -std=c++17 -Icpu -Iinclude -o /tmp/cpu_kernel_bench
 //       benchmarks/cpu_kernel_bench.cc cpu/lut_gemm_cpu.cc cpu/worker_pool.cc -lpthread
-//   /tmp/cpu_kernel_bench K N q [mode=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1]
+//   /tmp/cpu_kernel_bench K N q [kernel=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1]
 //                         [alpha=0]
 //
-// mode: 0 exact LUT, 1 fast LUT, 2 dense path, 3 read only: every sign word and alpha loaded in
+// kernel: 0 exact LUT, 1 fast LUT, 2 dense path, 3 read only: every sign word and alpha loaded in
 //   the fast kernel's order (scale block, 32-column block, plane, word; the same column chunks
 //   over the threads), summed with no table work, i.e. what the kernel's traversal costs in
 //   memory (float32 alpha).
@@ -90,20 +90,20 @@ void ReadOnly(const uint32_t* bits, const float* alpha, const lutgemm::BcqShape&
 int main(int argc, char** argv) {
   if (argc < 4) {
     std::fprintf(stderr,
-                 "usage: %s K N q [mode=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1] "
+                 "usage: %s K N q [kernel=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1] "
                  "[alpha=0]\n",
                  argv[0]);
     return 2;
   }
   const int64_t k = Arg(argc, argv, 1, 0), n = Arg(argc, argv, 2, 0), q = Arg(argc, argv, 3, 0);
-  const int64_t mode = Arg(argc, argv, 4, 1), m = Arg(argc, argv, 5, 1);
+  const int64_t kernel = Arg(argc, argv, 4, 1), m = Arg(argc, argv, 5, 1);
   const int64_t threads = Arg(argc, argv, 6, 1), sets = Arg(argc, argv, 7, 1);
   const int64_t reps = Arg(argc, argv, 8, 200), layout = Arg(argc, argv, 9, 1);
   const int64_t alpha_kind = Arg(argc, argv, 10, 0);
   const lutgemm::BcqShape shape{k, n, q, 128, false};
-  if (k <= 0 || n <= 0 || m <= 0 || threads <= 0 || sets <= 0 || reps <= 0 || mode < 0 ||
-      mode > 3 || layout < 0 || layout > 1 || alpha_kind < 0 || alpha_kind > 2 ||
-      (mode == 3 && alpha_kind != 0) || lutgemm::CheckShape(shape) != nullptr) {
+  if (k <= 0 || n <= 0 || m <= 0 || threads <= 0 || sets <= 0 || reps <= 0 || kernel < 0 ||
+      kernel > 3 || layout < 0 || layout > 1 || alpha_kind < 0 || alpha_kind > 2 ||
+      (kernel == 3 && alpha_kind != 0) || lutgemm::CheckShape(shape) != nullptr) {
     std::fprintf(stderr, "bad arguments\n");
     return 2;
   }
@@ -141,10 +141,13 @@ int main(int argc, char** argv) {
     op.alpha = alpha_kind == 0 ? static_cast<const void*>(alpha[r % sets].data())
                                : static_cast<const void*>(alpha16[r % sets].data());
     const auto t0 = std::chrono::steady_clock::now();
-    if (mode == 3)
+    if (kernel == 3)
       ReadOnly(op.bits, static_cast<const float*>(op.alpha), shape, threads, parallel_for);
+    else if (kernel == 2)
+      cpu::LutGemm(op, cpu::Mode::kExact, cpu::Path::kDense, isa, threads, parallel_for);
     else
-      cpu::LutGemm(op, static_cast<cpu::Mode>(mode), isa, threads, parallel_for);
+      cpu::LutGemm(op, static_cast<cpu::Mode>(kernel), cpu::Path::kLut, isa, threads,
+                   parallel_for);
     ms.push_back(
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
@@ -152,11 +155,11 @@ int main(int argc, char** argv) {
   const double median = ms[ms.size() / 2];
   const double bytes =
       static_cast<double>(words) * 4 + static_cast<double>(alphas) * (alpha_kind == 0 ? 4 : 2);
-  std::printf("K=%lld N=%lld q=%lld mode=%lld M=%lld threads=%lld sets=%lld layout=%lld "
+  std::printf("K=%lld N=%lld q=%lld kernel=%lld M=%lld threads=%lld sets=%lld layout=%lld "
               "alpha=%s isa=%s: "
               "min %.3f ms, median %.3f ms, %.2f GB/s (weight bytes / median)\n",
               static_cast<long long>(k), static_cast<long long>(n), static_cast<long long>(q),
-              static_cast<long long>(mode), static_cast<long long>(m),
+              static_cast<long long>(kernel), static_cast<long long>(m),
               static_cast<long long>(threads), static_cast<long long>(sets),
               static_cast<long long>(layout), alpha_kind == 0 ? "f32" : alpha_kind == 1 ? "bf16" : "f16",
               isa == cpu::Isa::kAvx2 ? "avx2" : "portable", ms.front(), median,

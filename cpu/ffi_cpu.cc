@@ -1,9 +1,9 @@
 // XLA FFI handler for the CPU LUT-GEMM kernel and the nanobind module that exports it.
 //
 // Attributes: in_features, out_features, num_bits, group_size (validated by CheckOperands),
-// layout (0 = canonical sign words, 1 = the 'cpu' byte-major layout; bcq_format.h) and mode
-// (0 = exact float32 tables, 1 = fast int8 tables, 2 = dequantized tiles + dense GEMM, the
-// large-batch path). Work is spread over the calling thread and the library's own workers
+// layout (0 = canonical sign words, 1 = the 'cpu' byte-major layout; bcq_format.h), mode
+// (0 = exact float32 tables, 1 = fast int8 tables) and path (0 = lookup tables, 1 = dequantized
+// tiles + dense FMA GEMM, the large-batch path, which reads no mode). Work is spread over the calling thread and the library's own workers
 // (worker_pool.h), as many threads in all as XLA's intra-op pool (ffi::ThreadPool) has, up to 256.
 // Environment (read per call, for tests and benchmarks):
 //   LUTGEMM_CPU_ISA=portable|avx2   force the code path (default: best the CPU supports)
@@ -56,15 +56,18 @@ ffi::Error LutGemmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
                           ffi::AnyBuffer alpha, ffi::AnyBuffer offset,
                           ffi::Result<ffi::AnyBuffer> y, int64_t in_features,
                           int64_t out_features, int64_t num_bits, int64_t group_size,
-                          int64_t layout, int64_t mode) {
+                          int64_t layout, int64_t mode, int64_t path) {
   GemmProblem p;
   if (ffi::Error err = CheckOperands(x, bits, alpha, offset, *y, in_features, out_features,
                                      num_bits, group_size, &p);
       err.failure())
     return err;
-  if (mode < static_cast<int64_t>(Mode::kExact) || mode > static_cast<int64_t>(Mode::kDense))
+  if (mode != static_cast<int64_t>(Mode::kExact) && mode != static_cast<int64_t>(Mode::kFast))
     return ffi::Error::InvalidArgument(
-        "lut_gemm: mode must be 0 (exact LUT), 1 (fast LUT) or 2 (dequantize + dense GEMM)");
+        "lut_gemm: mode must be 0 (exact float32 tables) or 1 (fast int8 tables)");
+  if (path != static_cast<int64_t>(Path::kLut) && path != static_cast<int64_t>(Path::kDense))
+    return ffi::Error::InvalidArgument(
+        "lut_gemm: path must be 0 (lookup tables) or 1 (dequantized tiles + dense GEMM)");
   if (layout != static_cast<int64_t>(Layout::kCanonical) &&
       layout != static_cast<int64_t>(Layout::kCpu))
     return ffi::Error::InvalidArgument(
@@ -91,7 +94,7 @@ ffi::Error LutGemmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
     PoolParallelFor(std::min(threads, count) - 1, count, fn);
   };
   try {  // nothing may unwind into XLA: allocations (tables, partial sums) can fail
-    LutGemm(op, static_cast<Mode>(mode), SelectIsa(), threads, pf);
+    LutGemm(op, static_cast<Mode>(mode), static_cast<Path>(path), SelectIsa(), threads, pf);
   } catch (const std::bad_alloc&) {
     return ffi::Error(ffi::ErrorCode::kResourceExhausted,
                       "lut_gemm: out of memory for the kernel's lookup tables or buffers");
@@ -116,7 +119,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LutGemmCpu, LutGemmCpuImpl,
                                   .Attr<int64_t>("num_bits")
                                   .Attr<int64_t>("group_size")
                                   .Attr<int64_t>("layout")
-                                  .Attr<int64_t>("mode"));
+                                  .Attr<int64_t>("mode")
+                                  .Attr<int64_t>("path"));
 
 }  // namespace lutgemm::cpu
 

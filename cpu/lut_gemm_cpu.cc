@@ -967,9 +967,9 @@ void SumSlices(float* partial, int64_t slices, int64_t count, const Operands& op
 
 }  // namespace
 
-void LutGemm(const Operands& op, Mode mode, Isa isa, int64_t max_tasks,
+void LutGemm(const Operands& op, Mode mode, Path path, Isa isa, int64_t max_tasks,
              const ParallelFor& parallel_for) {
-  const bool fast = mode == Mode::kFast, dense = mode == Mode::kDense;
+  const bool fast = mode == Mode::kFast, dense = path == Path::kDense;
   if (isa == Isa::kAvx2 && !IsaSupported(Isa::kAvx2)) isa = Isa::kPortable;
   Prep p;
   p.s = op.shape;

@@ -25,9 +25,12 @@
 
 namespace lutgemm::cpu {
 
-// kDense: the large-batch path, y = x @ W_hat with W_hat dequantized one small tile at a time
-// (never a full [K, N] copy) and multiplied with a register-blocked FMA micro-kernel.
-enum class Mode : int64_t { kExact = 0, kFast = 1, kDense = 2 };
+// Accuracy of the lookup tables: float32 (exact) or int8 with one scale per block (fast).
+enum class Mode : int64_t { kExact = 0, kFast = 1 };
+// kLut: lookup tables over the sign bits (reads `Mode`). kDense: the large-batch path,
+// y = x @ W_hat with W_hat dequantized one small tile at a time (never a full [K, N] copy) and
+// multiplied with a register-blocked FMA micro-kernel (float32 throughout; ignores `Mode`).
+enum class Path : int64_t { kLut = 0, kDense = 1 };
 enum class Isa : int { kPortable = 0, kAvx2 = 1 };
 enum class DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
@@ -56,7 +59,7 @@ bool IsaSupported(Isa isa);
 Isa SelectIsa();
 
 // Computes y. `max_tasks` bounds the number of concurrent tasks handed to `parallel_for`.
-void LutGemm(const Operands& op, Mode mode, Isa isa, int64_t max_tasks,
+void LutGemm(const Operands& op, Mode mode, Path path, Isa isa, int64_t max_tasks,
              const ParallelFor& parallel_for);
 
 }  // namespace lutgemm::cpu

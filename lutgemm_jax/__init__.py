@@ -11,13 +11,22 @@ Public API:
   to_layout            every BCQWeight in a pytree (params, nnx.State) -> a layout, e.g.
                        ``to_layout(params, "cpu")`` once before CPU inference
   lut_gemm             ``x: [..., K]`` @ BCQWeight -> ``[..., N]``
-  build_info           which native backends are compiled in
+  build_info           which native backends are compiled in, and the path lut_gemm takes on
+                       each platform
   linen, nnx           Flax: LutDense / LutLinear, quantize_params / quantize_model, LoRA
   checkpoint           save / load quantized params as safetensors
   export_disabled_checks  what jax.export needs to serialize lut_gemm's custom calls
+
+lutgemm_jax.testing (imported explicitly) holds the float64 reference and random packed weights
+that the tests and benchmarks share.
+
+Importing the package fails with an ImportError if the native CPU extension is missing (see
+`lutgemm_jax._native`). The primitive itself, ``lut_gemm_p``, is in `lutgemm_jax.ops`; its
+lowerings in `lutgemm_jax.lowering` and `lutgemm_jax.sharding`.
 """
 
-from lutgemm_jax import checkpoint, linen, nnx
+# Importing lowering and sharding registers lut_gemm's lowerings (not re-exported).
+from lutgemm_jax import checkpoint, linen, lowering, nnx, sharding  # noqa: F401
 from lutgemm_jax._native import build_info, export_disabled_checks
 from lutgemm_jax.config import BCQConfig
 from lutgemm_jax.format import (
@@ -29,7 +38,7 @@ from lutgemm_jax.format import (
     to_layout,
     unpack_signs,
 )
-from lutgemm_jax.ops import lut_gemm, lut_gemm_p
+from lutgemm_jax.ops import lut_gemm
 from lutgemm_jax.quantize import quantize
 
 __all__ = [
@@ -43,7 +52,6 @@ __all__ = [
     "export_disabled_checks",
     "linen",
     "lut_gemm",
-    "lut_gemm_p",
     "nnx",
     "pack_signs",
     "quantize",

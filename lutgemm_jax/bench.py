@@ -4,16 +4,18 @@ For every (shape, q, g, batch) it times, with weights rotated over enough copies
 served from the last-level cache (cold weights, as in a decode step of a large model):
 
 * ``lut``:        ``lut_gemm(x, w, mode=...)`` as users call it (LUT kernel, or dequantize + dot
-                  beyond the batch crossover ``ops.CPU_CROSSOVER``);
-* ``lut_kernel``: the native LUT kernel at every batch size (``jax.ffi.ffi_call``, no crossover);
-* ``dense``:      the kernel's large-batch path at every batch size (dequantized tiles + FMA);
+                  beyond the batch crossover ``lowering.CPU_CROSSOVER``);
+* ``lut_kernel``: the native LUT kernel at every batch size (`lowering.cpu_kernel`, path "lut");
+* ``dense``:      the kernel's large-batch path at every batch size (path "dense": dequantized
+                  tiles + FMA);
 * ``xla``:        XLA float32 ``x @ W`` on a dense float32 weight;
 * ``xla_bytes``:  XLA float32 ``x @ W`` on a dense float32 weight of the packed weight's size
                   (``[B / 4N, N]`` for B packed bytes): how fast XLA's own GEMV streams as many
                   bytes as the LUT kernel reads, so ``ms_xla / ms_xla_bytes`` is the speedup over
                   ``xla`` that a kernel reading the packed bytes at XLA's rate would get;
 * ``numpy``:      numpy/OpenBLAS float32 ``x @ W``;
-* ``jnp``:        the pure-jnp path (`ops.lut_gemm_reference`: dequantize + dot, fused by XLA).
+* ``jnp``:        `lowering.jnp_lowering` (dequantize + dot, fused by XLA; the path on platforms
+                  without a native kernel).
 
 LUT timings are per sign-word layout (``--layouts``; default ``cpu``, the layout CPU users
 prepare once with `lutgemm_jax.to_layout`; ``canonical`` as quantizers produce it).
@@ -41,8 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lutgemm_jax import _native, ops
-from lutgemm_jax.format import LAYOUTS, BCQWeight
+from lutgemm_jax import lowering, ops
+from lutgemm_jax.format import LAYOUTS, BCQWeight, offset_operand
+from lutgemm_jax.testing import random_packed_weight, reference, rel_err, weight_float64
 
 L3_BYTES = 32 << 20
 ALL_BACKENDS = ("lut", "lut_kernel", "dense", "xla", "xla_bytes", "numpy", "jnp")
@@ -58,43 +61,6 @@ def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 7) -> float:
         np.copyto(dst, src)
         times.append(time.perf_counter() - t0)
     return 2 * nbytes / statistics.median(times)
-
-
-def random_weight(
-    rng, k: int, n: int, q: int, g: int, offset: bool, alpha_dtype=jnp.float32
-) -> BCQWeight:
-    """Random packed weight (random sign words directly: fast for large shapes); alpha and offset
-    in ``alpha_dtype``."""
-    groups = -(-k // g)
-    kp = groups * g
-    bits = rng.integers(0, 1 << 32, size=(kp // 32, q, n), dtype=np.uint32)
-    alpha = rng.uniform(0.01, 0.1, (groups, q, n)).astype(np.float32)
-    off = rng.normal(0, 0.01, (groups, n)).astype(np.float32) if offset else None
-    return BCQWeight(
-        bits=jnp.asarray(bits),
-        alpha=jnp.asarray(alpha, alpha_dtype),
-        offset=None if off is None else jnp.asarray(off, alpha_dtype),
-        in_features=k,
-        out_features=n,
-        num_bits=q,
-        group_size=g,
-    )
-
-
-def _offset(w: BCQWeight):
-    return w.offset if w.has_offset else jnp.zeros((0, w.out_features), w.alpha.dtype)
-
-
-def _kernel_call(x, w: BCQWeight, mode: str):
-    """The native CPU kernel at any batch size (bypasses the crossover); mode "dense" is the
-    kernel's large-batch path."""
-    call = jax.ffi.ffi_call(
-        _native.CPU_TARGET, jax.ShapeDtypeStruct((*x.shape[:-1], w.out_features), x.dtype)
-    )
-    attrs = ops._ffi_attributes(ops._params(w))
-    attrs["layout"] = np.int64(LAYOUTS.index(w.layout))
-    attrs["mode"] = np.int64(2 if mode == "dense" else ops.MODES.index(mode))
-    return call(x, w.bits, w.alpha, _offset(w), **attrs)
 
 
 def _time(fn, args_list, reps: int, warmup: int, budget_s: float) -> tuple[float, float]:
@@ -128,9 +94,9 @@ def run(args) -> list[dict]:
     dense_cache: dict = {}
     for k, n, q, m in configs:
         g = args.g if args.g > 0 else -(-k // 32) * 32
-        w0 = random_weight(rng, k, n, q, g, args.offset, args.alpha_dtype)
+        w0 = random_packed_weight(rng, k, n, q, g, args.offset, args.alpha_dtype)
         ws = [w0] + [
-            random_weight(rng, k, n, q, g, args.offset, args.alpha_dtype)
+            random_packed_weight(rng, k, n, q, g, args.offset, args.alpha_dtype)
             for _ in range(_sets(w0.nbytes()) - 1)
         ]
         wbytes = w0.nbytes()
@@ -163,8 +129,8 @@ def run(args) -> list[dict]:
                 )
         if "jnp" in args.backends:
             f = jax.jit(
-                lambda x, w: ops.lut_gemm_reference(
-                    x, w.bits, w.alpha, _offset(w), **ops._params(w)
+                lambda x, w: lowering.jnp_lowering(
+                    x, w.bits, w.alpha, offset_operand(w.offset, w.alpha), **ops.weight_params(w)
                 )
             )
             base["jnp"] = _time(f, [(x, w) for w in ws[:2]], args.reps, 1, args.budget)
@@ -210,7 +176,7 @@ def run(args) -> list[dict]:
         jax=jax.__version__,
         date=time.strftime("%Y-%m-%d"),
         command="python -m lutgemm_jax.bench " + " ".join(sys.argv[1:]),
-        crossover=dict(ops.CPU_CROSSOVER),
+        crossover=dict(lowering.CPU_CROSSOVER),
     )
     return rows, meta
 
@@ -234,44 +200,30 @@ def _time_lut(args, x, ws: list[BCQWeight], mode: str, dense: bool) -> dict[str,
         f = jax.jit(lambda x, w: ops.lut_gemm(x, w, mode=mode))
         res["lut"] = _time(f, [(x, w) for w in ws], args.reps, args.warmup, args.budget)
     if "lut_kernel" in args.backends:
-        f = jax.jit(lambda x, w: _kernel_call(x, w, mode))
+        f = jax.jit(lambda x, w: lowering.cpu_kernel(x, w, mode=mode, path="lut"))
         res["lut_kernel"] = _time(f, [(x, w) for w in ws], args.reps, args.warmup, args.budget)
     if "dense" in args.backends and dense:
-        f = jax.jit(lambda x, w: _kernel_call(x, w, "dense"))
+        f = jax.jit(lambda x, w: lowering.cpu_kernel(x, w, mode=mode, path="dense"))
         res["dense"] = _time(f, [(x, w) for w in ws], args.reps, args.warmup, args.budget)
     return res
-
-
-def _dense64(w: BCQWeight) -> np.ndarray:
-    """float64 W_hat [K, N] from the packed arrays (numpy, independent of the kernels)."""
-    bits = np.asarray(w.bits)
-    kw, q, n = bits.shape
-    planes = (bits[:, None, :, :] >> np.arange(32, dtype=np.uint32)[None, :, None, None]) & 1
-    signs = planes.reshape(kw * 32, q, n).astype(np.float64) * 2 - 1
-    grp = np.arange(kw * 32) // w.group_size
-    alpha = np.asarray(w.alpha.astype(jnp.float32), np.float64)
-    dense = np.einsum("kqn,kqn->kn", signs, alpha[grp])
-    if w.has_offset:
-        dense += np.asarray(w.offset.astype(jnp.float32), np.float64)[grp]
-    return dense[: w.in_features]
 
 
 def accuracy(k: int = 4096, n: int = 4096, q: int = 3, g: int = 128, m: int = 8) -> list[dict]:
     """max |y - y64| / max |y64| of each mode vs float64, for Gaussian activations and for
     activations with outliers (1% of entries scaled by 30, as in LLM hidden states)."""
     rng = np.random.default_rng(1)
-    w = random_weight(rng, k, n, q, g, True)
-    w64 = _dense64(w)
+    w = random_packed_weight(rng, k, n, q, g, True)
+    w64 = weight_float64(w)
     xs = {"gaussian": rng.normal(size=(m, k))}
     xo = rng.normal(size=(m, k))
     xo[rng.random((m, k)) < 0.01] *= 30
     xs["outliers"] = xo
     out = []
     for name, x in xs.items():
-        ref = x.astype(np.float32).astype(np.float64) @ w64
+        x32 = x.astype(np.float32)
+        ref = reference(x32, w64)
         for mode in ops.MODES:
-            y = np.asarray(_kernel_call(jnp.asarray(x, jnp.float32), w, mode), np.float64)
-            err = float(np.max(np.abs(y - ref)) / np.max(np.abs(ref)))
+            err = rel_err(lowering.cpu_kernel(jnp.asarray(x32), w, mode=mode, path="lut"), ref)
             out.append(dict(K=k, N=n, q=q, g=g, M=m, activations=name, mode=mode, rel_err=err))
     return out
 
@@ -410,8 +362,6 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.sweep:
         args.batch = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-    if not _native.HAS_CPU and any(b.startswith("lut") for b in args.backends):
-        p.error("the native CPU extension is not built")
     rows, meta = run(args)
     print(f"# {meta['command']}")
     print(

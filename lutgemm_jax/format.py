@@ -312,6 +312,30 @@ def to_layout(tree: Any, layout: str) -> Any:
     )
 
 
+def check_layout_split(layout: str, n: int, shards: int, axes: object = None) -> None:
+    """Raises ValueError if ``shards`` N-shards of a ``layout`` weight would cut its blocks.
+
+    A ``"cpu"``-layout weight keeps 32-column blocks together, so every shard of its
+    ``n = N`` columns must hold a whole number of them; canonical weights split anywhere.
+
+    Args:
+      layout: the weight's layout (`lutgemm_jax.format.LAYOUTS`).
+      n: N, the global number of columns.
+      shards: the size of the mesh axis (or axes) splitting N.
+      axes: the mesh axis names, for the message (``None`` if unknown, as in ``shard_map``).
+    """
+    if layout != "cpu" or shards == 1:
+        return
+    if n % shards or (n // shards) % CPU_BLOCK_COLUMNS:
+        where = f"mesh axes {axes!r} of size {shards}" if axes is not None else f"{shards} shards"
+        raise ValueError(
+            f"lut_gemm: a layout='cpu' weight with N = {n} cannot be split along N over {where}: "
+            f"every shard must hold a multiple of {CPU_BLOCK_COLUMNS} columns (the layout's "
+            f"column blocks); use a mesh axis size s with N / s a multiple of "
+            f"{CPU_BLOCK_COLUMNS}, or convert the weight with to_layout(w, 'canonical')"
+        )
+
+
 def pack_signs(signs: jax.Array) -> jax.Array:
     """Packs sign bits ``[..., Kp, q, N]`` (bool, True = +1) into uint32 ``[..., Kp/32, q, N]``.
 
@@ -325,15 +349,24 @@ def pack_signs(signs: jax.Array) -> jax.Array:
     return jnp.sum(words << shifts, axis=-3, dtype=jnp.uint32)
 
 
+def sign_planes(bits: jax.Array) -> jax.Array:
+    """Bit ``t`` of every word: uint32 ``[..., Kp/32, q, N]`` -> 0/1 ``[..., Kp/32, 32, q, N]``.
+
+    Element ``[..., kw, t, i, n]`` is 1 where ``s_i[32*kw + t, n] = +1``. ``bits`` must be in the
+    canonical layout (see `canonical_bits`). Shifts and masks, so XLA fuses the unpacking into
+    its consumer instead of writing the 32x larger array.
+    """
+    shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)[:, None, None]
+    return (bits[..., :, None, :, :] >> shifts) & jnp.uint32(1)
+
+
 def unpack_signs(bits: jax.Array) -> jax.Array:
     """Inverse of `pack_signs`: uint32 ``[..., Kp/32, q, N]`` -> bool ``[..., Kp, q, N]``.
 
     ``bits`` must be in the canonical layout (see `canonical_bits`).
     """
     *lead, kw, q, n = bits.shape
-    shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)[:, None, None]
-    planes = (bits[..., :, None, :, :] >> shifts) & jnp.uint32(1)
-    return planes.reshape(*lead, kw * WORD_BITS, q, n).astype(jnp.bool_)
+    return sign_planes(bits).reshape(*lead, kw * WORD_BITS, q, n).astype(jnp.bool_)
 
 
 def dequantize(w: BCQWeight, dtype=jnp.float32) -> jax.Array:
@@ -346,10 +379,7 @@ def dequantize(w: BCQWeight, dtype=jnp.float32) -> jax.Array:
     bits = canonical_bits(w)
     *lead, kw, q, n = bits.shape
     words_per_group = w.group_size // WORD_BITS
-    shifts = jnp.arange(WORD_BITS, dtype=jnp.uint32)[:, None, None]
-    # [..., Kp/32, 32, q, N]: the bit of row 32*kw + t in plane i, column n.
-    planes = (bits[..., :, None, :, :] >> shifts) & jnp.uint32(1)
-    signs = planes.astype(jnp.float32) * 2.0 - 1.0
+    signs = sign_planes(bits).astype(jnp.float32) * 2.0 - 1.0  # [..., Kp/32, 32, q, N]
     # Scales per word rather than per group, so no reshape regroups K (a reshape that
     # re-chunks an axis is rejected under explicit sharding).
     alpha = jnp.repeat(w.alpha.astype(jnp.float32), words_per_group, axis=-3)
@@ -359,6 +389,19 @@ def dequantize(w: BCQWeight, dtype=jnp.float32) -> jax.Array:
         dense = dense + offset[..., :, None, :]
     dense = dense.reshape(*lead, kw * WORD_BITS, n)[..., : w.in_features, :]
     return dense.astype(dtype)
+
+
+def offset_operand(offset: jax.Array | None, alpha: jax.Array) -> jax.Array:
+    """The offset as the native kernels and ``lut_gemm_p`` take it: ``offset [G, N]``, or an empty
+    ``[0, N]`` array of alpha's dtype standing for "no offset" (a custom call cannot take None).
+
+    Args:
+      offset: ``[G, N]`` or None.
+      alpha: ``[G, q, N]``; gives N and the dtype of the empty array.
+    """
+    if offset is not None:
+        return offset
+    return jnp.zeros((0, alpha.shape[-1]), alpha.dtype)
 
 
 def from_signs(

@@ -7,7 +7,7 @@ the factors of every operand::
     x: [... , (G gk)]   bits: [(G gw), q, n]   alpha: [G, q, n]   offset: [G, n]   ->  y: [..., n]
 
 ``G`` (groups along K) is a reduction factor, ``gk = g`` and ``gw = g / 32``, so a sharding of K
-always hands each device whole quantization groups. Three layouts follow, and combine:
+always hands each device whole quantization groups. Three placements follow, and combine:
 
 * column-parallel (Megatron's q/k/v/fc1): bits/alpha/offset sharded along N; each device
   computes its columns of y; no collective on the weights.
@@ -21,8 +21,10 @@ so it splits along N only into shards of a multiple of 32 columns (`check_layout
 splits are unaffected.
 
 Per shard, the kernel primitive runs on the local arrays (``in_features`` and ``out_features``
-are the local sizes), i.e. the CPU or CUDA FFI kernel, or the pure-jnp path elsewhere. A single
-device compile inlines the kernel call (no partitioning callback).
+are the local sizes): `lutgemm_jax.lowering` picks the CPU or CUDA FFI kernel, or
+`lutgemm_jax.lowering.jnp_lowering` on other platforms. A single device compile inlines the
+kernel call (no partitioning callback). `lut_gemm_p`'s lowering into that kernel call is
+registered here.
 
 Inside ``jax.shard_map``, ``lut_gemm`` takes the local shards directly (see ``ops.lut_gemm``).
 """
@@ -31,14 +33,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
 from jax.experimental.custom_partitioning import custom_partitioning
+from jax.interpreters import mlir
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lutgemm_jax.format import CPU_BLOCK_COLUMNS, WORD_BITS, padded_in_features
+from lutgemm_jax.format import WORD_BITS, check_layout_split, offset_operand, padded_in_features
+from lutgemm_jax.ops import lut_gemm_kernel_p, lut_gemm_p
+
+__all__ = ["check_layout_split", "packed_specs", "partitioned", "shard_like"]
 
 
 def _axis_size(mesh, axes) -> int:
@@ -51,37 +58,13 @@ def _axis_size(mesh, axes) -> int:
     return size
 
 
-def check_layout_split(layout: str, n: int, shards: int, axes: object = None) -> None:
-    """Raises ValueError if ``shards`` N-shards of a ``layout`` weight would cut its blocks.
-
-    A ``"cpu"``-layout weight keeps 32-column blocks together, so every shard of its
-    ``n = N`` columns must hold a whole number of them; canonical weights split anywhere.
-
-    Args:
-      layout: the weight's layout (`lutgemm_jax.format.LAYOUTS`).
-      n: N, the global number of columns.
-      shards: the size of the mesh axis (or axes) splitting N.
-      axes: the mesh axis names, for the message (``None`` if unknown, as in ``shard_map``).
-    """
-    if layout != "cpu" or shards == 1:
-        return
-    if n % shards or (n // shards) % CPU_BLOCK_COLUMNS:
-        where = f"mesh axes {axes!r} of size {shards}" if axes is not None else f"{shards} shards"
-        raise ValueError(
-            f"lut_gemm: a layout='cpu' weight with N = {n} cannot be split along N over {where}: "
-            f"every shard must hold a multiple of {CPU_BLOCK_COLUMNS} columns (the layout's "
-            f"column blocks); use a mesh axis size s with N / s a multiple of "
-            f"{CPU_BLOCK_COLUMNS}, or convert the weight with to_layout(w, 'canonical')"
-        )
-
-
 def _spec(shape) -> tuple:
     """A shape's PartitionSpec entries padded with None to its rank."""
     spec = tuple(shape.sharding.spec) if shape.sharding is not None else ()
     return spec + (None,) * (len(shape.shape) - len(spec))
 
 
-def _layout(mesh, arg_shapes, params):
+def _placement(mesh, arg_shapes, params):
     """Chooses (batch axes, K axes, N axes) from the operands' shardings.
 
     The weights decide K and N (moving weights is what we must avoid); x decides the batch axes.
@@ -143,8 +126,7 @@ def partitioned(kernel, params: tuple[tuple[str, int | str], ...], has_offset: b
     g = params["group_size"]
 
     def local_call(x, bits, alpha, offset=None, *, row_parallel=False):
-        if offset is None:
-            offset = jnp.zeros((0, bits.shape[-1]), alpha.dtype)
+        offset = offset_operand(offset, alpha)
         local = dict(params, in_features=x.shape[-1], out_features=bits.shape[-1])
         if row_parallel:  # partial sums in float32, added across shards by the caller's psum
             return kernel(x.astype(jnp.float32), bits, alpha, offset, **local)
@@ -155,11 +137,11 @@ def partitioned(kernel, params: tuple[tuple[str, int | str], ...], has_offset: b
         return local_call(*args)
 
     def infer(mesh, arg_shapes, result_shape):
-        batch, _, n_axes = _layout(mesh, arg_shapes, params)
+        batch, _, n_axes = _placement(mesh, arg_shapes, params)
         return NamedSharding(mesh, P(*batch, n_axes))
 
     def partition(mesh, arg_shapes, result_shape):
-        batch, k_axes, n_axes = _layout(mesh, arg_shapes, params)
+        batch, k_axes, n_axes = _placement(mesh, arg_shapes, params)
         result_sharding, arg_shardings = _shardings(mesh, batch, k_axes, n_axes, has_offset)
         out_dtype = result_shape.dtype
 
@@ -195,6 +177,51 @@ def partitioned(kernel, params: tuple[tuple[str, int | str], ...], has_offset: b
         **factor_sizes,
     )
     return call
+
+
+# ---- lut_gemm_p's lowering ------------------------------------------------------------------
+
+
+def _is_spmd(ctx) -> bool:
+    """Whether this lowering is for several devices under XLA's SPMD partitioner.
+
+    Inside a fully manual ``shard_map`` and in single-device programs there is nothing to
+    partition (duck-typed: the axis-context classes are not public API).
+    """
+    axis_context = ctx.module_context.axis_context
+    manual_axes = getattr(axis_context, "manual_axes", None)
+    if manual_axes is not None:
+        return set(manual_axes) != set(axis_context.mesh.axis_names)
+    return getattr(axis_context, "num_devices", 1) > 1
+
+
+def _partitioned_lowering(ctx, x, bits, alpha, offset, **params):
+    """Lowers ``lut_gemm_p`` to the kernel primitive, through `partitioned` when XLA's SPMD
+    partitioner splits the program, directly otherwise."""
+    if (
+        not _is_spmd(ctx)
+        or getattr(ctx.module_context.axis_context, "device_assignment", 0) is None
+    ):
+        kernel = functools.partial(lut_gemm_kernel_p.bind, **params)
+        return mlir.lower_fun(kernel, multiple_results=False)(ctx, x, bits, alpha, offset)
+    has_offset = ctx.avals_in[3].shape[0] > 0
+    call = partitioned(lut_gemm_kernel_p.bind, tuple(sorted(params.items())), has_offset)
+
+    def fn(x, bits, alpha, offset):
+        return call(x, bits, alpha, offset) if has_offset else call(x, bits, alpha)
+
+    return mlir.lower_fun(fn, multiple_results=False)(ctx, x, bits, alpha, offset)
+
+
+mlir.register_lowering(lut_gemm_p, _partitioned_lowering)
+# custom_partitioning needs the device assignment while lowering; JAX hands it only to programs
+# containing primitives in this set (its own cuDNN primitives register the same way). There is
+# no public spelling; without it, sharded programs fall back to the unpartitioned kernel.
+_requires_devices = getattr(
+    importlib.import_module("jax._src.dispatch"), "prim_requires_devices_during_lowering", None
+)
+if _requires_devices is not None:
+    _requires_devices.add(lut_gemm_p)
 
 
 # ---- placing packed weights ----------------------------------------------------------------

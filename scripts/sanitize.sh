@@ -17,11 +17,12 @@
 # per-column, with/without offset, all activation/alpha dtypes, M = 0..17 rows, the column-tiled
 # and row-blocked loops, NaN/Inf inputs, the validation of every malformed FFI call, thread
 # counts 1..8 and 8 concurrent Python threads):
-#   tests/test_cpu_kernel.py tests/test_ffi_attacks.py tests/test_properties.py (ci profile,
-#   native-kernel properties only) tests/test_concurrency.py tests/test_numerics.py
+#   tests/test_lowering_cpu.py tests/test_ffi_attacks.py tests/test_ffi_attacks_cuda.py
+#   tests/test_properties.py (ci profile, native-kernel properties only)
+#   tests/test_concurrency.py tests/test_numerics.py
 # Deselected: the CUDA emulation and the pure-jnp path (they run no code of the sanitized
 # extension), the quantizer property (jnp code; its kernel calls are covered by the others) and
-# the subprocess tests of test_cpu_kernel.py that only compare process-level settings.
+# the subprocess tests of test_lowering_cpu.py that only compare process-level settings.
 default_filter="not emulation and not reference and not quantize_pack \
 and not one_or_all_cpus and not library_default_mode"
 set -euo pipefail
@@ -98,9 +99,9 @@ for arg in "$@"; do  # test paths are relative to the repository root
   fi
 done
 if [ "$paths" -eq 0 ]; then  # no test paths given (options only, or nothing): the default set
-  args+=("$root/tests/test_cpu_kernel.py" "$root/tests/test_ffi_attacks.py"
-    "$root/tests/test_properties.py" "$root/tests/test_concurrency.py"
-    "$root/tests/test_numerics.py" -k "$default_filter")
+  args+=("$root/tests/test_lowering_cpu.py" "$root/tests/test_ffi_attacks.py"
+    "$root/tests/test_ffi_attacks_cuda.py" "$root/tests/test_properties.py"
+    "$root/tests/test_concurrency.py" "$root/tests/test_numerics.py" -k "$default_filter")
 fi
 set -- "${args[@]}"
 status=0

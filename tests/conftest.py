@@ -12,7 +12,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 # The op-level tests hold lut_gemm to the exact float64 contract (1e-5) at its default mode; the
 # library default is "fast" (int8 tables). Fast mode is tested explicitly, against its stated
-# error bound, in test_cpu_kernel.py.
+# error bound, in test_lowering_cpu.py.
 os.environ.setdefault("LUTGEMM_DEFAULT_MODE", "exact")
 
 # Hypothesis profiles (tests/test_properties.py): "ci" (the default) is derandomized, so CI runs

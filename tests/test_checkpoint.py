@@ -11,13 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from bcq_testing import random_weight
 from flax import nnx
 
 from lutgemm_jax import checkpoint
 from lutgemm_jax.checkpoint import CheckpointError, load, read_metadata, save
 from lutgemm_jax.format import BCQWeight, to_layout
 from lutgemm_jax.nnx import LutLinear
+from lutgemm_jax.testing import random_weight
 
 
 def linen_tree(seed: int = 0) -> dict:

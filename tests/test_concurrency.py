@@ -1,7 +1,7 @@
 """Determinism and concurrency of the CPU kernel.
 
 * Repeated calls return bitwise-identical results, in every kernel path (exact LUT, fast LUT,
-  dense tiles) and for thread counts 1..8 (``LUTGEMM_CPU_THREADS``; test_cpu_kernel.py covers
+  dense tiles) and for thread counts 1..8 (``LUTGEMM_CPU_THREADS``; test_lowering_cpu.py covers
   1/2/3/5 threads for the LUT paths and one-CPU vs all-CPU processes).
 * 8 Python threads call the same jitted function concurrently (bounded: 8 threads x 50
   iterations per path) on different inputs and shapes; every result is bitwise equal to the
@@ -16,12 +16,10 @@ import threading
 import jax
 import numpy as np
 import pytest
-from bcq_testing import random_weight
 
 import lutgemm_jax as lj
-from lutgemm_jax import _native, ops
-
-pytestmark = pytest.mark.skipif(not _native.HAS_CPU, reason="needs the CPU extension")
+from lutgemm_jax import lowering
+from lutgemm_jax.testing import random_weight
 
 PATHS = ("exact", "fast", "dense")
 THREADS, ITERATIONS = 8, 50
@@ -37,12 +35,12 @@ def _op(path: str):
     jitted = jax.jit(f)
 
     def call(x, w):
-        saved = dict(ops.CPU_CROSSOVER)
-        ops.CPU_CROSSOVER[mode] = 1 if path == "dense" else 1 << 62
+        saved = dict(lowering.CPU_CROSSOVER)
+        lowering.CPU_CROSSOVER[mode] = 1 if path == "dense" else 1 << 62
         try:  # the crossover is read while lowering, i.e. on the first call of each shape
             return np.asarray(jitted(x, w))
         finally:
-            ops.CPU_CROSSOVER.update(saved)
+            lowering.CPU_CROSSOVER.update(saved)
 
     return jitted, call
 

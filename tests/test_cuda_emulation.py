@@ -29,13 +29,25 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from lutgemm_jax import lowering
+from lutgemm_jax.testing import dense_float64, pack_words
+
 ROOT = Path(__file__).resolve().parents[1]
 EMU = ROOT / "tests" / "cuda_emu"
 KERNEL = ROOT / "cuda" / "lut_gemm_kernel.cuh"
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 # XLA FFI data type codes (xla/ffi/api/c_api.h).
-FFI_CODE = {"float32": 11, "bfloat16": 16, "float16": 10, "uint32": 8, "int32": 4}
+# XLA FFI data type codes (xla/ffi/api/c_api.h).
+FFI_CODE = {
+    "float32": 11,
+    "bfloat16": 16,
+    "float16": 10,
+    "uint32": 8,
+    "int32": 4,
+    "float64": 12,
+    "int8": 2,
+}
 PER_COLUMN = -1
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
@@ -96,9 +108,7 @@ def make_problem(rng, m, k, n, q, g, has_offset, x_dtype, a_dtype):
     groups = kp // g
     signs = np.zeros((kp, q, n), bool)
     signs[:k] = rng.random((k, q, n)) < 0.5
-    planes = signs.reshape(kp // 32, 32, q, n).astype(np.uint64)
-    bits = np.sum(planes << np.arange(32, dtype=np.uint64)[None, :, None, None], axis=1)
-    bits = bits.astype(np.uint32)
+    bits = pack_words(signs)
     alpha = rng.uniform(0.1, 1.0, (groups, q, n)).astype(DTYPES[a_dtype])
     offset = rng.normal(size=(groups, n)).astype(DTYPES[a_dtype]) if has_offset else None
     x = rng.normal(size=(m, k)).astype(DTYPES[x_dtype])
@@ -106,13 +116,7 @@ def make_problem(rng, m, k, n, q, g, has_offset, x_dtype, a_dtype):
 
 
 def dense64(p):
-    k, g = p["k"], p["g"]
-    grp = np.arange(k) // g
-    a64 = p["alpha"].astype(np.float64)[grp]  # [K, q, N]
-    w = np.sum(np.where(p["signs"][:k], 1.0, -1.0) * a64, axis=1)
-    if p["offset"] is not None:
-        w += p["offset"].astype(np.float64)[grp]
-    return w
+    return dense_float64(p["signs"][: p["k"]], p["alpha"], p["offset"], p["g"])
 
 
 def reference(p):
@@ -281,13 +285,12 @@ def test_plan(emu):
 @pytest.mark.parametrize("m", [0, 1, 2, 3, 5, 8, 9, 40])
 def test_lowering_mirrors_plan(emu, m):
     """The CUDA lowering sizes the split-K workspace with the same rule as the C++ planner."""
-    from lutgemm_jax import ops
 
     lib = emu
     out = (ctypes.c_int * 6)()
     for n, k in itertools.product([1, 67, 512, 4096, 12288, 49152], [32, 300, 4096, 49152]):
         lib.emu_plan(m, n, -(-k // 32), 132, out)
-        assert ops._cuda_splits(m, n, -(-k // 32)) == out[3], (m, n, k)
+        assert lowering.cuda_splits(m, n, -(-k // 32)) == out[3], (m, n, k)
 
 
 # ---- the dequantization kernel (large-M path) -----------------------------------------------
@@ -337,7 +340,9 @@ def test_dequant(emu, q, g, has_offset, w_dtype, a_dtype):
 # ---- the handlers' argument validation (host code) ------------------------------------------
 
 
-def _validate(lib, which, operands, attrs):
+def validate(lib, which, operands, attrs):
+    """emu_validate on operand descriptions ``(dtype name, shape)`` (ranks <= 8: the harness's
+    buffer limit); returns (status code, message)."""
     dtypes = (ctypes.c_int * 6)(*[FFI_CODE[d] for d, _ in operands])
     ranks = (ctypes.c_int * 6)(*[len(s) for _, s in operands])
     flat = [d for _, s in operands for d in s] or [0]
@@ -392,19 +397,19 @@ LUT_BAD = {
 
 
 def test_validation_accepts_good(emu):
-    assert _validate(emu, 0, GOOD, ATTRS) == (0, "")
+    assert validate(emu, 0, GOOD, ATTRS) == (0, "")
     no_offset = _replace(3, ("float32", (0, N)))
-    assert _validate(emu, 0, no_offset, ATTRS) == (0, "")
+    assert validate(emu, 0, no_offset, ATTRS) == (0, "")
     three_slices = _replace(5, ("float32", (3 * 10 * N,)))
-    assert _validate(emu, 0, three_slices, ATTRS) == (0, "")
+    assert validate(emu, 0, three_slices, ATTRS) == (0, "")
     dq = [*GOOD[:4], ("bfloat16", (K, N)), GOOD[5]]
-    assert _validate(emu, 1, dq, ATTRS) == (0, "")
+    assert validate(emu, 1, dq, ATTRS) == (0, "")
 
 
 @pytest.mark.parametrize("name", list(LUT_BAD))
 def test_validation_rejects(emu, name):
     operands, attrs, fragment = LUT_BAD[name]
-    rc, msg = _validate(emu, 0, operands, attrs)
+    rc, msg = validate(emu, 0, operands, attrs)
     assert rc == INVALID_ARGUMENT and fragment in msg, (rc, msg)
 
 
@@ -424,9 +429,9 @@ def test_validation_rejects(emu, name):
 def test_dequant_validation_rejects(emu, i, operand, fragment):
     ops = [*GOOD[:4], ("bfloat16", (K, N)), GOOD[5]]
     ops[i] = operand
-    rc, msg = _validate(emu, 1, ops, ATTRS)
+    rc, msg = validate(emu, 1, ops, ATTRS)
     assert rc == INVALID_ARGUMENT and fragment in msg, (rc, msg)
-    rc, msg = _validate(emu, 1, _replace(4, ("float32", (K, N))), (K, N, Q, 40))
+    rc, msg = validate(emu, 1, _replace(4, ("float32", (K, N))), (K, N, Q, 40))
     assert rc == INVALID_ARGUMENT and "group_size" in msg
 
 

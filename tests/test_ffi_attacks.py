@@ -9,12 +9,9 @@ bounds (the sanitizer build, scripts/sanitize.sh, runs this file with ASan + UBS
 battery also runs once in a fresh subprocess under a timeout, so a crash or a hang is reported as
 such rather than taking the test session down.
 
-The CUDA handler's validation is the same host code (include/lutgemm/ffi_checks.h plus
-cuda/lut_gemm_handler.h); its malformed descriptions run through the emulation harness's
-``emu_validate`` (tests/test_cuda_emulation.py has the basic cases; the hostile attributes and
-dims are added here).
+The CUDA handler's validation gets the same treatment in tests/test_ffi_attacks_cuda.py.
 
-Cases already in tests/test_cpu_kernel.py::test_bad_operands_raise are not repeated.
+Cases already in tests/test_lowering_cpu.py::test_bad_operands_raise are not repeated.
 """
 
 from __future__ import annotations
@@ -29,12 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import test_cuda_emulation as emulation
-from test_properties import environ
 
 from lutgemm_jax import _native
-
-pytestmark = pytest.mark.skipif(not _native.HAS_CPU, reason="needs the CPU extension")
 
 K, N, Q, G = 96, 40, 3, 32  # Kp = 96: 3 words, 3 groups
 I64_MAX = np.iinfo(np.int64).max
@@ -50,7 +43,9 @@ def _good():
         "alpha": rng.uniform(0.1, 1, (K // G, Q, N)).astype(np.float32),
         "offset": rng.normal(size=(K // G, N)).astype(np.float32),
         "out": ((2, 3, N), np.float32),
-        "attrs": dict(in_features=K, out_features=N, num_bits=Q, group_size=G, layout=0, mode=0),
+        "attrs": dict(
+            in_features=K, out_features=N, num_bits=Q, group_size=G, layout=0, mode=0, path=0
+        ),
     }
 
 
@@ -197,11 +192,17 @@ LUT_CASES = {
     "mode = -1": (_with(mode=-1), "mode"),
     "mode = 3": (_with(mode=3), "mode"),
     "mode = 2**62": (_with(mode=HUGE), "mode"),
+    "mode = 2 (the dense path is path = 1)": (_with(mode=2), "mode must be 0"),
+    "mode = 2 with the dense path": (_with(mode=2, path=1), "mode must be 0"),
+    "path = -1": (_with(path=-1), "path must be 0"),
+    "path = 2": (_with(path=2), "path must be 0"),
+    "path = 2**62": (_with(path=HUGE), "path must be 0"),
     # the binding itself: missing / mistyped attributes, wrong operand and result counts
     "layout = -1": (_with(layout=-1), "layout"),
     "layout = 2": (_with(layout=2), "layout"),
     "layout = 2**62": (_with(layout=HUGE), "layout"),
     "mode attribute missing": (_drop_attr("mode"), "Wrong number of attributes"),
+    "path attribute missing": (_drop_attr("path"), "Wrong number of attributes"),
     "layout attribute missing": (_drop_attr("layout"), "Wrong number of attributes"),
     "in_features missing": (_drop_attr("in_features"), "Wrong number of attributes"),
     "extra attribute": (_with(attr_bogus=1), ""),
@@ -242,17 +243,20 @@ def run_case(name) -> str:
 
 
 def test_good_calls_succeed():
-    """The baseline is valid (so each case fails for its own reason) in every kernel mode, also
-    with no offset and with zero-size batch dims (M = 0: an empty result, not an error)."""
-    for mode in (0, 1, 2):
+    """The baseline is valid (so each case fails for its own reason) in every kernel mode and
+    path (the dense path reads no mode: both are accepted), also with no offset and with
+    zero-size batch dims (M = 0: an empty result, not an error)."""
+    kernels = [(0, 0), (1, 0), (0, 1), (1, 1)]  # (mode, path)
+    for mode, path in kernels:
         for layout in (0, 1):
-            y = call(_with(mode=mode, layout=layout)())
+            y = call(_with(mode=mode, path=path, layout=layout)())
             assert y.shape == (2, 3, N) and np.isfinite(y).all()
     call(_with(offset=_zeros((0, N)))())
     for lead in [(0,), (2, 0), (0, 5)]:
-        for mode in (0, 1, 2):
+        for mode, path in kernels:
             out = ((*lead, N), np.float32)
-            assert call(_with(x=_zeros((*lead, K)), out=out, mode=mode)()).shape == (*lead, N)
+            got = call(_with(x=_zeros((*lead, K)), out=out, mode=mode, path=path)())
+            assert got.shape == (*lead, N)
     # A zero-element result (N = 0 in every operand and the attribute): XLA does not run the
     # handler at all and returns the empty array, so there is nothing to reject.
     empty = _with(
@@ -328,129 +332,6 @@ def test_battery_in_fresh_process_exits_cleanly():
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {"raised": len(LUT_CASES)}
 
 
-# ---- the CUDA handler's validation (host code), through the emulation harness ---------------
-
-EK, EN, EQ, EG = emulation.K, emulation.N, emulation.Q, emulation.G
-EGOOD = emulation.GOOD  # x, bits, alpha, offset, y, split-K workspace (valid descriptions)
-# XLA FFI data type codes (xla/ffi/api/c_api.h), a superset of the emulation test's.
-FFI_CODE = {**emulation.FFI_CODE, "float64": 12, "int8": 2}
-
-
-def _ops(**replace):
-    names = ["x", "bits", "alpha", "offset", "y", "workspace"]
-    return [replace.get(name, EGOOD[i]) for i, name in enumerate(names)]
-
-
-# name -> (operand descriptions, attributes (K, N, q, g), fragment of the expected message).
-EMU_CASES = {
-    "K = -5": (_ops(), (-5, EN, EQ, EG), "K (in_features)"),
-    "N = 0": (_ops(), (EK, 0, EQ, EG), "N (out_features)"),
-    "N = -1": (_ops(), (EK, -1, EQ, EG), "N (out_features)"),
-    "q = -1": (_ops(), (EK, EN, -1, EG), "q (num_bits)"),
-    "q = 2**62": (_ops(), (EK, EN, HUGE, EG), "q (num_bits)"),
-    "g = 0": (_ops(), (EK, EN, EQ, 0), "group_size"),
-    "g = -32": (_ops(), (EK, EN, EQ, -32), "group_size"),
-    "g = 2**62": (_ops(), (EK, EN, EQ, HUGE), "group_size"),
-    "g = 2**63 - 32, empty weight": (
-        _ops(
-            bits=("uint32", (0, EQ, EN)),
-            alpha=("float32", (0, EQ, EN)),
-            offset=("float32", (0, EN)),
-        ),
-        (EK, EN, EQ, I64_MAX - 31),
-        "group_size",
-    ),
-    "K = 2**63 - 1 with matching x": (
-        _ops(x=("bfloat16", (1, I64_MAX))),
-        (I64_MAX, EN, EQ, EG),
-        "K (in_features)",
-    ),
-    "K = 2**40 + 32 with matching operands": (
-        _ops(
-            x=("bfloat16", (1, 2**40 + 32)),
-            bits=("uint32", (2**35 + 1, EQ, EN)),
-            alpha=("float32", (2**35 + 1, EQ, EN)),
-            offset=("float32", (0, EN)),
-            y=("bfloat16", (1, EN)),
-        ),
-        (2**40 + 32, EN, EQ, 32),
-        "too large",
-    ),
-    "K = 2**33 with matching operands (int indices)": (
-        _ops(
-            x=("bfloat16", (1, 2**33)),
-            bits=("uint32", (2**28, EQ, EN)),
-            alpha=("float32", (2**28, EQ, EN)),
-            offset=("float32", (0, EN)),
-            y=("bfloat16", (1, EN)),
-        ),
-        (2**33, EN, EQ, 32),
-        "too large for the CUDA kernels",
-    ),
-    "M = 2**40 rows": (
-        _ops(x=("bfloat16", (2**20, 2**20, EK)), y=("bfloat16", (2**20, 2**20, EN))),
-        (EK, EN, EQ, EG),
-        "too large for the CUDA kernels",
-    ),
-    "x rank 8, wrong K": (_ops(x=("bfloat16", (1,) * 7 + (EK + 1,))), (EK, EN, EQ, EG), "x has"),
-    "y rank 8": (_ops(y=("bfloat16", (1,) * 7 + (EN,))), (EK, EN, EQ, EG), "output has shape"),
-    "x with K = 0": (_ops(x=("bfloat16", (2, 0))), (EK, EN, EQ, EG), "x has shape"),
-    "bits with zero words": (_ops(bits=("uint32", (0, EQ, EN))), (EK, EN, EQ, EG), "bits has"),
-    "alpha with zero planes": (_ops(alpha=("float32", (4, 0, EN))), (EK, EN, EQ, EG), "alpha has"),
-    "workspace for M = 0 rows": (
-        _ops(x=("bfloat16", (0, EK)), y=("bfloat16", (0, EN)), workspace=("float32", (12,))),
-        (EK, EN, EQ, EG),
-        "workspace has shape",
-    ),
-    "workspace float16": (_ops(workspace=("float16", (0,))), (EK, EN, EQ, EG), "workspace has"),
-    "workspace rank 0": (_ops(workspace=("float32", ())), (EK, EN, EQ, EG), "workspace has"),
-    "alpha float64": (_ops(alpha=("float64", (4, EQ, EN))), (EK, EN, EQ, EG), "alpha must be"),
-    "x int8": (_ops(x=("int8", (2, 5, EK))), (EK, EN, EQ, EG), "x must be"),
-}
-
-
-def _emu_validate(lib, which, operands, attrs):
-    """emu_validate on operand descriptions (ranks <= 8: the harness's buffer limit)."""
-    import ctypes
-
-    dtypes = (ctypes.c_int * 6)(*[FFI_CODE[d] for d, _ in operands])
-    ranks = (ctypes.c_int * 6)(*[len(s) for _, s in operands])
-    flat = [d for _, s in operands for d in s] or [0]
-    dims = (ctypes.c_int64 * len(flat))(*flat)
-    msg = ctypes.create_string_buffer(512)
-    rc = lib.emu_validate(which, dtypes, ranks, dims, *attrs, msg, len(msg))
-    return rc, msg.value.decode()
-
-
-@pytest.fixture(scope="module")
-def emu_lib(tmp_path_factory):
-    if os.environ.get("LUTGEMM_SANITIZER_BUILD"):
-        # scripts/sanitize.sh: the CUDA handler's host validation under ASan + UBSan as well
-        # (libasan is preloaded; only emu_validate is called, no fibers).
-        flags = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-        out_dir = tmp_path_factory.mktemp("emu_asan")
-        with environ(LD_PRELOAD=None):  # g++ itself runs without the preloaded runtime
-            return emulation._bind(emulation._compile(out_dir, flags))
-    from test_properties import emulation_lib
-
-    return emulation_lib()
-
-
-@pytest.mark.parametrize("name", list(EMU_CASES))
-def test_cuda_validation_rejects(emu_lib, name):
-    operands, attrs, fragment = EMU_CASES[name]
-    rc, msg = _emu_validate(emu_lib, 0, operands, attrs)
-    assert rc == emulation.INVALID_ARGUMENT and fragment in msg, (rc, msg)
-    if attrs != (EK, EN, EQ, EG):  # the dequantization handler shares the attribute checks
-        dq = [*operands[:4], ("float32", (1, EN)), operands[5]]
-        rc, msg = _emu_validate(emu_lib, 1, dq, attrs)
-        assert rc == emulation.INVALID_ARGUMENT and msg, (rc, msg)
-
-
 def test_case_count():
-    # The numbers reported in the issue's closing note.
-    assert len(LUT_CASES) >= 70 and len(EMU_CASES) >= 20
-    print(
-        f"malformed FFI calls: {len(LUT_CASES)} on the CPU handler, {len(EMU_CASES)} on the "
-        "CUDA handler's validation (emulated)"
-    )
+    assert len(LUT_CASES) >= 70
+    print(f"malformed FFI calls: {len(LUT_CASES)} on the CPU handler")

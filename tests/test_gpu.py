@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from lutgemm_jax import _native, ops
-from lutgemm_jax.format import BCQWeight
+from lutgemm_jax.format import offset_operand
+from lutgemm_jax.testing import random_weight
 
 
 def _has_gpu() -> bool:
@@ -38,28 +39,8 @@ ULP = {"float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
 
 
 def make(rng, m, k, n, q, g, has_offset, x_dtype, a_dtype):
-    g = -(-k // 32) * 32 if g == -1 else g
-    kp = -(-k // g) * g
-    signs = np.zeros((kp, q, n), bool)
-    signs[:k] = rng.random((k, q, n)) < 0.5
-    planes = signs.reshape(kp // 32, 32, q, n).astype(np.uint64)
-    bits = np.sum(planes << np.arange(32, dtype=np.uint64)[None, :, None, None], axis=1)
-    alpha = rng.uniform(0.1, 1.0, (kp // g, q, n)).astype(NP[a_dtype])
-    offset = rng.normal(size=(kp // g, n)).astype(NP[a_dtype]) if has_offset else None
+    w, w64 = random_weight(rng, k, n, q, g, has_offset, DTYPES[a_dtype])
     x = rng.normal(size=(m, k)).astype(NP[x_dtype])
-    grp = np.arange(k) // g
-    w64 = np.sum(np.where(signs[:k], 1.0, -1.0) * alpha.astype(np.float64)[grp], axis=1)
-    if has_offset:
-        w64 += offset.astype(np.float64)[grp]
-    w = BCQWeight(
-        jnp.asarray(bits.astype(np.uint32)),
-        jnp.asarray(alpha),
-        None if offset is None else jnp.asarray(offset),
-        k,
-        n,
-        q,
-        g,
-    )
     return jnp.asarray(x), w, x.astype(np.float64), w64
 
 
@@ -123,7 +104,7 @@ def test_handler_rejects_bad_operands():
         _native.CUDA_TARGET,
         (jax.ShapeDtypeStruct((1, 8), jnp.float32), jax.ShapeDtypeStruct((0,), jnp.float32)),
     )
-    offset = jnp.zeros((0, 8), jnp.float32)
+    offset = offset_operand(None, w.alpha)
     with pytest.raises(Exception, match="lut_gemm"):
         jax.block_until_ready(
             jax.jit(

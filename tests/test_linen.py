@@ -18,6 +18,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import lutgemm_jax as lj
 from lutgemm_jax.format import BCQWeight, to_layout
 from lutgemm_jax.linen import (
     LutDense,
@@ -395,3 +396,27 @@ def test_cpu_layout_keeps_partitioning_names_and_device_sharding():
     assert cpu["kernel"].alpha.sharding.is_equivalent_to(packed, 3)
     want = _forward(model, "exact")(quantize_params(params, **FAST), x)
     np.testing.assert_array_equal(_forward(model, "exact")(cpu, x), want)
+
+
+# ---- sign-word layouts of params -------------------------------------------------------------
+
+
+def test_linen_params_with_to_layout():
+    import flax.linen as nn
+
+    from lutgemm_jax.linen import intercept_dense, quantize_params
+
+    model = nn.Sequential([nn.Dense(40), nn.relu, nn.Dense(33)])
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 64)), jnp.float32)
+    params = quantize_params(model.init(jax.random.key(0), x)["params"], bits=3, progress=False)
+
+    @jax.jit
+    def forward(p, x):
+        with intercept_dense():
+            return model.apply({"params": p}, x)
+
+    cpu = lj.to_layout(params, "cpu")
+    leaves = jax.tree.leaves(cpu, is_leaf=lambda v: isinstance(v, lj.BCQWeight))
+    assert {w.layout for w in leaves if isinstance(w, lj.BCQWeight)} == {"cpu"}
+    want = np.asarray(forward(params, x), np.float64)
+    assert rel_err(forward(cpu, x), want) <= 1e-6

@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import lutgemm_jax as lj
 from lutgemm_jax.format import BCQWeight, to_layout
 from lutgemm_jax.nnx import LutLinear, QuantizedWeight, quantize_model
 
@@ -267,3 +268,19 @@ def test_cpu_layout_keeps_sharding_metadata_and_placement():
     assert packed.bits.sharding.is_equivalent_to(NamedSharding(mesh, P(None, None, "model")), 3)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 128)), jnp.float32)
     np.testing.assert_array_equal(nnx.jit(lambda m, x: m(x))(layer, x), want(x))
+
+
+# ---- sign-word layouts of a model ------------------------------------------------------------
+
+
+def test_nnx_update_with_to_layout_round_trips():
+    model = LutLinear(64, 40, bits=3, group_size=32, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(2, 64)), jnp.float32)
+    bits, y = np.asarray(model.kernel.get_value().bits), model(x)
+    nnx.update(model, lj.to_layout(nnx.state(model), "cpu"))
+    assert isinstance(model.kernel, lj.nnx.QuantizedWeight)
+    assert model.kernel.get_value().layout == "cpu"
+    assert rel_err(model(x), np.asarray(y, np.float64)) <= 1e-6
+    nnx.update(model, lj.to_layout(nnx.state(model), "canonical"))
+    assert model.kernel.get_value().layout == "canonical"
+    np.testing.assert_array_equal(np.asarray(model.kernel.get_value().bits), bits)

@@ -13,7 +13,7 @@ The rules (also in SECURITY.md), for ``y = x @ W_hat`` with x ``[M, K]``:
 * Zero activations give exactly zero outputs (the fast path's int8 scale is 0 there, not 0/0).
 
 Checked on the native CPU kernel's three paths (through the public op), the pure-jnp lowering and
-the CUDA LUT kernel under the emulation. tests/test_cpu_kernel.py and tests/test_ops.py hold the
+the CUDA LUT kernel under the emulation. tests/test_lowering_cpu.py and tests/test_ops.py hold the
 basic native NaN-row cases; the quantizer's degenerate inputs are in tests/test_quantize.py and
 tests/test_properties.py.
 """
@@ -25,34 +25,34 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import test_properties as props
-from bcq_testing import random_weight
 
 import lutgemm_jax as lj
-from lutgemm_jax import _native, ops
+from lutgemm_jax import lowering, ops
+from lutgemm_jax.format import offset_operand
+from lutgemm_jax.testing import random_weight
 
-NATIVE = ["exact", "fast", "dense"] if _native.HAS_CPU else []
-IMPLEMENTATIONS = [*NATIVE, "jnp", "emulation"]
+IMPLEMENTATIONS = ["exact", "fast", "dense", "jnp", "emulation"]
 K, N = 77, 45  # K: 2 words + a partial one (13 rows), 9 chunks of 8 + 5 rows
 
 
 def run(impl, x, w):
     """y = x @ W_hat (float32) by one implementation."""
     if impl == "jnp":
-        offset = w.offset if w.has_offset else jnp.zeros((0, w.out_features), w.alpha.dtype)
-        f = jax.jit(lambda x, b, a, o: ops.lut_gemm_reference(x, b, a, o, **ops._params(w)))
+        offset = offset_operand(w.offset, w.alpha)
+        f = jax.jit(lambda x, b, a, o: lowering.jnp_lowering(x, b, a, o, **ops.weight_params(w)))
         return np.asarray(f(x, w.bits, w.alpha, offset))
     if impl == "emulation":
         lib = props.emulation_lib()
         p = props.emulation_problem({"w": w, "x": np.asarray(x)})
         return props.emulation.run_lut(lib, p, splits=2)[0]
     mode = "fast" if impl == "fast" else "exact"
-    saved = dict(ops.CPU_CROSSOVER)
-    ops.CPU_CROSSOVER[mode] = 0 if impl == "dense" else 1 << 62
+    saved = dict(lowering.CPU_CROSSOVER)
+    lowering.CPU_CROSSOVER[mode] = 0 if impl == "dense" else 1 << 62
     try:
         with props.environ(LUTGEMM_CPU_POISON="1"):
             return np.asarray(jax.jit(lambda x, w: lj.lut_gemm(x, w, mode=mode))(x, w))
     finally:
-        ops.CPU_CROSSOVER.update(saved)
+        lowering.CPU_CROSSOVER.update(saved)
 
 
 @pytest.fixture(params=[(32, True), (None, False)], ids=["g32-offset", "percol-nooffset"])

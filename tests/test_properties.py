@@ -3,21 +3,21 @@
 Over random shapes (K 1..300, N 1..70, zero to three batch dims, including empty ones), q 1..8,
 g in {32, 64, 128, per-column}, offset on/off, activation and alpha dtypes in {float32,
 bfloat16, float16}, sign patterns and activation scales, four implementations are checked
-against ``x64 @ W64`` (tests/bcq_testing.py: the dense matrix built in float64 from the unpacked
+against ``x64 @ W64`` (lutgemm_jax/testing.py: the dense matrix built in float64 from the unpacked
 signs, independent of the code under test):
 
 * the native CPU kernel through the public op, in each path (exact LUT, fast LUT, dense tiles),
   code path (portable / AVX2) and thread count, with the output poisoned beforehand;
 * the CUDA kernels under the CPU emulation harness (tests/cuda_emu): the LUT kernel with its
   planned or forced split-K, and the dequantization kernel;
-* the pure-jnp lowering (``ops.lut_gemm_reference``);
+* the pure-jnp lowering (``lowering.jnp_lowering``);
 * and quantize -> pack -> ``lut_gemm`` for the three quantizers on weights of any scale.
 
 Tolerances (y: the result; ref = x64 @ W64; scale = |x64| @ |W64|, elementwise):
 * float32 accumulation (exact, dense, jnp, quantized): ``|y - ref| <= max(1e-5 max|ref|,
   2e-5 scale)``: the kernel tests' 1e-5 contract, or the emulation tests' float32 summation bound
   (K <= 300: 300 * 2^-24 < 2e-5) where the sum cancels.
-* fast: plus the stated worst-case int8-table bound of tests/test_cpu_kernel.py (fast_bound).
+* fast: plus the stated worst-case int8-table bound of tests/test_lowering_cpu.py (fast_bound).
 * CUDA emulation: tests/test_cuda_emulation.py's ``tolerance`` (2e-5 scale + output rounding).
 * bfloat16 / float16 outputs: plus half an ulp of |ref| (2^-8 / 2^-11) and, for float16, the
   subnormal spacing 2^-24.
@@ -40,15 +40,20 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-import test_cpu_kernel as cpu_tests
 import test_cuda_emulation as emulation
-from bcq_testing import dense_float64
+import test_lowering_cpu as cpu_tests
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 import lutgemm_jax as lj
-from lutgemm_jax import _native, ops
-from lutgemm_jax.format import WORD_BITS, BCQWeight, padded_in_features, resolve_group_size
+from lutgemm_jax import lowering, ops
+from lutgemm_jax.format import (
+    BCQWeight,
+    offset_operand,
+    padded_in_features,
+    resolve_group_size,
+)
+from lutgemm_jax.testing import dense_float64, pack_words, weight_float64
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 HALF_ULP = {"float32": 0.0, "bfloat16": 2.0**-8, "float16": 2.0**-11}
@@ -110,7 +115,7 @@ def problems(draw, max_rows: int | None = None):
     alpha = rng.uniform(0.1, 1.0, (kp // gg, q, n)).astype(DTYPES[a_dtype])
     offset = rng.normal(size=(kp // gg, n)).astype(DTYPES[a_dtype]) if has_offset else None
     w = BCQWeight(
-        bits=jnp.asarray(pack64(signs, kp)),
+        bits=jnp.asarray(pack_words(np.pad(signs, ((0, kp - k), (0, 0), (0, 0))))),
         alpha=jnp.asarray(alpha),
         offset=None if offset is None else jnp.asarray(offset),
         in_features=k,
@@ -129,17 +134,6 @@ def problems(draw, max_rows: int | None = None):
     )
     w64 = dense_float64(signs, alpha, offset, gg)
     return dict(w=w, w64=w64, x=x, x_dtype=x_dtype)
-
-
-def pack64(signs, kp):
-    """Packs bool signs [K, q, N] into uint32 [Kp/32, q, N] with numpy (bit t of word kw is
-    row 32 kw + t; padding rows are 0), independently of format.pack_signs."""
-    k, q, n = signs.shape
-    padded = np.zeros((kp, q, n), np.uint64)
-    padded[:k] = signs
-    shifts = np.arange(WORD_BITS, dtype=np.uint64)[None, :, None, None]
-    words = np.sum(padded.reshape(kp // WORD_BITS, WORD_BITS, q, n) << shifts, axis=1)
-    return words.astype(np.uint32)
 
 
 def reference(x, w64):
@@ -168,7 +162,6 @@ def assert_close(y, x, w64, x_dtype, extra=0.0):
 # ---- native CPU kernel through the public op -----------------------------------------------
 
 
-@pytest.mark.skipif(not _native.HAS_CPU, reason="needs the CPU extension")
 @settings(max_examples=examples(2.4))
 @given(
     p=problems(),
@@ -179,15 +172,15 @@ def assert_close(y, x, w64, x_dtype, extra=0.0):
 def test_native_op_matches_float64(p, path, isa, threads):
     x, w = p["x"], p["w"]
     mode = "fast" if path == "fast" else "exact"
-    crossover = dict(ops.CPU_CROSSOVER)
+    crossover = dict(lowering.CPU_CROSSOVER)
     # The op takes the dense path from CPU_CROSSOVER rows on (static, read while lowering).
-    ops.CPU_CROSSOVER[mode] = 0 if path == "dense" else 1 << 62
+    lowering.CPU_CROSSOVER[mode] = 0 if path == "dense" else 1 << 62
     try:
         with environ(LUTGEMM_CPU_ISA=isa, LUTGEMM_CPU_THREADS=threads, LUTGEMM_CPU_POISON="1"):
             f = jax.jit(lambda x, w: lj.lut_gemm(x, w, mode=mode))
             y = f(x, w)
     finally:
-        ops.CPU_CROSSOVER.update(crossover)
+        lowering.CPU_CROSSOVER.update(crossover)
     assert y.dtype == x.dtype
     extra = 0.0
     if path == "fast" and x.size:
@@ -202,8 +195,8 @@ def test_native_op_matches_float64(p, path, isa, threads):
 @given(p=problems())
 def test_reference_lowering_matches_float64(p):
     w = p["w"]
-    offset = w.offset if w.has_offset else jnp.zeros((0, w.out_features), w.alpha.dtype)
-    f = jax.jit(lambda x, b, a, o: ops.lut_gemm_reference(x, b, a, o, **ops._params(w)))
+    offset = offset_operand(w.offset, w.alpha)
+    f = jax.jit(lambda x, b, a, o: lowering.jnp_lowering(x, b, a, o, **ops.weight_params(w)))
     y = f(p["x"], w.bits, w.alpha, offset)
     assert y.dtype == p["x"].dtype
     assert_close(y, p["x"], p["w64"], p["x_dtype"])
@@ -250,7 +243,7 @@ def emulation_problem(p):
 
 
 @settings(max_examples=examples(2.4))
-@given(p=problems(max_rows=ops.CUDA_LUT_MAX_ROWS), splits=st.sampled_from([0, 1, 2, 3]))
+@given(p=problems(max_rows=lowering.CUDA_LUT_MAX_ROWS), splits=st.sampled_from([0, 1, 2, 3]))
 def test_emulation_lut_kernel_matches_float64(emu, p, splits):
     """The CUDA LUT path (M <= 8 rows), with the planned split-K (0) or a forced one."""
     e = emulation_problem(p)
@@ -274,16 +267,6 @@ def test_emulation_dequant_kernel_matches_float64(emu, p, w_dtype):
 
 
 # ---- quantize -> pack -> lut_gemm ----------------------------------------------------------
-
-
-def unpack64(w):
-    """float64 W_hat [K, N] from the packed arrays, with numpy only (independent of format.py)."""
-    bits = np.asarray(w.bits).astype(np.uint64)  # [Kp/32, q, N]
-    t = np.arange(WORD_BITS, dtype=np.uint64)[None, :, None, None]
-    signs = ((bits[:, None] >> t) & 1).reshape(-1, *bits.shape[1:])[: w.in_features] > 0
-    alpha = np.asarray(jnp.asarray(w.alpha).astype(jnp.float32))
-    offset = np.asarray(jnp.asarray(w.offset).astype(jnp.float32)) if w.has_offset else None
-    return dense_float64(signs, alpha, offset, w.group_size)
 
 
 @st.composite
@@ -315,7 +298,6 @@ def weights(draw):
     return w.astype(np.float32)
 
 
-@pytest.mark.skipif(not _native.HAS_CPU, reason="needs the CPU extension")
 @settings(max_examples=examples(0.2))
 @given(
     W=weights(),
@@ -338,7 +320,7 @@ def test_quantize_pack_lut_gemm_matches_float64(W, bits, g, method, fit_offset, 
     )
     arrays = [w.alpha] + ([w.offset] if w.has_offset else [])
     assert all(np.isfinite(np.asarray(a, np.float32)).all() for a in arrays)
-    w64 = unpack64(w)
+    w64 = weight_float64(w)
     assert np.isfinite(w64).all()
     x = jnp.asarray(np.random.default_rng(0).normal(size=(3, W.shape[0])), jnp.float32)
     y = jax.jit(lambda x, w: lj.lut_gemm(x, w, mode="exact"))(x, w)

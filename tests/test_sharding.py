@@ -1,4 +1,4 @@
-"""lut_gemm on several devices: column-, row- and data-parallel layouts under jit, and
+"""lut_gemm on several devices: column-, row- and data-parallel placements under jit, and
 shard_map, against the single-device float64 reference (8 host CPU devices, see conftest.py)."""
 
 import dataclasses
@@ -9,11 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from bcq_testing import random_weight, reference, rel_err
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import lutgemm_jax as lj
+from lutgemm_jax import format as fmt
+from lutgemm_jax.testing import random_weight, reference, rel_err
 
 K, N, Q, G = 512, 96, 3, 64  # 8 groups along K; N and the groups split over 2, 4 and 8 devices
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
@@ -29,7 +30,7 @@ def _weight_sharding(mesh, k_axis, n_axis, w):
     )
 
 
-LAYOUTS = {
+PLACEMENTS = {
     # name: (x spec, weight K axis, weight N axis, expected output spec)
     "column": (P(), None, "x", P(None, "x")),
     "row": (P(None, "x"), "x", None, P()),
@@ -37,12 +38,12 @@ LAYOUTS = {
 }
 
 
-def _setup(devices, layout, seed=0):
+def _setup(devices, placement, seed=0):
     rng = np.random.default_rng(seed)
     w, w64 = random_weight(rng, K, N, Q, G, True)
     x = jnp.asarray(rng.normal(size=(8, K)), jnp.float32)
     mesh = jax.make_mesh((devices,), ("x",), devices=jax.devices()[:devices])
-    x_spec, k_axis, n_axis, out_spec = LAYOUTS[layout]
+    x_spec, k_axis, n_axis, out_spec = PLACEMENTS[placement]
     xs = jax.device_put(x, NamedSharding(mesh, x_spec))
     ws = _weight_sharding(mesh, k_axis, n_axis, w)
     return mesh, x, w, w64, xs, ws, NamedSharding(mesh, out_spec)
@@ -53,23 +54,23 @@ def _collectives(hlo: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("devices", [2, 4, 8])
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_sharded_matches_single_device(devices, layout):
-    mesh, x, w, w64, xs, ws, out_sharding = _setup(devices, layout)
+@pytest.mark.parametrize("placement", list(PLACEMENTS))
+def test_sharded_matches_single_device(devices, placement):
+    mesh, x, w, w64, xs, ws, out_sharding = _setup(devices, placement)
     f = jax.jit(lj.lut_gemm, out_shardings=out_sharding)
     y = f(xs, ws)
     assert rel_err(y, reference(x, w64)) <= 1e-5
     assert y.sharding.is_equivalent_to(out_sharding, 2)
     found = _collectives(f.lower(xs, ws).compile().as_text())
     expected = {c: 0 for c in COLLECTIVES}
-    if layout == "row":
+    if placement == "row":
         expected["all-reduce"] = 1  # the one psum of the partial products
     assert found == expected, found
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_sharded_grad_matches_single_device(layout):
-    mesh, x, w, _, xs, ws, _ = _setup(4, layout, seed=1)
+@pytest.mark.parametrize("placement", list(PLACEMENTS))
+def test_sharded_grad_matches_single_device(placement):
+    mesh, x, w, _, xs, ws, _ = _setup(4, placement, seed=1)
     c = jnp.asarray(np.random.default_rng(2).normal(size=(8, N)), jnp.float32)
 
     def loss(x, w):
@@ -85,12 +86,12 @@ def _spec(sharding, ndim):
     return spec + (None,) * (ndim - len(spec))
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_explicit_mesh_types(layout):
+@pytest.mark.parametrize("placement", list(PLACEMENTS))
+def test_explicit_mesh_types(placement):
     # With explicit mesh axes the shardings are part of the types: y [M, N] is split like x's
     # leading dim and like the weight's N (a K split is summed away by the rule), and grad x has
     # x's type; values equal the single-device ones.
-    mesh, x, w, w64, xs, ws, out_sharding = _setup(4, layout, seed=5)
+    mesh, x, w, w64, xs, ws, out_sharding = _setup(4, placement, seed=5)
     assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
     c = jnp.asarray(np.random.default_rng(6).normal(size=(8, N)), jnp.float32)
 
@@ -107,17 +108,17 @@ def test_explicit_mesh_types(layout):
 
 
 @pytest.mark.parametrize("has_offset", [True, False])
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_explicit_mesh_scale_gradient(layout, has_offset):
+@pytest.mark.parametrize("placement", list(PLACEMENTS))
+def test_explicit_mesh_scale_gradient(placement, has_offset):
     # jit grad w.r.t. alpha alone (offset held constant, or absent: an empty array built inside
     # lut_gemm) on an explicit mesh: alpha's type and the single-device values.
-    mesh, x, w, _, xs, ws, _ = _setup(4, layout, seed=7)
+    mesh, x, w, _, xs, ws, _ = _setup(4, placement, seed=7)
     if not has_offset:
         w, ws = (dataclasses.replace(v, offset=None) for v in (w, ws))
 
     c = jnp.asarray(np.random.default_rng(8).normal(size=(8, N)), jnp.float32)
 
-    def loss(alpha, x, w):  # linear in y: the cotangent is c, exactly, on every layout
+    def loss(alpha, x, w):  # linear in y: the cotangent is c, exactly, on every placement
         return jnp.sum(lj.lut_gemm(x, dataclasses.replace(w, alpha=alpha)) * c)
 
     with jax.set_mesh(mesh):
@@ -154,10 +155,10 @@ def test_row_parallel_rejects_split_groups():
         jax.jit(lj.lut_gemm)(xs, ws)
 
 
-@pytest.mark.parametrize("layout", ["column", "row"])
-def test_shard_map_forward_and_grad(layout):
-    mesh, x, w, w64, xs, ws, _ = _setup(4, layout, seed=5)
-    x_spec, k_axis, n_axis, out_spec = LAYOUTS[layout]
+@pytest.mark.parametrize("placement", ["column", "row"])
+def test_shard_map_forward_and_grad(placement):
+    mesh, x, w, w64, xs, ws, _ = _setup(4, placement, seed=5)
+    x_spec, k_axis, n_axis, out_spec = PLACEMENTS[placement]
     w_specs = lj.BCQWeight(
         P(k_axis, None, n_axis), P(k_axis, None, n_axis), P(k_axis, n_axis), K, N, Q, G
     )
@@ -165,7 +166,7 @@ def test_shard_map_forward_and_grad(layout):
     @partial(jax.shard_map, mesh=mesh, in_specs=(x_spec, w_specs), out_specs=out_spec)
     def local(x, w):
         y = lj.lut_gemm(x, w)
-        return jax.lax.psum(y, "x") if layout == "row" else y
+        return jax.lax.psum(y, "x") if placement == "row" else y
 
     c = jnp.asarray(np.random.default_rng(6).normal(size=(8, N)), jnp.float32)
     assert rel_err(jax.jit(local)(xs, ws), reference(x, w64)) <= 1e-5
@@ -175,14 +176,14 @@ def test_shard_map_forward_and_grad(layout):
 
 
 @pytest.mark.parametrize("k,g", [(512, 32), (200, None), (100, 128), (100, 32)])
-@pytest.mark.parametrize("layout", ["column", "data"])
-def test_sharded_one_word_and_single_group_weights(k, g, layout):
+@pytest.mark.parametrize("placement", ["column", "data"])
+def test_sharded_one_word_and_single_group_weights(k, g, placement):
     """g = 32 (one word per group) and a single group along K (per-column, or K <= g)."""
     rng = np.random.default_rng(7)
     w, w64 = random_weight(rng, k, N, Q, g, True)
     x = jnp.asarray(rng.normal(size=(8, k)), jnp.float32)
     mesh = jax.make_mesh((4,), ("x",), devices=jax.devices()[:4])
-    x_spec, _, n_axis, out_spec = LAYOUTS[layout]
+    x_spec, _, n_axis, out_spec = PLACEMENTS[placement]
     xs = jax.device_put(x, NamedSharding(mesh, x_spec))
     ws = jax.tree.map(
         lambda a: jax.device_put(a, NamedSharding(mesh, P(*[None] * (a.ndim - 1), n_axis))), w
@@ -201,3 +202,100 @@ def test_row_parallel_with_one_word_groups():
     f = jax.jit(lj.lut_gemm, out_shardings=NamedSharding(mesh, P()))
     assert rel_err(f(xs, ws), reference(x, w64)) <= 1e-5
     assert _collectives(f.lower(xs, ws).compile().as_text())["all-gather"] == 0
+
+
+# ---- "cpu"-layout weights under sharding ----------------------------------------------------
+
+
+def _mesh(devices):
+    return jax.make_mesh((devices,), ("x",), devices=jax.devices()[:devices])
+
+
+def _place(w, mesh, k_axis, n_axis):
+    specs = fmt.BCQWeight(
+        P(k_axis, None, n_axis),
+        P(k_axis, None, n_axis),
+        P(k_axis, n_axis),
+        *w.shape,
+        w.num_bits,
+        w.group_size,
+        w.layout,
+    )
+    return jax.tree.map(lambda a, s: jax.device_put(a, NamedSharding(mesh, s)), w, specs)
+
+
+@pytest.mark.parametrize("n", [64, 128])
+def test_column_parallel_cpu_layout_matches_one_device(n):
+    rng = np.random.default_rng(9)
+    w, w64 = random_weight(rng, 256, n, 3, 64)
+    x = jnp.asarray(rng.normal(size=(4, 256)), jnp.float32)
+    mesh = _mesh(2)
+    ws = _place(w.to_layout("cpu"), mesh, None, "x")
+    f = jax.jit(lj.lut_gemm, out_shardings=NamedSharding(mesh, P(None, "x")))
+    y = f(jax.device_put(x, NamedSharding(mesh, P())), ws)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(lj.lut_gemm(x, w.to_layout("cpu"))))
+    assert rel_err(y, reference(x, w64)) <= 1e-5
+
+
+def test_row_parallel_cpu_layout_any_n():
+    """K splits do not cut column blocks: N = 100 (N % 32 = 4), K over 4 devices."""
+    rng = np.random.default_rng(10)
+    w, w64 = random_weight(rng, 256, 100, 3, 64)
+    x = jnp.asarray(rng.normal(size=(4, 256)), jnp.float32)
+    mesh = _mesh(4)
+    ws = _place(w.to_layout("cpu"), mesh, "x", None)
+    f = jax.jit(lj.lut_gemm, out_shardings=NamedSharding(mesh, P()))
+    assert (
+        rel_err(f(jax.device_put(x, NamedSharding(mesh, P(None, "x"))), ws), reference(x, w64))
+        <= 1e-5
+    )
+
+
+@pytest.mark.parametrize("k_axis,n_axis", [(None, "x"), ("x", None)])
+def test_to_layout_of_sharded_weights(k_axis, n_axis):
+    # jax.make_mesh's axes are explicit: the conversion's reshapes of sharded dimensions must
+    # still work, in and out of jit, and keep each array's sharding.
+    w, _ = random_weight(np.random.default_rng(13), 256, 128, 3, 64)
+    mesh = _mesh(2)
+    assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
+    ws = _place(w, mesh, k_axis, n_axis)
+    want = fmt.convert_bits(np.asarray(w.bits), "canonical", "cpu")
+    for convert in (lambda w: w.to_layout("cpu"), jax.jit(lambda w: lj.to_layout(w, "cpu"))):
+        c = convert(ws)
+        np.testing.assert_array_equal(np.asarray(c.bits), want)
+        assert c.bits.sharding.spec == ws.bits.sharding.spec
+        back = c.to_layout("canonical")
+        np.testing.assert_array_equal(np.asarray(back.bits), np.asarray(w.bits))
+
+
+@pytest.mark.parametrize("n,devices", [(96, 2), (64, 4), (100, 2)])
+def test_column_split_cutting_blocks_raises(n, devices):
+    w, _ = random_weight(np.random.default_rng(11), 128, n, 2, 64)
+    mesh = _mesh(devices)
+    ws = _place(w.to_layout("cpu"), mesh, None, "x")
+    with pytest.raises(Exception, match=rf"layout='cpu' weight with N = {n} .*size {devices}"):
+        jax.jit(lj.lut_gemm)(jnp.ones((2, 128)), ws)
+    # the same split of the canonical weight is fine
+    jax.jit(lj.lut_gemm)(jnp.ones((2, 128)), _place(w, mesh, None, "x")).block_until_ready()
+
+
+@pytest.mark.parametrize("n,ok", [(128, True), (96, False)])
+def test_shard_map_local_views(n, ok):
+    rng = np.random.default_rng(12)
+    w, w64 = random_weight(rng, 128, n, 2, 64)
+    c = w.to_layout("cpu")
+    x = jnp.asarray(rng.normal(size=(2, 128)), jnp.float32)
+    mesh = _mesh(2)
+    specs = fmt.BCQWeight(
+        P(None, None, "x"), P(None, None, "x"), P(None, "x"), 128, n, 2, 64, "cpu"
+    )
+
+    @partial(jax.shard_map, mesh=mesh, in_specs=(P(), specs), out_specs=P(None, "x"))
+    def local(x, w):
+        return lj.lut_gemm(x, w)
+
+    if ok:
+        assert rel_err(jax.jit(local)(x, _place(c, mesh, None, "x")), reference(x, w64)) <= 1e-5
+    else:
+        with pytest.raises(ValueError, match=rf"layout='cpu' weight with N = {n} .*2 shards"):
+            jax.jit(local)(x, _place(c, mesh, None, "x"))

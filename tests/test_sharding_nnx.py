@@ -1,4 +1,4 @@
-"""NNX sharding metadata of the packed weights (issue #7): `LutLinear` takes
+"""NNX sharding metadata of the packed weights: `LutLinear` takes
 ``nnx.with_partitioning`` / ``kernel_metadata`` names of the dense kernel ``(k, n)``, and its
 `QuantizedWeight` maps them onto bits/alpha ``(k, None, n)`` and offset ``(k, n)`` for
 ``nnx.get_partition_spec``, eager sharding under ``jax.set_mesh``, the ``nnx.jit`` +

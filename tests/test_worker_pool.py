@@ -17,10 +17,9 @@ import subprocess
 import jax
 import numpy as np
 import pytest
-from bcq_testing import random_weight
 
 import lutgemm_jax as lj
-from lutgemm_jax import _native
+from lutgemm_jax.testing import random_weight
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CXX = os.environ.get("CXX", "c++")
@@ -57,7 +56,6 @@ def test_worker_pool_stress(build, tmp_path):
     assert "WARNING: ThreadSanitizer" not in run.stderr, run.stderr
 
 
-@pytest.mark.skipif(not _native.HAS_CPU, reason="needs the CPU extension")
 @pytest.mark.parametrize("mode", ["exact", "fast"])
 def test_op_results_do_not_depend_on_spinning(mode, monkeypatch):
     rng = np.random.default_rng(3)

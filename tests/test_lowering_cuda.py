@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lutgemm_jax import _native, ops
+from lutgemm_jax import _native, lowering
 from lutgemm_jax.format import BCQWeight
 from lutgemm_jax.ops import lut_gemm
+from lutgemm_jax.testing import random_packed_weight, random_weight
 
 
 def _cuda_compiled() -> bool:
@@ -44,12 +45,7 @@ def test_cuda_extension_registered():
 
 
 def make_weight(k=300, n=96, q=3, g=128, has_offset=True, dtype=jnp.bfloat16) -> BCQWeight:
-    kp = -(-k // g) * g
-    rng = np.random.default_rng(0)
-    bits = rng.integers(0, 2**32, (kp // 32, q, n), dtype=np.uint32)
-    alpha = jnp.asarray(rng.uniform(0.1, 1, (kp // g, q, n)), dtype)
-    offset = jnp.asarray(rng.normal(size=(kp // g, n)), dtype) if has_offset else None
-    return BCQWeight(jnp.asarray(bits), alpha, offset, k, n, q, g)
+    return random_packed_weight(np.random.default_rng(0), k, n, q, g, has_offset, dtype)
 
 
 def lower_cuda(x, w) -> str:
@@ -100,7 +96,7 @@ def test_lut_path_split_k_workspace(m, k, n, splits):
         3,
         128,
     )
-    assert ops._cuda_splits(m, n, k // 32) == splits
+    assert lowering.cuda_splits(m, n, k // 32) == splits
     text = lower_cuda(jax.ShapeDtypeStruct((m, k), jnp.bfloat16), w)
     assert f"-> (tensor<{m}x{n}xbf16>, tensor<{splits * m * n}xf32>)" in text
 
@@ -142,7 +138,7 @@ def test_zero_rows():
 
 
 def test_crossover_constant():
-    assert ops.CUDA_LUT_MAX_ROWS == 8
+    assert lowering.CUDA_LUT_MAX_ROWS == 8
     w = make_weight()
     assert custom_calls(lower_cuda(jnp.zeros((9, 300), jnp.bfloat16), w)) == [
         _native.CUDA_DEQUANT_TARGET
@@ -182,3 +178,33 @@ def test_export_large_m():
     )(x, w)
     assert len(exported.serialize()) > 0
     assert f"@{_native.CUDA_DEQUANT_TARGET}(" in exported.mlir_module()
+
+
+# ---- the handlers receive canonical bits, and no layout attribute ----------------------------
+
+
+@pytest.mark.parametrize("path", lowering.CUDA_PATHS)
+def test_cuda_lowering_functions_pass_canonical_bits(path, monkeypatch):
+    w, _ = random_weight(np.random.default_rng(13), 100, 70, 3, 32)
+    seen = {}
+
+    def fake_ffi_call(target, result_shapes):
+        def call(*operands, **attributes):
+            seen.update(operands=operands, attributes=attributes)
+            return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), result_shapes)
+
+        return call
+
+    monkeypatch.setattr(jax.ffi, "ffi_call", fake_ffi_call)
+    c = w.to_layout("cpu")
+    lowering.cuda_kernel(jnp.ones((2, 100)), c, path=path)
+    bits = next(a for a in seen["operands"] if a.dtype == jnp.uint32)
+    np.testing.assert_array_equal(np.asarray(bits), np.asarray(w.bits))
+    assert set(seen["attributes"]) == {"in_features", "out_features", "num_bits", "group_size"}
+
+
+def test_cuda_kernel_rejects_bad_path():
+    w = make_weight()
+    match = r"cuda_kernel: path must be one of \('lut', 'dequant_dot'\)"
+    with pytest.raises(ValueError, match=match):
+        lowering.cuda_kernel(jnp.ones((1, 300), jnp.bfloat16), w, path="dense")

@@ -1,17 +1,18 @@
-"""The native CPU kernel (cpu/): both accuracy modes x both code paths vs a float64 reference.
+"""The native CPU kernel (cpu/) and its lowering: every kernel path vs a float64 reference.
 
-The kernel is called through ``jax.ffi.ffi_call`` on the registered target (so every mode, batch
-size and path is reachable regardless of the op's crossover), with the code path forced by
+The kernel is called through `lutgemm_jax.lowering.cpu_kernel` (so every mode, batch size and
+path is reachable regardless of the op's crossover), with the ISA code path forced by
 ``LUTGEMM_CPU_ISA`` and the thread count by ``LUTGEMM_CPU_THREADS`` (both read per call).
-Three kernel paths: the LUT kernel in "exact" and "fast" mode, and "dense" (FFI mode 2, the
-large-batch path the op switches to at ``ops.CPU_CROSSOVER``: dequantized 256 x 64 tiles and an
-FMA GEMM). ``LUTGEMM_CPU_POISON=1`` makes the handler fill the output with NaN before computing,
-so a finite result proves that every element was written. Sign words are passed in both layouts
-(``layout`` fixture): canonical, and the "cpu" byte-major layout, produced here by an independent
-numpy transcription of its definition in include/lutgemm/bcq_format.h (`cpu_layout_np`).
+Three kernel paths (``KERNELS``): lookup tables in "exact" and "fast" mode, and "dense" (FFI
+attribute path = 1, the large-batch path the op switches to at ``lowering.CPU_CROSSOVER``:
+dequantized 256 x 64 tiles and an FMA GEMM). ``LUTGEMM_CPU_POISON=1`` makes the handler fill the
+output with NaN before computing, so a finite result proves that every element was written. Sign
+words are passed in both layouts (``layout`` fixture): canonical, and the "cpu" byte-major layout,
+produced here by an independent numpy transcription of its definition in
+include/lutgemm/bcq_format.h (`lutgemm_jax.testing.cpu_layout_words`).
 
 Tolerances (max |y - y64| over max |y64|, y64 = float64 x @ W_hat from the unpacked signs):
-* exact and dense, float32: 1e-5 (the issue's contract; float32 tables of 4 activations,
+* exact and dense, float32: 1e-5 (the library's contract; float32 tables of 4 activations,
   float32 sums of <= 32 lookups per scale block, then FMAs into a float32 accumulator; the dense
   path: float32 FMAs over K).
 * fast: the stated worst-case bound, per output element,
@@ -22,22 +23,27 @@ Tolerances (max |y - y64| over max |y64|, y64 = float64 x @ W_hat from the unpac
   largest element, with margin for rounding of the intermediate result).
 """
 
+import dataclasses
+import functools
 import os
 import subprocess
 import sys
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from bcq_testing import random_weight, reference, rel_err
 
 import lutgemm_jax as lj
-from lutgemm_jax import _lutgemm_cpu, _native, ops
-from lutgemm_jax.format import padded_in_features, resolve_group_size
+from lutgemm_jax import _lutgemm_cpu, _native, lowering, ops
+from lutgemm_jax.format import offset_operand, padded_in_features, resolve_group_size
+from lutgemm_jax.testing import cpu_layout_words, random_weight, reference, rel_err
 
 MODES = ("exact", "fast")
-ALL_PATHS = ("exact", "fast", "dense")  # "dense": the large-batch path (FFI mode 2)
+# Each kernel path as (mode, path) of `lowering.cpu_kernel`; the dense path reads no mode.
+KERNELS = {"exact": ("exact", "lut"), "fast": ("fast", "lut"), "dense": ("exact", "dense")}
+ALL_PATHS = tuple(KERNELS)
 ISAS = ("portable", "avx2") if _lutgemm_cpu.avx2_supported() else ("portable",)
 OUT_TOL = {jnp.float32: 0.0, jnp.bfloat16: 2.0**-8, jnp.float16: 2.0**-10}
 EXACT_TOL = 1e-5
@@ -46,23 +52,12 @@ EXACT_TOL = 1e-5
 LAYOUTS = ("canonical", "cpu")  # FFI attribute layout = index
 
 
-def cpu_layout_np(bits):
-    """The "cpu" sign layout of canonical ``bits [Kp/32, q, N]``: in every (word, plane) row,
-    each block of 32 columns stores its 128 bytes byte-major (byte j of column c at 32*j + c);
-    the last N % 32 columns stay canonical."""
-    bits = np.ascontiguousarray(np.asarray(bits, np.dtype("<u4")))
-    kw, q, n = bits.shape
-    n32 = n - n % 32
-    blocks = bits[..., :n32].view(np.uint8).reshape(kw, q, n32 // 32, 32, 4)
-    blocked = np.ascontiguousarray(blocks.swapaxes(-1, -2)).reshape(kw, q, n32 * 4)
-    return np.concatenate([blocked.view("<u4"), bits[..., n32:]], axis=-1)
-
-
-def test_cpu_layout_np_moves_bytes_as_specified():
-    # The test's transcription of the layout, checked byte by byte against the definition.
+def test_cpu_layout_words_moves_bytes_as_specified():
+    # The testing module's transcription of the layout, checked byte by byte against the
+    # definition.
     rng = np.random.default_rng(0)
     bits = rng.integers(0, 2**32, size=(2, 3, 70), dtype=np.uint32)
-    out = cpu_layout_np(bits).view(np.uint8).reshape(2, 3, 70 * 4)
+    out = cpu_layout_words(bits).view(np.uint8).reshape(2, 3, 70 * 4)
     src = bits.view(np.uint8).reshape(2, 3, 70, 4)
     for col in range(70):
         for j in range(4):
@@ -83,41 +78,31 @@ def isa(request, monkeypatch):
     return request.param
 
 
-def _offset(w):
-    return w.offset if w.has_offset else jnp.zeros((0, w.out_features), w.alpha.dtype)
-
-
-def ffi_attrs(w, mode, layout="canonical"):
-    """The CPU target's attributes for canonical weight ``w`` passed in ``layout``."""
-    attrs = {
-        name: np.int64(getattr(w, field))
-        for name, field in [
-            ("in_features", "in_features"),
-            ("out_features", "out_features"),
-            ("num_bits", "num_bits"),
-            ("group_size", "group_size"),
-        ]
+def ffi_attrs(w, mode="fast", path="lut"):
+    """The CPU target's attributes for weight ``w``, spelled out (the attack tests change them)."""
+    return {
+        "in_features": np.int64(w.in_features),
+        "out_features": np.int64(w.out_features),
+        "num_bits": np.int64(w.num_bits),
+        "group_size": np.int64(w.group_size),
+        "layout": np.int64(LAYOUTS.index(w.layout)),
+        "mode": np.int64(ops.MODES.index(mode)),
+        "path": np.int64(lowering.CPU_PATHS.index(path)),
     }
-    attrs["layout"] = np.int64(LAYOUTS.index(layout))
-    attrs["mode"] = np.int64(ALL_PATHS.index(mode) if isinstance(mode, str) else mode)
-    return attrs
 
 
-def kernel(x, bits, w, mode, layout="canonical"):
-    """Raw FFI call of the CPU target (no crossover, no Python-side checks); ``bits`` are
-    ``w.bits`` in ``layout``."""
-    out = jax.ShapeDtypeStruct((*x.shape[:-1], w.out_features), x.dtype)
-    attrs = ffi_attrs(w, mode, layout)
-    return jax.ffi.ffi_call(_native.CPU_TARGET, out)(x, bits, w.alpha, _offset(w), **attrs)
+@functools.partial(jax.jit, static_argnames=("kernel",))
+def _kernel_call(x, w, kernel):
+    mode, path = KERNELS[kernel]
+    return lowering.cpu_kernel(x, w, mode=mode, path=path)
 
 
-_kernel_call = jax.jit(kernel, static_argnames=("mode", "layout"))
-
-
-def _kernel_jit(x, w, mode, layout="canonical"):
-    """`kernel` on canonical weight ``w``, its sign words passed in ``layout``."""
-    bits = w.bits if layout == "canonical" else jnp.asarray(cpu_layout_np(w.bits))
-    return _kernel_call(x, bits, w, mode, layout)
+def _kernel_jit(x, w, kernel, layout="canonical"):
+    """Kernel path ``kernel`` (`KERNELS`) on canonical weight ``w``, its sign words passed in
+    ``layout`` (converted by the testing module's transcription, not by the library)."""
+    if layout == "cpu":
+        w = dataclasses.replace(w, bits=jnp.asarray(cpu_layout_words(w.bits)), layout="cpu")
+    return _kernel_call(x, w, kernel)
 
 
 def fast_bound(x, w):
@@ -283,9 +268,9 @@ def test_deterministic_with_one_or_all_cpus():
         "import os, sys\n"
         "if sys.argv[1] == '1': os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
         "import numpy as np, jax, jax.numpy as jnp, lutgemm_jax as lj\n"
-        "from lutgemm_jax.bench import random_weight\n"
+        "from lutgemm_jax.testing import random_packed_weight\n"
         "rng = np.random.default_rng(0)\n"
-        "w = random_weight(rng, 256, 1500, 3, 128, True)\n"
+        "w = random_packed_weight(rng, 256, 1500, 3, 128, True)\n"
         "x = jnp.asarray(rng.normal(size=(3, 256)), jnp.float32)\n"
         "for mode in ('fast', 'exact'):\n"
         "    y = np.asarray(jax.jit(lambda x, w: lj.lut_gemm(x, w, mode=mode))(x, w))\n"
@@ -307,14 +292,16 @@ def test_deterministic_with_one_or_all_cpus():
 
 
 def test_op_crossover_to_dense_path(monkeypatch):
-    # At M >= CPU_CROSSOVER[mode] the op lowers to the kernel's dense path (FFI mode 2).
+    # At M >= CPU_CROSSOVER[mode] the op lowers to the kernel's dense path (FFI path 1).
     x1, w, w64 = _case(8, 200, 40, 3, 64, True, batch=(1,))
     x6 = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 200)), jnp.float32)
-    monkeypatch.setitem(ops.CPU_CROSSOVER, "fast", 4)
+    monkeypatch.setitem(lowering.CPU_CROSSOVER, "fast", 4)
     f = jax.jit(lambda x, w: lj.lut_gemm(x, w, mode="fast"))
     text1, text6 = f.lower(x1, w).as_text(), f.lower(x6, w).as_text()
     assert "custom_call @lutgemm_cpu" in text1 and "mode = 1 : i64" in text1
-    assert "custom_call @lutgemm_cpu" in text6 and "mode = 2 : i64" in text6
+    assert "path = 0 : i64" in text1
+    assert "custom_call @lutgemm_cpu" in text6 and "mode = 1 : i64" in text6
+    assert "path = 1 : i64" in text6
     check(f(x1, w), x1, w, w64, "fast")
     check(f(x6, w), x6, w, w64, "dense")
     np.testing.assert_array_equal(np.asarray(f(x6, w)), np.asarray(_kernel_jit(x6, w, "dense")))
@@ -338,12 +325,23 @@ def test_op_default_mode_and_bad_mode():
 
 @pytest.mark.parametrize(
     "case",
-    ["bits_shape", "alpha_dtype", "x_k", "num_bits", "group_size", "layout", "mode", "out_shape"],
+    [
+        "bits_shape",
+        "alpha_dtype",
+        "x_k",
+        "num_bits",
+        "group_size",
+        "layout",
+        "mode",
+        "mode_dense",
+        "path",
+        "out_shape",
+    ],
 )
 def test_bad_operands_raise(case):
     x, w, _ = _case(1, 96, 40, 3, 32, True, batch=(2,))
     attrs = ffi_attrs(w, "fast")
-    bits, alpha, offset = w.bits, w.alpha, _offset(w)
+    bits, alpha, offset = w.bits, w.alpha, offset_operand(w.offset, w.alpha)
     out = jax.ShapeDtypeStruct((2, 40), x.dtype)
     if case == "bits_shape":
         bits = bits[:, :2]
@@ -359,6 +357,10 @@ def test_bad_operands_raise(case):
         attrs["layout"] = np.int64(2)
     elif case == "mode":
         attrs["mode"] = np.int64(3)
+    elif case == "mode_dense":  # the dense path has its own attribute, not mode = 2
+        attrs["mode"] = np.int64(2)
+    elif case == "path":
+        attrs["path"] = np.int64(2)
     elif case == "out_shape":
         out = jax.ShapeDtypeStruct((2, 41), x.dtype)
     call = jax.ffi.ffi_call(_native.CPU_TARGET, out)
@@ -392,7 +394,7 @@ def test_standalone_kernel_bench_builds_and_runs(tmp_path):
             capture_output=True,
             text=True,
         ).stdout
-        assert f"mode={mode} M=5 threads=2 sets=2 layout={layout}" in out, out
+        assert f"kernel={mode} M=5 threads=2 sets=2 layout={layout}" in out, out
         assert "median" in out, out
     for alpha, name in [("1", "bf16"), ("2", "f16")]:
         out = subprocess.run(
@@ -423,3 +425,53 @@ def test_inner_loop_microbenchmark_builds_and_runs(tmp_path):
     for args in ([], ["rows"], ["rows", "100"], ["l2"]):
         bad = subprocess.run([exe, *args], capture_output=True, text=True)
         assert bad.returncode == 2 and "usage" in bad.stderr, (args, bad.stderr)
+
+
+# ---- the CPU lowering: custom call, attributes, both sign-word layouts ----------------------
+
+
+def test_cpu_lowers_to_native_custom_call():
+    x, w, _ = _case(0, 100, 37, 3, 32, True)
+    text = jax.jit(lj.lut_gemm).lower(x, w).as_text()
+    assert "stablehlo.custom_call @lutgemm_cpu" in text
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+@pytest.mark.parametrize("n", [1, 31, 33, 64, 100, 257])
+@pytest.mark.parametrize("q,rows", [(1, (1,)), (3, (1,)), (3, (2, 3)), (3, (16,)), (5, (64,))])
+def test_native_kernel_equal_for_both_layouts(mode, n, q, rows):
+    """Through lut_gemm (LUT path at small M, dense path at M >= the crossover)."""
+    rng = np.random.default_rng(n * 8 + q)
+    w, w64 = random_weight(rng, 200, n, q, 64)
+    x = jnp.asarray(rng.normal(size=(*rows, 200)), jnp.float32)
+    f = jax.jit(partial(lj.lut_gemm, mode=mode))
+    y_canonical, y_cpu = f(x, w), f(x, w.to_layout("cpu"))
+    ref = reference(x, w64)
+    tol = 1e-5 if mode == "exact" else 2e-2  # fast: int8 tables, about 1e-2 of max |y|
+    assert rel_err(y_canonical, ref) <= tol and rel_err(y_cpu, ref) <= tol
+    assert rel_err(y_cpu, np.asarray(y_canonical, np.float64)) <= 1e-6
+
+
+def test_cpu_lowering_passes_the_layout_code():
+    w, _ = random_weight(np.random.default_rng(3), 100, 70, 3, 32)
+    x = jnp.ones((2, 100))
+    for layout, code in [("canonical", 0), ("cpu", 1)]:
+        text = jax.jit(lj.lut_gemm).lower(x, w.to_layout(layout)).as_text()
+        call = next(ln for ln in text.splitlines() if "@lutgemm_cpu(" in ln)
+        assert f"layout = {code} : i64" in call
+
+
+def test_cpu_kernel_rejects_bad_mode_and_path():
+    x, w, _ = _case(1, 96, 40, 3, 32, True, batch=(2,))
+    with pytest.raises(ValueError, match=r"cpu_kernel: mode must be one of \('exact', 'fast'\)"):
+        lowering.cpu_kernel(x, w, mode="dense", path="lut")
+    with pytest.raises(ValueError, match=r"cpu_kernel: path must be one of \('lut', 'dense'\)"):
+        lowering.cpu_kernel(x, w, mode="exact", path="tables")
+
+
+def test_cpu_path_follows_the_crossover(monkeypatch):
+    monkeypatch.setitem(lowering.CPU_CROSSOVER, "exact", (4, 3, 2, 2, 2, 2, 2, 2))
+    assert [lowering.cpu_path("exact", 1, m) for m in (1, 3, 4, 100)] == ["lut"] * 2 + ["dense"] * 2
+    assert [lowering.cpu_path("exact", 2, m) for m in (2, 3)] == ["lut", "dense"]
+    monkeypatch.setitem(lowering.CPU_CROSSOVER, "fast", 1 << 62)
+    assert lowering.cpu_path("fast", 8, 1 << 20) == "lut"
