@@ -292,9 +292,9 @@ def checkpoint_round_trip(tmpdir: str) -> dict[str, Any]:
 
 
 def checkpoint_failure(tmpdir: str) -> dict[str, Any]:
-    """Process 1 raises while preparing its part of a save; then process 0 fails mid-write.
-
-    Either way every process raises and the destination keeps its previous content.
+    """Process 1 raises while preparing its part of a save; the processes pass different trees;
+    process 0 fails mid-write. Each time every process raises and the destination keeps its
+    previous content.
     """
     mesh = tp.make_mesh({"tp": jax.device_count()})
     tree = _checkpoint_tree(mesh)
@@ -314,6 +314,14 @@ def checkpoint_failure(tmpdir: str) -> dict[str, Any]:
         errors.append(str(e))
     else:
         raise AssertionError("save succeeded although process 1 failed")
+
+    differing = dict(tree, note=np.zeros(2 + jax.process_index(), np.float32))
+    try:
+        checkpoint.save(path, differing)
+    except checkpoint.CheckpointError as e:
+        errors.append(str(e))
+    else:
+        raise AssertionError("save succeeded although the processes passed different trees")
 
     write = checkpoint._write_chunks
 

@@ -177,9 +177,12 @@ def test_checkpoint_failure_on_either_process(run: Run):
     # Process 1 cannot store a leaf: it raises its own error, process 0 learns it from the vote.
     assert "process(es) [1]" in first["errors"][0]
     assert "unsupported dtype complex64" in second["errors"][0]
+    # A leaf of another shape on each process: both refuse before anything is gathered.
+    for result in (first, second):
+        assert "processes passed different trees" in result["errors"][1]
     # Process 0 fails mid-write: it raises that error, process 1 learns it from the last vote.
-    assert first["errors"][1] == "OSError: disk full (simulated)"
-    assert "process(es) [0]" in second["errors"][1]
+    assert first["errors"][2] == "OSError: disk full (simulated)"
+    assert "process(es) [0]" in second["errors"][2]
 
 
 # ---- the launch helper -----------------------------------------------------------------------
