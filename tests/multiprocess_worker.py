@@ -291,6 +291,23 @@ def checkpoint_round_trip(tmpdir: str) -> dict[str, Any]:
     return {"opened_for_writing": audit.opened, "size": os.path.getsize(path)}
 
 
+def _failing_save(path: str, tree: Any, why: str) -> str:
+    """Runs a `checkpoint.save` that must raise; checks that it left ``path`` as it was and no
+    temporary file behind, and returns the error as ``"Type: message"``."""
+    before = open(path, "rb").read()
+    try:
+        checkpoint.save(path, tree)
+    except (checkpoint.CheckpointError, OSError) as e:
+        error = f"{type(e).__name__}: {e}"
+    else:
+        raise AssertionError(f"save succeeded although {why}")
+    assert open(path, "rb").read() == before, f"{why}: the previous checkpoint was changed"
+    directory, name = os.path.split(path)
+    leftovers = [f for f in os.listdir(directory) if f.startswith(f".{name}.")]
+    assert not leftovers, f"{why}: temporary files left behind: {leftovers}"
+    return error
+
+
 def checkpoint_failure(tmpdir: str) -> dict[str, Any]:
     """Process 1 raises while preparing its part of a save; the processes pass different trees;
     process 0 fails mid-write. Each time every process raises and the destination keeps its
@@ -302,26 +319,13 @@ def checkpoint_failure(tmpdir: str) -> dict[str, Any]:
     if jax.process_index() == 0:  # a process-local tree: saved by whoever calls save
         checkpoint.save(path, {"previous": np.arange(3, dtype=np.int32)})
     multihost_utils.sync_global_devices("previous checkpoint written")
-    before = open(path, "rb").read()
-    errors = []
 
     bad = dict(tree)
     if jax.process_index() == 1:  # a leaf the format cannot store, on process 1 only
         bad["extra"] = np.zeros(2, np.complex64)
-    try:
-        checkpoint.save(path, bad)
-    except checkpoint.CheckpointError as e:
-        errors.append(str(e))
-    else:
-        raise AssertionError("save succeeded although process 1 failed")
-
+    errors = [_failing_save(path, bad, "process 1 failed")]
     differing = dict(tree, note=np.zeros(2 + jax.process_index(), np.float32))
-    try:
-        checkpoint.save(path, differing)
-    except checkpoint.CheckpointError as e:
-        errors.append(str(e))
-    else:
-        raise AssertionError("save succeeded although the processes passed different trees")
+    errors.append(_failing_save(path, differing, "the processes passed different trees"))
 
     write = checkpoint._write_chunks
 
@@ -332,16 +336,9 @@ def checkpoint_failure(tmpdir: str) -> dict[str, Any]:
     if jax.process_index() == 0:
         checkpoint._write_chunks = write_half_then_fail
     try:
-        checkpoint.save(path, tree)
-    except (checkpoint.CheckpointError, OSError) as e:
-        errors.append(f"{type(e).__name__}: {e}")
-    else:
-        raise AssertionError("save succeeded although process 0 failed to write")
+        errors.append(_failing_save(path, tree, "process 0 failed to write"))
     finally:
         checkpoint._write_chunks = write
-    assert open(path, "rb").read() == before, "the previous checkpoint was changed"
-    leftovers = sorted(f for f in os.listdir(tmpdir) if f.startswith(".failing"))
-    assert not leftovers, f"temporary files left behind: {leftovers}"
     return {"errors": errors}
 
 
