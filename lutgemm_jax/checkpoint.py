@@ -30,6 +30,20 @@ shapes, and the structure, shapes and dtypes of ``like``) before building a sing
 
 Trees: nested dicts/lists/tuples of arrays and `BCQWeight` (linen params), and NNX state:
 ``save(path, nnx.state(model))`` then ``nnx.update(model, load(path, like=nnx.state(model)))``.
+
+Several processes (``jax.distributed``): a tree holding global arrays sharded over other
+processes' devices makes `save` collective, so every process must call it with the same path and
+tree. One file is written, by process 0 only: the processes first check their trees and vote
+(any failure, or trees that differ, and all raise before anything moves), then each sharded leaf
+is gathered (fully replicated ones are not: process 0 already holds them), process 0 writes it
+atomically as above, and a last vote makes every process raise if that write failed, and return
+only once the file is in place. A process that dies (rather than raises) leaves the others
+waiting in a collective until the distributed runtime reports it; the destination is never
+half-written. `load` with a ``like`` of global arrays reads the file on every process (the
+checksums cover whole tensors; the path must be readable by every host, e.g. a shared file
+system) and places only each process's own shards on its devices. A tree of process-local
+values (numpy, or arrays on this process's devices) is saved by whichever process calls `save`,
+as in a single process.
 """
 
 from __future__ import annotations
@@ -151,14 +165,34 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: Mapping[str, str] | No
         ``State``. ``None`` leaves are dropped.
       metadata: extra ``str -> str`` entries stored in the header (see `read_metadata`).
 
+    With global arrays sharded over several processes, every process must call `save` with
+    the same arguments, and process 0 writes the file (see the module docstring).
+
     Raises:
-      CheckpointError: a leaf that is not an array, or two leaves with the same name.
+      CheckpointError: a leaf that is not an array, or two leaves with the same name; in a
+        multi-process save, also a failure on another process or trees that differ.
     """
     if metadata is not None and not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise CheckpointError("metadata must map str to str")
     leaves, _ = _flatten(tree)
+    if not _spans_processes(tree):
+        _write_leaves(path, leaves, metadata)
+        return
+    leaves = _gather_for_save(os.fspath(path), leaves)
+    if jax.process_index() == _WRITER:
+        try:
+            _write_leaves(path, leaves, metadata)
+        except BaseException:
+            _agree(f"writing on process {_WRITER}", False, os.fspath(path))
+            raise
+    _agree(f"writing on process {_WRITER}", True, os.fspath(path))
+
+
+def _write_leaves(
+    path: str | os.PathLike, leaves: list[tuple[list[str | int], Any]], metadata: Any
+) -> None:
     entries, tensors = [], {}
 
     def add(name: str, value: Any) -> str:
@@ -223,6 +257,98 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: Mapping[str, str] | No
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
     _atomic_write(os.fspath(path), [struct.pack("<Q", len(blob)), blob, *tensors.values()])
+
+
+# ---- saving from several processes -----------------------------------------------------------
+
+_WRITER = 0
+"""The process that writes the file of a multi-process save."""
+
+
+def _spans_processes(tree: Any) -> bool:
+    """Whether ``tree`` holds a global array with shards on other processes' devices."""
+    return any(
+        isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree.leaves(tree)
+    )
+
+
+def _leaf_signature(name: str, value: Any) -> list[Any]:
+    """What every process must agree on about one leaf; raises `CheckpointError` if unsavable."""
+    if isinstance(value, BCQWeight):
+        value.validate()
+        fields = [getattr(value, f) for f in _BCQ_FIELDS if getattr(value, f) is not None]
+        return [name, _describe(value), *[[list(a.shape), str(a.dtype)] for a in fields]]
+    if not hasattr(value, "dtype") and not isinstance(value, (bool, int, float)):
+        raise CheckpointError(f"leaf {name!r} of type {type(value).__name__} is not an array")
+    dtype = np.asarray(value).dtype if not hasattr(value, "dtype") else np.dtype(value.dtype)
+    if dtype not in _CODES:
+        raise CheckpointError(f"leaf {name!r} has unsupported dtype {dtype}")
+    return [name, list(np.shape(value)), str(dtype)]
+
+
+def _agree(step: str, ok: bool, path: str, signature: bytes = b"") -> None:
+    """A collective vote of all processes: raises `CheckpointError` unless every one is ``ok``
+    and all passed the same ``signature``. A process that is not ``ok`` re-raises its own error
+    after the vote, so this only reports the others' failures."""
+    from jax.experimental import multihost_utils
+
+    mine = np.frombuffer(bytes([ok]) + hashlib.sha256(signature).digest(), np.uint8)
+    votes = np.asarray(multihost_utils.process_allgather(mine))
+    failed = [i for i, vote in enumerate(votes) if not vote[0]]
+    if not ok:
+        return
+    if failed:
+        raise CheckpointError(
+            f"{path}: save failed on process(es) {failed} ({step}); see their errors. The "
+            "destination was not changed."
+        )
+    if any((vote != votes[0]).any() for vote in votes):
+        raise CheckpointError(
+            f"{path}: the processes passed different trees to save (leaf names, shapes, dtypes "
+            "or BCQWeight metadata differ); the destination was not changed"
+        )
+
+
+def _host_value(x: Any) -> Any:
+    """A global array's full value as numpy, gathered across processes where it must be."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return x
+    if x.is_fully_replicated:  # every process already holds all of it
+        return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _gather_for_save(
+    path: str, leaves: list[tuple[list[str | int], Any]]
+) -> list[tuple[list[str | int], Any]]:
+    """The collective part of a multi-process `save`: checks, votes, gathers.
+
+    Every process checks its leaves, then all vote (so that a process failing here does not
+    leave the others waiting in a gather), then every sharded leaf is gathered, one at a time in
+    the same order on every process. The writer keeps the gathered values; the others drop each
+    at once, so their peak host memory is one leaf.
+    """
+    try:
+        names = ["/".join(map(str, keys)) for keys, _ in leaves]
+        signature = json.dumps(
+            [_leaf_signature(n, v) for n, (_, v) in zip(names, leaves, strict=True)]
+        ).encode()
+    except BaseException:
+        _agree("checking the tree", False, path)
+        raise
+    _agree("checking the tree", True, path, signature)
+    writer = jax.process_index() == _WRITER
+    out = []
+    for keys, value in leaves:
+        if isinstance(value, BCQWeight):
+            arrays = {f: _host_value(getattr(value, f)) for f in _BCQ_FIELDS}
+            value = dataclasses.replace(value, **arrays)
+        else:
+            value = _host_value(value)
+        out.append((keys, value if writer else None))
+    return out
 
 
 def _header_digest(header: dict[str, Any]) -> str:
