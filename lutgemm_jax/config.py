@@ -68,10 +68,16 @@ class BCQConfig:
     layout: str = AUTO_LAYOUT
     """Byte order of the packed sign words: ``"canonical"`` (the LUT-GEMM layout, read by every
     kernel), ``"cpu"`` (32-column blocks stored byte-major: the CPU kernel loads 32 table
-    indices with one vector load; other backends shuffle it back to canonical on every call,
-    a fused byte permutation) or ``"auto"`` (``"cpu"`` when ``jax.default_backend()`` is the CPU
-    at quantize time, else ``"canonical"``). `lutgemm_jax.to_layout` converts later, e.g. before
-    moving CPU-quantized weights to a GPU. See `lutgemm_jax.format` for the byte layout."""
+    indices with one vector load; every other path shuffles it back to canonical on every
+    call, a fused byte permutation of the bits) or ``"auto"`` (the default), resolved when a
+    weight is quantized (`resolve_layout`): ``"cpu"`` when ``jax.default_backend()`` is the CPU
+    and the weight is not partitioned over devices, else ``"canonical"``. Partitioned means
+    placed on several devices, or annotated for it (``nn.with_partitioning``, nnx sharding
+    metadata); such a weight stays canonical because a ``"cpu"`` weight splits along N only
+    into shards of whole 32-column blocks. Weights quantized on CPU that later run on a GPU
+    work, but pay the shuffle on every call: convert them once with
+    ``lutgemm_jax.to_layout(tree, "canonical")`` (or quantize with ``layout="canonical"``).
+    See `lutgemm_jax.format` for the byte layout."""
 
     # ---- the fit -----------------------------------------------------------------------------
     method: str = "alternating"

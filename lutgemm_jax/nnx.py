@@ -243,8 +243,7 @@ class LutLinear(nnx.Module):
         bias_init, rngs: as in `flax.nnx.Linear` (``precision`` applies to the LoRA products;
         ``lut_gemm`` accumulates in float32).
       config: the `BCQConfig` of a freshly initialised kernel (default ``BCQConfig()``;
-        ``alpha_dtype=None`` stores the scales in ``param_dtype``). A kernel with sharding
-        metadata keeps an ``"auto"`` layout canonical. A state loaded with
+        ``alpha_dtype=None`` stores the scales in ``param_dtype``). A state loaded with
         ``checkpoint.load(..., like=nnx.state(model))`` must have the layout of the file.
       bits, group_size, layout: `BCQConfig` fields over ``config`` (`UNSET`: from it).
       has_offset: whether the kernel has a per-group offset (`UNSET`: ``config.has_offset``).
@@ -384,10 +383,9 @@ class LutLinear(nnx.Module):
         """Quantizes a trained `nnx.Linear`: same features, dtype, precision and bias.
 
         ``config`` (default ``BCQConfig()``; ``alpha_dtype=None`` keeps the kernel's dtype) with
-        ``fields`` (`BCQConfig` fields: ``bits=4``, ``layout="cpu"``, ...) applied says how; a
-        kernel placed on several devices or carrying sharding metadata keeps an ``"auto"``
-        layout canonical. ``mode`` is the layer's `lut_gemm` accuracy mode. ``rngs``
-        initialises ``lora_a`` (default ``nnx.Rngs(0)``).
+        ``fields`` (`BCQConfig` fields: ``bits=4``, ``layout="cpu"``, ...) applied says how.
+        ``mode`` is the layer's `lut_gemm` accuracy mode. ``rngs`` initialises ``lora_a``
+        (default ``nnx.Rngs(0)``).
         """
         config = BCQConfig.make(config, where="LutLinear.from_linear", **fields)
         dense = _value(linear.kernel)
