@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lutgemm_jax.config import METHODS
 from lutgemm_jax.format import PER_COLUMN, pack_signs, unpack_signs
 from lutgemm_jax.quantize import quantize
 
 Q = sys.modules["lutgemm_jax.quantize"]  # the module (lutgemm_jax.quantize is the function)
-METHODS = ("greedy", "alternating", "rtn")
 
 
 K, N, G = 256, 32, 64  # one shape and group size for most tests, so compilations are shared
