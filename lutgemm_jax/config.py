@@ -1,10 +1,10 @@
 """`BCQConfig`: how a dense kernel becomes a packed `BCQWeight`, defined once.
 
 Every entry point that quantizes (`lutgemm_jax.quantize`, the Flax layers ``LutDense`` and
-``LutLinear``, ``LutLinear.from_linear``, ``linen.quantize_params``, ``nnx.quantize_model`` and
-the model converters in `lutgemm_jax.models`) takes a ``config: BCQConfig``; their keyword
-arguments (``bits=``, ``group_size=``, ...) are a convenience that builds one with
-`BCQConfig.make`. Each field is documented here and nowhere else.
+``LutLinear``, ``LutLinear.from_linear``, ``linen.quantize_params``, ``nnx.quantize_model``)
+takes a ``config: BCQConfig``; their keyword arguments (``bits=``, ``group_size=``, ...) are a
+convenience that builds one with `BCQConfig.make`. Each field is documented here and nowhere
+else.
 """
 
 from __future__ import annotations
