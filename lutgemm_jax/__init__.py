@@ -5,11 +5,13 @@ with lookup tables over the packed sign bits, so no weight is ever turned back i
 
 Public API:
   BCQWeight            the packed ``[K, N]`` weight (a pytree)
+  BCQConfig            what to quantize to and how (bits, groups, method, scales, layout)
   quantize             dense ``W: [K, N]`` -> BCQWeight (greedy, alternating, rtn)
   dequantize           BCQWeight -> dense ``[K, N]``
-  LAYOUTS              sign-word layouts of ``BCQWeight.bits``: "canonical" (default), "cpu"
+  LAYOUTS              sign-word layouts of ``BCQWeight.bits``: "canonical", "cpu"
   to_layout            every BCQWeight in a pytree (params, nnx.State) -> a layout, e.g.
-                       ``to_layout(params, "cpu")`` once before CPU inference
+                       ``to_layout(params, "canonical")`` once before moving CPU-quantized
+                       weights to a GPU (see ``BCQConfig.layout``)
   lut_gemm             ``x: [..., K]`` @ BCQWeight -> ``[..., N]``
   build_info           which native backends are compiled in, and the path lut_gemm takes on
                        each platform

@@ -63,6 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lutgemm_jax.flax_common import variable_value
 from lutgemm_jax.format import BCQWeight, convert_bits
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "load", "read_metadata", "save"]
@@ -114,11 +115,6 @@ def _is_variable(x: Any) -> bool:
     return isinstance(x, _variable_types())
 
 
-def _variable_value(v: Any) -> Any:
-    getter = getattr(v, "get_value", None)
-    return getter() if getter is not None else v.value
-
-
 def _is_leaf(x: Any) -> bool:
     return isinstance(x, BCQWeight) or _is_variable(x)
 
@@ -140,7 +136,7 @@ def _flatten(tree: Any) -> tuple[list[tuple[list[str | int], Any]], Any]:
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_leaf)
     out = []
     for path, leaf in leaves:
-        value = _variable_value(leaf) if _is_variable(leaf) else leaf
+        value = variable_value(leaf) if _is_variable(leaf) else leaf
         out.append(([_key(p) for p in path], value))
     return out, treedef
 

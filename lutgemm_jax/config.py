@@ -1,10 +1,10 @@
 """`BCQConfig`: how a dense kernel becomes a packed `BCQWeight`, defined once.
 
 Every entry point that quantizes (`lutgemm_jax.quantize`, the Flax layers ``LutDense`` and
-``LutLinear``, ``LutLinear.from_linear``, ``linen.quantize_params``, ``nnx.quantize_model`` and
-the model converters in `lutgemm_jax.models`) takes a ``config: BCQConfig``; their keyword
-arguments (``bits=``, ``group_size=``, ...) are a convenience that builds one with
-`BCQConfig.make`. Each field is documented here and nowhere else.
+``LutLinear``, ``LutLinear.from_linear``, ``linen.quantize_params``, ``nnx.quantize_model``)
+takes a ``config: BCQConfig``; their keyword arguments (``bits=``, ``group_size=``, ...) are a
+convenience that builds one with `BCQConfig.make`. Each field is documented here and nowhere
+else.
 """
 
 from __future__ import annotations
@@ -16,12 +16,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lutgemm_jax.format import ALPHA_DTYPES, LAYOUTS, MAX_BITS, PER_COLUMN, WORD_BITS
+from lutgemm_jax.format import LAYOUTS, MAX_BITS, PER_COLUMN, WORD_BITS, is_float_dtype
 
 METHODS = ("greedy", "alternating", "rtn")
 """Fitting methods (see `lutgemm_jax.quantize` for the math of each)."""
 AUTO_LAYOUT = "auto"
-"""`BCQConfig.layout` value resolved by `resolve_layout` when a weight is quantized."""
+"""`BCQConfig.layout` value resolved by `BCQConfig.resolve_layout` when a weight is quantized."""
+
+
+class _Unset:
+    """Type of `UNSET`."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+"""Default of the convenience keywords (``bits=``, ``group_size=``, ...) of the layers and
+converters: "not given, take the field from the config". Distinct from ``None``, which is a
+value of some fields (``group_size=None``: one group per column)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -30,7 +43,15 @@ class BCQConfig:
 
     Frozen and hashable, so it can be a static argument of ``jax.jit`` and a field of a Flax
     module. ``BCQConfig()`` is the library default: 3-bit, groups of 128, alternating BCQ,
-    float32 scales, the sign layout of the default backend.
+    scales in the weights' dtype, the sign layout of the default backend. Every quantizer uses
+    ``method``, also the Flax layers when they initialise a kernel (their ``init_method``
+    overrides it, or ``"zeros"`` skips the fit).
+
+    Example::
+
+        >>> from lutgemm_jax import BCQConfig
+        >>> BCQConfig.make(bits=4, group_size=None).group_size is None
+        True
     """
 
     # ---- the packed format -------------------------------------------------------------------
@@ -39,16 +60,24 @@ class BCQConfig:
     group_size: int | None = 128
     """``g``, consecutive rows of K that share scales: a positive multiple of 32, or ``None``
     (equivalently `PER_COLUMN`, -1) for one group spanning all of K per output column."""
-    alpha_dtype: Any = jnp.float32
+    alpha_dtype: Any = None
     """Storage dtype of the scales ``alpha`` and the offset: float32, bfloat16 or float16
-    (LUT-GEMM's own format). Stored as a ``numpy.dtype``."""
+    (LUT-GEMM's own format; stored as a ``numpy.dtype``), or ``None`` (the default): the dtype
+    of the dense weights being quantized (``W``, a converted kernel, a layer's
+    ``param_dtype``) when it is one of those three, else float32 (`resolve_alpha_dtype`)."""
     layout: str = AUTO_LAYOUT
     """Byte order of the packed sign words: ``"canonical"`` (the LUT-GEMM layout, read by every
     kernel), ``"cpu"`` (32-column blocks stored byte-major: the CPU kernel loads 32 table
-    indices with one vector load; other backends shuffle it back to canonical on every call,
-    a fused byte permutation) or ``"auto"`` (``"cpu"`` when ``jax.default_backend()`` is the CPU
-    at quantize time, else ``"canonical"``). `lutgemm_jax.to_layout` converts later, e.g. before
-    moving CPU-quantized weights to a GPU. See `lutgemm_jax.format` for the byte layout."""
+    indices with one vector load; every other path shuffles it back to canonical on every
+    call, a fused byte permutation of the bits) or ``"auto"`` (the default), resolved when a
+    weight is quantized (`resolve_layout`): ``"cpu"`` when ``jax.default_backend()`` is the CPU
+    and the weight is not partitioned over devices, else ``"canonical"``. Partitioned means
+    placed on several devices, or annotated for it (``nn.with_partitioning``, nnx sharding
+    metadata); such a weight stays canonical because a ``"cpu"`` weight splits along N only
+    into shards of whole 32-column blocks. Weights quantized on CPU that later run on a GPU
+    work, but pay the shuffle on every call: convert them once with
+    ``lutgemm_jax.to_layout(tree, "canonical")`` (or quantize with ``layout="canonical"``).
+    See `lutgemm_jax.format` for the byte layout."""
 
     # ---- the fit -----------------------------------------------------------------------------
     method: str = "alternating"
@@ -68,8 +97,15 @@ class BCQConfig:
         if not 1 <= self.bits <= MAX_BITS:
             raise ValueError(f"BCQConfig: bits must be in 1..{MAX_BITS}, got {self.bits}")
         g = self.group_size
-        if g is not None and g != PER_COLUMN and (
-            isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g <= 0 or g % WORD_BITS
+        if (
+            g is not None
+            and g != PER_COLUMN
+            and (
+                isinstance(g, bool)
+                or not isinstance(g, (int, np.integer))
+                or g <= 0
+                or g % WORD_BITS
+            )
         ):
             raise ValueError(
                 f"BCQConfig: group_size must be a positive multiple of {WORD_BITS}, None or "
@@ -77,15 +113,19 @@ class BCQConfig:
             )
         if g == PER_COLUMN:
             object.__setattr__(self, "group_size", None)
-        try:
-            dtype = jnp.dtype(self.alpha_dtype)
-        except TypeError as e:
-            raise TypeError(f"BCQConfig: alpha_dtype {self.alpha_dtype!r} is not a dtype") from e
-        if dtype not in [jnp.dtype(d) for d in ALPHA_DTYPES]:
-            raise TypeError(
-                f"BCQConfig: alpha_dtype must be float32, bfloat16 or float16, got {dtype}"
-            )
-        object.__setattr__(self, "alpha_dtype", dtype)
+        if self.alpha_dtype is not None:
+            try:
+                dtype = jnp.dtype(self.alpha_dtype)
+            except TypeError as e:
+                raise TypeError(
+                    f"BCQConfig: alpha_dtype {self.alpha_dtype!r} is not a dtype"
+                ) from e
+            if not is_float_dtype(dtype):
+                raise TypeError(
+                    f"BCQConfig: alpha_dtype must be float32, bfloat16, float16 or None, got "
+                    f"{dtype}"
+                )
+            object.__setattr__(self, "alpha_dtype", dtype)
         if self.layout not in (*LAYOUTS, AUTO_LAYOUT):
             raise ValueError(
                 f"BCQConfig: layout must be one of {(*LAYOUTS, AUTO_LAYOUT)}, got {self.layout!r}"
@@ -107,24 +147,58 @@ class BCQConfig:
         """Whether weights quantized with this config carry an offset."""
         return self.method == "rtn" or self.fit_offset
 
-    def resolve_layout(self) -> str:
-        """The concrete sign layout: `layout`, with ``"auto"`` decided by the default backend."""
+    def resolve_layout(self, *, partitioned: bool = False) -> str:
+        """The concrete sign layout: `layout`, with ``"auto"`` decided by the default backend.
+
+        ``partitioned``: the weight is (or will be) split over several devices (a placed
+        kernel, sharding annotations), which keeps ``"auto"`` canonical.
+        """
         if self.layout != AUTO_LAYOUT:
             return self.layout
-        return "cpu" if jax.default_backend() == "cpu" else "canonical"
+        return "cpu" if jax.default_backend() == "cpu" and not partitioned else "canonical"
+
+    def resolve_alpha_dtype(self, weight_dtype: Any) -> np.dtype:
+        """The concrete ``alpha`` dtype for dense weights of ``weight_dtype``: `alpha_dtype`, or
+        with ``None`` ``weight_dtype`` when it is float32/bfloat16/float16, else float32."""
+        if self.alpha_dtype is not None:
+            return self.alpha_dtype
+        if is_float_dtype(weight_dtype):
+            return jnp.dtype(weight_dtype)
+        return jnp.dtype(jnp.float32)
 
     def replace(self, **changes: Any) -> BCQConfig:
         """A copy with ``changes`` applied (validated like a new config)."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def make(cls, config: BCQConfig | None = None, /, **fields: Any) -> BCQConfig:
+    def make(
+        cls, config: BCQConfig | None = None, /, *, where: str = "BCQConfig", **fields: Any
+    ) -> BCQConfig:
         """``config`` (default: ``BCQConfig()``) with ``fields`` applied.
 
         The one place where keyword arguments of the convenience signatures become a config:
-        ``quantize(W, bits=4)`` is ``quantize(W, config=BCQConfig.make(bits=4))``.
+        ``quantize(W, bits=4)`` is ``quantize(W, config=BCQConfig.make(bits=4))``. Fields whose
+        value is `UNSET` are left as in ``config``. Errors (an unknown name: ``TypeError``; a
+        bad value: as raised by the field's check) start with ``where``, the caller's name.
         """
         base = cls() if config is None else config
         if not isinstance(base, cls):
-            raise TypeError(f"config must be a BCQConfig, got {type(base).__name__}")
-        return dataclasses.replace(base, **fields) if fields else base
+            raise TypeError(f"{where}: config must be a BCQConfig, got {type(base).__name__}")
+        given = {name: value for name, value in fields.items() if value is not UNSET}
+        unknown = sorted(set(given) - set(_FIELD_NAMES))
+        if unknown:
+            raise TypeError(
+                f"{where}: unexpected argument {unknown[0]!r}, not a BCQConfig field "
+                f"({', '.join(_FIELD_NAMES)})"
+            )
+        if not given:
+            return base
+        try:
+            return dataclasses.replace(base, **given)
+        except (TypeError, ValueError) as e:
+            if where == "BCQConfig":
+                raise
+            raise type(e)(f"{where}: {str(e).removeprefix('BCQConfig: ')}") from None
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(BCQConfig))

@@ -20,7 +20,7 @@ because every consumer treats the activations there as zero.
 Sign-word layouts (`LAYOUTS`, the static field ``BCQWeight.layout``) order the bytes of ``bits``
 within each row ``[kw, i, :]``; shape and dtype are the same in both:
 
-* ``"canonical"`` (the default; what every quantizer produces): as above, word ``[kw, i, n]``
+* ``"canonical"`` (``BCQWeight``'s default; read by every kernel): as above, word ``[kw, i, n]``
   holds column ``n``'s four table indices, byte ``j`` (little-endian: bits ``8j .. 8j+7``) for
   ``k = 32*kw + 8j .. +7``.
 * ``"cpu"``: with ``N32 = N - N % 32``, the first ``N32`` words of every row form blocks of 32
@@ -29,7 +29,8 @@ within each row ``[kw, i, :]``; shape and dtype are the same in both:
   block. The last ``N % 32`` columns stay canonical. The CPU kernel then loads the table indices
   of 32 consecutive columns for one ``j`` with a single 32-byte load instead of transposing
   bytes in registers on every call; the shuffle is paid once per weight (`to_layout`), like a
-  prepacked GEMM operand.
+  prepacked GEMM operand. `lutgemm_jax.config.BCQConfig.layout` says which layout quantizers
+  produce.
 
 The layout is a byte permutation inside each row and changes nothing else: the formula above,
 `dequantize` and the float64 test reference apply to both (they read `canonical_bits`).
@@ -51,8 +52,9 @@ WORD_BITS = 32
 """Sign bits per packed uint32 word (along K)."""
 MAX_BITS = 8
 """Largest supported number of bit-planes ``q``."""
-ALPHA_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
-"""Storage dtypes accepted for ``alpha`` and ``offset``."""
+FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+"""The floating dtypes the format and the kernels take: storage of ``alpha`` and ``offset``,
+activations of ``lut_gemm``, computation dtypes of the Flax layers."""
 PER_COLUMN = -1
 """``group_size`` value meaning one group spanning all of K for each output column."""
 LAYOUTS = ("canonical", "cpu")
@@ -61,6 +63,11 @@ this tuple is its code in the CPU kernel's FFI attribute ``layout``."""
 CPU_BLOCK_COLUMNS = 32
 """Columns per block of the ``"cpu"`` layout (one 32-byte vector of table indices per byte j)."""
 _WORD_BYTES = 4
+
+
+def is_float_dtype(dtype: Any) -> bool:
+    """Whether ``dtype`` is one of `FLOAT_DTYPES`."""
+    return jnp.dtype(dtype) in [jnp.dtype(d) for d in FLOAT_DTYPES]
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -164,7 +171,7 @@ class BCQWeight:
             raise ValueError(f"BCQWeight.out_features must be positive, got {self.out_features}")
         if jnp.dtype(self.bits.dtype) != jnp.uint32:
             raise TypeError(f"BCQWeight.bits must be uint32, got {self.bits.dtype}")
-        if jnp.dtype(self.alpha.dtype) not in [jnp.dtype(d) for d in ALPHA_DTYPES]:
+        if not is_float_dtype(self.alpha.dtype):
             raise TypeError(
                 f"BCQWeight.alpha must be float32, bfloat16 or float16, got {self.alpha.dtype}"
             )
@@ -192,7 +199,7 @@ class BCQWeight:
     def nbytes(self) -> int:
         """Bytes of packed storage (bits + alpha + offset)."""
         leaves = [self.bits, self.alpha] + ([self.offset] if self.has_offset else [])
-        return int(sum(np.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in leaves))
+        return sum(array_nbytes(a) for a in leaves)
 
     def dequantize(self, dtype=jnp.float32) -> jax.Array:
         """Returns the dense ``[K, N]`` weight (``[..., K, N]`` for stacked weights)."""
@@ -298,6 +305,45 @@ def canonical_bits(w: BCQWeight) -> Any:
     return convert_bits(w.bits, w.layout, "canonical")
 
 
+def is_bcq(x: Any) -> bool:
+    """Whether ``x`` is a `BCQWeight` (the ``is_leaf`` of every walk over packed weights)."""
+    return isinstance(x, BCQWeight)
+
+
+def bcq_leaves(tree: Any) -> list[BCQWeight]:
+    """The `BCQWeight` leaves of any pytree, in ``jax.tree.leaves`` order."""
+    return [x for x in jax.tree.leaves(tree, is_leaf=is_bcq) if is_bcq(x)]
+
+
+def map_bcq(fn: Any, tree: Any) -> Any:
+    """``tree`` with every `BCQWeight` ``w`` replaced by ``fn(w)``; other leaves unchanged."""
+    return jax.tree.map(lambda x: fn(x) if is_bcq(x) else x, tree, is_leaf=is_bcq)
+
+
+def array_nbytes(x: Any) -> int:
+    """Bytes of an array-like (shape and dtype; a `BCQWeight` counts its packed arrays), 0 for
+    anything else."""
+    if is_bcq(x):
+        return x.nbytes()
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
+    return 0
+
+
+def tree_nbytes(tree: Any) -> int:
+    """Bytes of all array leaves of ``tree`` (`BCQWeight` leaves count packed)."""
+    return sum(array_nbytes(leaf) for leaf in jax.tree.leaves(tree, is_leaf=is_bcq))
+
+
+def format_nbytes(n: float) -> str:
+    """``n`` bytes for humans: ``"512 B"``, ``"1.50 KiB"``, ... up to GiB (binary units)."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"
+
+
 def to_layout(tree: Any, layout: str) -> Any:
     """``tree`` with every `BCQWeight` in it converted to ``layout`` (one of `LAYOUTS`).
 
@@ -305,11 +351,7 @@ def to_layout(tree: Any, layout: str) -> Any:
     (``nnx.update(model, to_layout(nnx.state(model), "cpu"))`` converts a model in place).
     Other leaves are returned unchanged.
     """
-    return jax.tree.map(
-        lambda x: x.to_layout(layout) if isinstance(x, BCQWeight) else x,
-        tree,
-        is_leaf=lambda x: isinstance(x, BCQWeight),
-    )
+    return map_bcq(lambda w: w.to_layout(layout), tree)
 
 
 def check_layout_split(layout: str, n: int, shards: int, axes: object = None) -> None:

@@ -9,16 +9,15 @@ Three ways to run a linen model on packed BCQ weights:
   ``nn.Dense`` whose kernel is a `BCQWeight` through `lut_gemm`;
 * ``nn.Dense`` modules whose kernel is still dense (excluded from conversion) run as before.
 
-Packed kernels are created in the ``"canonical"`` sign-word layout unless ``layout="cpu"`` is
-asked for (`quantize_params`, `LutDense`): that layout makes the CPU kernel faster (BENCHMARKS.md)
-and is what models that will run on CPU should use (see `lutgemm_jax.format.LAYOUTS`).
+What to quantize to (bits, groups, method, sign-word layout, ...) is a
+`lutgemm_jax.config.BCQConfig`: ``config=`` on `LutDense` and `quantize_params`, or its fields
+as keywords.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -27,27 +26,23 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 from flax.core import FrozenDict
-from jax.sharding import NamedSharding
+from flax.typing import DotGeneralT, Dtype, Initializer, PrecisionLike
 from jax.sharding import PartitionSpec as P
 
-from lutgemm_jax.convert import (
+from lutgemm_jax.config import UNSET, BCQConfig
+from lutgemm_jax.flax_common import (
     ConversionSummary,
     PathFilter,
-    alpha_dtype_for,
+    convert_layout,
     dense_apply,
+    init_bcq_weight,
+    layer_config,
     layer_summary,
     path_matches,
     progress_iter,
     quantize_kernel,
-    tree_nbytes,
 )
-from lutgemm_jax.format import (
-    LAYOUTS,
-    BCQWeight,
-    convert_bits,
-    padded_in_features,
-    resolve_group_size,
-)
+from lutgemm_jax.format import BCQWeight, map_bcq, tree_nbytes
 from lutgemm_jax.sharding import packed_specs
 
 __all__ = [
@@ -59,86 +54,6 @@ __all__ = [
     "quantize_params",
     "split_params",
 ]
-
-INIT_METHODS = ("greedy", "alternating", "rtn", "zeros")
-
-
-def check_layout(layout: str, where: str) -> None:
-    """Raises ``ValueError`` unless ``layout`` is one of `LAYOUTS`; ``where`` names the caller."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"{where}: layout must be one of {LAYOUTS}, got {layout!r}")
-
-
-def convert_layout(w: BCQWeight, layout: str) -> BCQWeight:
-    """``w`` with its sign words ``bits [..., Kp/32, q, N]`` in ``layout``, placed as before.
-
-    A weight sharded over several devices (the converters follow a placed dense kernel) is
-    converted by a jitted program whose output has the input's sharding (on any mesh, and on
-    several hosts: nothing is gathered to one).
-    """
-    sharding = getattr(w.bits, "sharding", None)  # None for tracers
-    if layout == w.layout or not isinstance(sharding, NamedSharding) or sharding.num_devices == 1:
-        return w.to_layout(layout)
-    bits = _sharded_convert(sharding, w.layout, layout)(w.bits)
-    return dataclasses.replace(w, bits=bits, layout=layout)
-
-
-@functools.lru_cache(maxsize=64)
-def _sharded_convert(sharding: NamedSharding, source: str, target: str):
-    """`convert_bits` jitted with its output placed by ``sharding`` (one program per placement
-    and pair of layouts, compiled once per shape)."""
-    return jax.jit(lambda bits: convert_bits(bits, source, target), out_shardings=sharding)
-
-
-def init_bcq_weight(
-    key: jax.Array,
-    shape: tuple[int, int],
-    *,
-    kernel_init: Any,
-    param_dtype: Any,
-    bits: int,
-    group_size: int | None,
-    has_offset: bool,
-    init_method: str,
-    layout: str = "canonical",
-) -> BCQWeight:
-    """A `BCQWeight` for a ``[K, N]`` kernel: ``kernel_init``'s dense sample, quantized.
-
-    ``init_method="zeros"`` skips sampling and quantizing and returns all-zero arrays of the
-    right shapes (for models whose weights are loaded from a checkpoint right after init).
-    ``layout`` is the sign-word layout of the result (`LAYOUTS`).
-    """
-    check_layout(layout, "init_bcq_weight")
-    if init_method not in INIT_METHODS:
-        raise ValueError(f"init_method must be one of {INIT_METHODS}, got {init_method!r}")
-    if init_method == "rtn" and not has_offset:
-        raise ValueError("init_method='rtn' always fits an offset: set has_offset=True")
-    k, n = shape
-    alpha_dtype = alpha_dtype_for(param_dtype)
-    if init_method == "zeros":
-        g = resolve_group_size(k, group_size)
-        groups = padded_in_features(k, g) // g
-        return BCQWeight(
-            bits=jnp.zeros((padded_in_features(k, g) // 32, bits, n), jnp.uint32),
-            alpha=jnp.zeros((groups, bits, n), alpha_dtype),
-            offset=jnp.zeros((groups, n), alpha_dtype) if has_offset else None,
-            in_features=k,
-            out_features=n,
-            num_bits=bits,
-            group_size=g,
-            layout=layout,
-        )
-    dense, names = _unbox(kernel_init(key, shape, param_dtype))
-    extra = {} if init_method == "rtn" else {"fit_offset": has_offset}
-    packed = quantize_kernel(
-        dense,
-        bits=bits,
-        group_size=group_size,
-        method=init_method,
-        alpha_dtype=alpha_dtype,
-        **extra,
-    )
-    return _box(convert_layout(packed, layout), names)
 
 
 def _unbox(value: Any) -> tuple[Any, nn.Partitioned | None]:
@@ -168,74 +83,72 @@ def _box(w: BCQWeight, box: nn.Partitioned | None) -> BCQWeight:
 class LutDense(nn.Module):
     """A drop-in for `flax.linen.Dense` whose kernel is a packed `BCQWeight`.
 
+    Example usage::
+
+        >>> import jax, jax.numpy as jnp
+        >>> from lutgemm_jax.linen import LutDense
+        >>> layer = LutDense(features=64, bits=3, group_size=32)
+        >>> params = layer.init(jax.random.key(0), jnp.ones((1, 96)))["params"]
+        >>> shapes = jax.tree.map(jnp.shape, params)
+        >>> shapes["kernel"].bits, shapes["kernel"].alpha, shapes["bias"]
+        ((3, 3, 64), (3, 3, 64), (64,))
+        >>> layer.apply({"params": params}, jnp.ones((5, 96))).shape
+        (5, 64)
+
     ``y = lut_gemm(x, kernel) + (x @ lora_a) @ lora_b * scale + bias`` for ``x: [..., K]``,
-    ``y: [..., features]``. Params: ``'kernel'`` (a `BCQWeight` for ``[K, features]``),
-    ``'bias'`` ``[features]`` (when ``use_bias``), and with ``lora_rank = r > 0`` ``'lora_a'``
-    ``[K, r]`` and ``'lora_b'`` ``[r, features]`` (zero-initialised, so the layer starts out
-    equal to its quantized base). ``scale = lora_alpha / lora_rank`` (1 when ``lora_alpha`` is
-    ``None``).
+    ``y: [..., features]``. Params: ``'kernel'`` (a `BCQWeight` for ``[K, features]``: bits
+    ``[Kp/32, q, features]``, alpha ``[Kp/g, q, features]``), ``'bias'`` ``[features]`` (when
+    ``use_bias``), and with ``lora_rank = r > 0`` ``'lora_a'`` ``[K, r]`` and ``'lora_b'``
+    ``[r, features]`` (zero-initialised, so the layer starts out equal to its quantized base).
+    ``scale = lora_alpha / lora_rank`` (1 when ``lora_alpha`` is ``None``).
 
     Attributes:
       features, use_bias, dtype, param_dtype, precision, kernel_init, bias_init: as in
         `flax.linen.Dense`. ``precision`` applies to the LoRA products (``lut_gemm`` always
-        accumulates in float32). The kernel's ``alpha`` is stored in ``param_dtype`` (float32
-        when that is not float32/bfloat16/float16).
+        accumulates in float32).
       dot_general: accepted for signature compatibility with `flax.linen.Dense`; the packed
         product never uses it.
-      bits: ``q``, bit-planes of the kernel (1..8).
-      group_size: ``g``, a multiple of 32, or ``None`` (one group per output column).
-      has_offset: whether the kernel has a per-group offset.
-      init_method: how the kernel is initialised: ``kernel_init``'s dense sample quantized with
-        ``"greedy"`` (default, fast), ``"alternating"`` or ``"rtn"``; or ``"zeros"`` (no
-        sampling: right shapes, for weights loaded afterwards).
+      config: the `BCQConfig` of the kernel ``init`` creates (default ``BCQConfig()``);
+        ``alpha_dtype=None`` stores the scales in ``param_dtype``. A kernel partitioned with
+        ``nn.with_partitioning`` keeps an ``"auto"`` layout canonical. Applied params run in
+        whatever format and layout they hold; ``checkpoint.load(..., like=...)`` needs the
+        layout of the file.
+      bits, group_size, layout: `BCQConfig` fields over ``config`` (`UNSET`: from it).
+      has_offset: whether the kernel has a per-group offset (`UNSET`: ``config.has_offset``).
+      init_method: the fit ``init`` applies to ``kernel_init``'s sample (``None``:
+        ``config.method``), or ``"zeros"`` (no sampling: right shapes, for weights loaded
+        afterwards).
       lora_rank: rank ``r`` of the LoRA adapter; 0 = none.
       lora_alpha: LoRA scale numerator (``scale = lora_alpha / r``); ``None`` = scale 1.
       lora_a_init: initializer of ``lora_a``.
       mode: accuracy mode of `lut_gemm`'s native CPU kernel (``"exact"``, ``"fast"``, or
         ``None`` for the library default).
-      layout: sign-word layout of the kernel ``init`` creates (`LAYOUTS`): ``"canonical"``
-        (default; for GPU and portable params) or ``"cpu"`` (faster CPU kernel). It
-        must match the layout of params loaded with ``checkpoint.load(..., like=...)``; applied
-        params run in whatever layout they hold.
     """
 
     features: int
     use_bias: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
-    kernel_init: Any = nn.initializers.lecun_normal()
-    bias_init: Any = nn.initializers.zeros_init()
-    dot_general: Any = None
-    bits: int = 3
-    group_size: int | None = 128
-    has_offset: bool = False
-    init_method: str = "greedy"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: PrecisionLike = None
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+    dot_general: DotGeneralT | None = None
+    config: BCQConfig | None = None
+    bits: int = UNSET
+    group_size: int | None = UNSET
+    has_offset: bool = UNSET
+    init_method: str | None = None
     lora_rank: int = 0
     lora_alpha: float | None = None
-    lora_a_init: Any = nn.initializers.lecun_normal()
+    lora_a_init: Initializer = nn.initializers.lecun_normal()
     mode: str | None = None
-    layout: str = "canonical"
+    layout: str = UNSET
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """``inputs: [..., K]`` -> ``[..., features]``."""
         k = jnp.shape(inputs)[-1]
-
-        def kernel_init(key: jax.Array, shape: tuple[int, int]) -> BCQWeight:
-            return init_bcq_weight(
-                key,
-                shape,
-                kernel_init=self.kernel_init,
-                param_dtype=self.param_dtype,
-                bits=self.bits,
-                group_size=self.group_size,
-                has_offset=self.has_offset,
-                init_method=self.init_method,
-                layout=self.layout,
-            )
-
-        kernel = self.param("kernel", kernel_init, (k, self.features))
+        kernel = self.param("kernel", self._init_kernel, (k, self.features))
         bias = None
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
@@ -260,23 +173,49 @@ class LutDense(nn.Module):
             mode=self.mode,
         )
 
+    def _init_kernel(self, key: jax.Array, shape: tuple[int, int]) -> BCQWeight:
+        """The ``'kernel'`` param: ``kernel_init``'s sample, quantized, boxed like the sample."""
+        config, method = layer_config(
+            self.config,
+            init_method=self.init_method,
+            has_offset=self.has_offset,
+            bits=self.bits,
+            group_size=self.group_size,
+            layout=self.layout,
+            where="LutDense",
+        )
+        boxes = []
+
+        def sample(key: jax.Array, shape: tuple[int, int], dtype: Dtype) -> jax.Array:
+            dense, box = _unbox(self.kernel_init(key, shape, dtype))
+            boxes.append(box)
+            return dense
+
+        w = init_bcq_weight(
+            key,
+            shape,
+            kernel_init=sample,
+            param_dtype=self.param_dtype,
+            config=config,
+            init_method=method,
+        )
+        box = boxes[0] if boxes else None
+        return _box(convert_layout(w, config.resolve_layout(partitioned=box is not None)), box)
+
 
 # ---- conversion of trained params ----------------------------------------------------------
 
 
 def quantize_params(
     params: Mapping[str, Any],
+    config: BCQConfig | None = None,
     *,
-    bits: int = 3,
-    group_size: int | None = 128,
-    method: str = "alternating",
     include: PathFilter = None,
     exclude: PathFilter = None,
     stacked: bool = False,
-    layout: str = "canonical",
     progress: bool = False,
     return_summary: bool = False,
-    **quantize_kwargs: Any,
+    **fields: Any,
 ) -> Any:
     """Quantizes the Dense kernels of a linen params tree; everything else is kept as is.
 
@@ -293,26 +232,21 @@ def quantize_params(
         allowed) of arrays. A kernel boxed by ``nn.with_partitioning`` (``nn.Partitioned``)
         gives a `BCQWeight` whose arrays are boxed with the matching names
         (`lutgemm_jax.sharding.packed_specs`); a kernel sharded over several devices gives
-        packed arrays sharded the same way.
-      bits, group_size, method: passed to `lutgemm_jax.quantize.quantize`.
+        packed arrays sharded the same way. Both keep an ``"auto"`` layout canonical.
+      config: the `BCQConfig` (default ``BCQConfig()``; ``alpha_dtype=None`` keeps each
+        kernel's dtype).
       include: regex (``re.search``) or predicate on the kernel's path; ``None`` = all.
       exclude: regex or predicate; matching kernels are skipped (e.g. ``r"lm_head|embed"``).
       stacked: also convert kernels with leading stack axes (``ndim > 2``). Off by default:
         ``DenseGeneral``/``Conv`` kernels also have more than two axes.
-      layout: sign-word layout of the packed kernels (`LAYOUTS`): ``"cpu"`` for params that
-        will run on CPU (the CPU kernel is faster, bitwise the same results),
-        ``"canonical"`` (default) for GPU and portable artifacts. Other platforms accept
-        ``"cpu"`` too, shuffling it back on every call. `lutgemm_jax.to_layout` converts
-        later.
       progress: show a tqdm progress bar over the layers.
       return_summary: also return a `ConversionSummary`.
-      **quantize_kwargs: more keywords for ``quantize`` (``rounds``, ``fit_offset``, ...).
-        ``alpha_dtype`` defaults to the kernel's dtype when that is float32/bfloat16/float16.
+      **fields: `BCQConfig` fields applied over ``config`` (``bits=4``, ``layout="cpu"``, ...).
 
     Returns:
       The converted params (same container types), or ``(params, summary)``.
     """
-    check_layout(layout, "quantize_params")
+    config = BCQConfig.make(config, where="quantize_params", **fields)
     frozen = isinstance(params, FrozenDict)
     flat = traverse_util.flatten_dict(
         params.unfreeze() if frozen else dict(params), keep_empty_nodes=True
@@ -326,9 +260,7 @@ def quantize_params(
     layers = []
     for key, box in progress_iter(targets, len(targets), progress, "quantize"):
         value, partitioning = _unbox(box)
-        kwargs = {"alpha_dtype": alpha_dtype_for(value.dtype), **quantize_kwargs}
-        packed = quantize_kernel(value, bits=bits, group_size=group_size, method=method, **kwargs)
-        packed = convert_layout(packed, layout)
+        packed = quantize_kernel(value, config, partitioned=partitioning is not None)
         layers.append(layer_summary("/".join(map(str, key)), value, packed))
         flat[key] = _box(packed, partitioning)
     out = traverse_util.unflatten_dict(flat)
@@ -343,13 +275,9 @@ def quantize_params(
     return out, summary
 
 
-def dequantize_params(params: Any, dtype: Any = jnp.float32) -> Any:
+def dequantize_params(params: Any, dtype: Dtype = jnp.float32) -> Any:
     """``params`` with every `BCQWeight` leaf replaced by its dense ``[K, N]`` kernel."""
-    return jax.tree.map(
-        lambda v: v.dequantize(dtype) if isinstance(v, BCQWeight) else v,
-        params,
-        is_leaf=lambda v: isinstance(v, BCQWeight),
-    )
+    return map_bcq(lambda w: w.dequantize(dtype), params)
 
 
 LORA_PARAMS = r"(^|/)lora_[ab]$"

@@ -14,15 +14,15 @@ packed one stands for, and `QuantizedWeight` maps the names onto its packed arra
 ``jax.lax.with_sharding_constraint`` + ``nnx.update`` recipe all place bits, alpha and offset
 along K and N. `LutLinear.from_linear` / `quantize_model` keep the converted layer's metadata.
 
-Every constructor and converter takes ``layout``, the sign-word layout of the packed kernel
-(`lutgemm_jax.format.LAYOUTS`): ``"cpu"`` for models that will run on CPU (faster
-kernel), ``"canonical"`` (default) for GPU and portable artifacts.
+What to quantize to (bits, groups, method, sign-word layout, ...) is a
+`lutgemm_jax.config.BCQConfig`: ``config=`` on `LutLinear`, `LutLinear.from_linear` and
+`quantize_model`, or its fields as keywords.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -30,21 +30,24 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.core import spmd as core_spmd
+from flax.typing import Dtype, Initializer, PrecisionLike
 from jax.sharding import NamedSharding, PartitionSpec
 
-from lutgemm_jax.convert import (
+from lutgemm_jax.config import UNSET, BCQConfig
+from lutgemm_jax.flax_common import (
     ConversionSummary,
     PathFilter,
-    alpha_dtype_for,
+    convert_layout,
     dense_apply,
+    init_bcq_weight,
+    layer_config,
     layer_summary,
     path_matches,
     progress_iter,
     quantize_kernel,
-    tree_nbytes,
 )
-from lutgemm_jax.format import BCQWeight
-from lutgemm_jax.linen import check_layout, convert_layout, init_bcq_weight
+from lutgemm_jax.flax_common import variable_value as _value
+from lutgemm_jax.format import BCQWeight, tree_nbytes
 from lutgemm_jax.sharding import packed_specs
 
 __all__ = ["LutLinear", "QuantizedWeight", "quantize_model", "ConversionSummary"]
@@ -130,6 +133,13 @@ def _pop_sharding(metadata: dict[str, Any], default: Any = None) -> Any:
     return sharding
 
 
+def _sharding_names(metadata: Mapping[str, Any]) -> Any:
+    """The sharding names in a variable's ``metadata`` (``out_sharding`` or its older keys),
+    or ``None``."""
+    names = [metadata[key] for key in _SHARDING_KEYS if metadata.get(key)]
+    return names[-1] if names else None
+
+
 def _eager_default() -> bool:
     using = getattr(nnx, "using_eager_sharding", None)  # flax >= 0.12
     return bool(using()) if using is not None else False
@@ -204,16 +214,26 @@ class QuantizedWeight(nnx.Variable):
         super().set_value(value, **kwargs)
 
 
-def _value(variable: nnx.Variable) -> Any:
-    getter = getattr(variable, "get_value", None)
-    return getter() if getter is not None else variable.value
-
-
 class LutLinear(nnx.Module):
-    """``y = lut_gemm(x, kernel) + (x @ lora_a) @ lora_b * scale + bias``, ``x: [..., K]``.
+    """A drop-in for `flax.nnx.Linear` whose kernel is a packed `BCQWeight`.
+
+    Example usage::
+
+        >>> import jax, jax.numpy as jnp
+        >>> from flax import nnx
+        >>> from lutgemm_jax.nnx import LutLinear
+        >>> layer = LutLinear(96, 64, bits=3, group_size=32, rngs=nnx.Rngs(0))
+        >>> shapes = jax.tree.map(jnp.shape, nnx.to_pure_dict(nnx.state(layer)))
+        >>> shapes["kernel"].bits, shapes["kernel"].alpha, shapes["bias"]
+        ((3, 3, 64), (3, 3, 64), (64,))
+        >>> layer(jnp.ones((5, 96))).shape
+        (5, 64)
+
+    ``y = lut_gemm(x, kernel) + (x @ lora_a) @ lora_b * scale + bias``, ``x: [..., K]``.
 
     Attributes (after construction):
-      kernel: `QuantizedWeight` holding a `BCQWeight` for ``[in_features, out_features]``.
+      kernel: `QuantizedWeight` holding a `BCQWeight` for ``[in_features, out_features]``
+        (bits ``[Kp/32, q, out_features]``, alpha ``[Kp/g, q, out_features]``).
       bias: `nnx.Param` ``[out_features]``, or ``None``.
       lora_a, lora_b: `nnx.Param` ``[in_features, r]`` and ``[r, out_features]`` (``lora_b``
         zero-initialised), or ``None`` when ``lora_rank == 0``.
@@ -221,20 +241,20 @@ class LutLinear(nnx.Module):
     Args:
       in_features, out_features, use_bias, dtype, param_dtype, precision, kernel_init,
         bias_init, rngs: as in `flax.nnx.Linear` (``precision`` applies to the LoRA products;
-        ``lut_gemm`` accumulates in float32; alpha is stored in ``param_dtype``).
-      bits, group_size, has_offset: the packed format of a freshly initialised kernel.
-      init_method: ``"greedy"`` / ``"alternating"`` / ``"rtn"`` quantize ``kernel_init``'s
-        sample; ``"zeros"`` gives zero arrays of the right shapes.
+        ``lut_gemm`` accumulates in float32).
+      config: the `BCQConfig` of a freshly initialised kernel (default ``BCQConfig()``;
+        ``alpha_dtype=None`` stores the scales in ``param_dtype``). A state loaded with
+        ``checkpoint.load(..., like=nnx.state(model))`` must have the layout of the file.
+      bits, group_size, layout: `BCQConfig` fields over ``config`` (`UNSET`: from it).
+      has_offset: whether the kernel has a per-group offset (`UNSET`: ``config.has_offset``).
+      init_method: the fit applied to ``kernel_init``'s sample (``None``: ``config.method``),
+        or ``"zeros"`` (zero arrays of the right shapes).
       lora_rank: LoRA rank ``r`` (0 = no adapter); lora_alpha: ``scale = lora_alpha / r``
         (``None`` = 1); lora_a_init: initializer of ``lora_a``.
-      kernel: an existing `BCQWeight` to use instead of initialising one (its ``q``, ``g``,
-        offset and layout win over ``bits``/``group_size``/``has_offset``/``layout``).
+      kernel: an existing `BCQWeight` to use instead of initialising one (its format and
+        layout win over ``config`` and the format keywords).
       mode: accuracy mode of `lut_gemm`'s native CPU kernel (``"exact"``, ``"fast"``, or
         ``None`` for the library default).
-      layout: sign-word layout of a freshly initialised kernel (`LAYOUTS`): ``"cpu"`` for a
-        model that will run on CPU (faster kernel), ``"canonical"`` (default) for GPU
-        and portable models. It must match the layout of a state loaded with
-        ``checkpoint.load(..., like=nnx.state(model))``.
       kernel_metadata, bias_metadata: metadata of the kernel and bias variables, as in
         `flax.nnx.Linear` (e.g. ``{"out_sharding": ("embed", "mlp")}``). Metadata from a
         ``nnx.with_partitioning`` ``kernel_init`` / ``bias_init`` wins, as in flax. The kernel's
@@ -248,46 +268,53 @@ class LutLinear(nnx.Module):
         out_features: int,
         *,
         use_bias: bool = True,
-        dtype: Any = None,
-        param_dtype: Any = jnp.float32,
-        precision: Any = None,
-        kernel_init: Callable[..., jax.Array] = _default_kernel_init,
-        bias_init: Callable[..., jax.Array] = _default_bias_init,
-        bits: int = 3,
-        group_size: int | None = 128,
-        has_offset: bool = False,
-        init_method: str = "greedy",
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        precision: PrecisionLike = None,
+        kernel_init: Initializer = _default_kernel_init,
+        bias_init: Initializer = _default_bias_init,
+        config: BCQConfig | None = None,
+        bits: int = UNSET,
+        group_size: int | None = UNSET,
+        has_offset: bool = UNSET,
+        init_method: str | None = None,
         lora_rank: int = 0,
         lora_alpha: float | None = None,
-        lora_a_init: Callable[..., jax.Array] = _default_kernel_init,
+        lora_a_init: Initializer = _default_kernel_init,
         kernel: BCQWeight | None = None,
         mode: str | None = None,
-        layout: str = "canonical",
+        layout: str = UNSET,
         rngs: nnx.Rngs,
         kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
         bias_metadata: Mapping[str, Any] = MappingProxyType({}),
     ) -> None:
-        check_layout(layout, "LutLinear")
+        config, init_method = layer_config(
+            config,
+            init_method=init_method,
+            has_offset=has_offset,
+            bits=bits,
+            group_size=group_size,
+            layout=layout,
+            where="LutLinear",
+        )
         init_metadata: dict[str, Any] = {}
 
-        def dense_init(key: jax.Array, shape: tuple[int, int], dtype: Any) -> jax.Array:
+        def dense_init(key: jax.Array, shape: tuple[int, int], dtype: Dtype) -> jax.Array:
             sample = kernel_init(key, shape, dtype)
             if isinstance(sample, nnx.VariableMetadata):  # nnx.with_partitioning
                 init_metadata.update(sample.metadata)
                 return sample.raw_value
             return sample
 
-        if kernel is None:
+        fresh = kernel is None
+        if fresh:
             kernel = init_bcq_weight(
                 rngs.params(),
                 (in_features, out_features),
                 kernel_init=dense_init,
                 param_dtype=param_dtype,
-                bits=bits,
-                group_size=group_size,
-                has_offset=has_offset,
+                config=config,
                 init_method=init_method,
-                layout=layout,
             )
         elif kernel.shape != (in_features, out_features):
             raise ValueError(
@@ -298,6 +325,9 @@ class LutLinear(nnx.Module):
             # its metadata only.
             shape = (in_features, out_features)
             jax.eval_shape(lambda key: dense_init(key, shape, param_dtype), jax.random.key(0))
+        if fresh:
+            partitioned = _sharding_names({**kernel_metadata, **init_metadata}) is not None
+            kernel = convert_layout(kernel, config.resolve_layout(partitioned=partitioned))
         self.in_features = in_features
         self.out_features = out_features
         self.use_bias = use_bias
@@ -342,32 +372,25 @@ class LutLinear(nnx.Module):
     def from_linear(
         cls,
         linear: nnx.Linear,
+        config: BCQConfig | None = None,
         *,
-        bits: int = 3,
-        group_size: int | None = 128,
-        method: str = "alternating",
         lora_rank: int = 0,
         lora_alpha: float | None = None,
         mode: str | None = None,
-        layout: str = "canonical",
         rngs: nnx.Rngs | None = None,
-        **quantize_kwargs: Any,
+        **fields: Any,
     ) -> LutLinear:
         """Quantizes a trained `nnx.Linear`: same features, dtype, precision and bias.
 
-        ``mode`` is the layer's `lut_gemm` accuracy mode. ``layout`` is the packed kernel's
-        sign-word layout (`LAYOUTS`): ``"cpu"`` for a layer that will run on CPU (faster
-        kernel, bitwise the same results), ``"canonical"`` (default) for GPU and
-        portable artifacts; `lutgemm_jax.to_layout` converts later. ``quantize_kwargs`` go to
-        `lutgemm_jax.quantize.quantize` (``fit_offset``, ``rounds``,
-        ...; ``alpha_dtype`` defaults to the kernel's dtype). ``rngs`` initialises ``lora_a``
+        ``config`` (default ``BCQConfig()``; ``alpha_dtype=None`` keeps the kernel's dtype) with
+        ``fields`` (`BCQConfig` fields: ``bits=4``, ``layout="cpu"``, ...) applied says how.
+        ``mode`` is the layer's `lut_gemm` accuracy mode. ``rngs`` initialises ``lora_a``
         (default ``nnx.Rngs(0)``).
         """
-        check_layout(layout, "LutLinear.from_linear")
+        config = BCQConfig.make(config, where="LutLinear.from_linear", **fields)
         dense = _value(linear.kernel)
-        kwargs = {"alpha_dtype": alpha_dtype_for(dense.dtype), **quantize_kwargs}
-        packed = quantize_kernel(dense, bits=bits, group_size=group_size, method=method, **kwargs)
-        packed = convert_layout(packed, layout)
+        partitioned = _sharding_names(_user_metadata(linear.kernel)) is not None
+        packed = quantize_kernel(dense, config, partitioned=partitioned)
         layer = cls(
             linear.in_features,
             linear.out_features,
@@ -446,20 +469,17 @@ def _carry_lora_sharding(layer: LutLinear, kernel_metadata: Mapping[str, Any], s
 
 def quantize_model(
     model: nnx.Module,
+    config: BCQConfig | None = None,
     *,
-    bits: int = 3,
-    group_size: int | None = 128,
-    method: str = "alternating",
     include: PathFilter = None,
     exclude: PathFilter = None,
     lora_rank: int = 0,
     lora_alpha: float | None = None,
     mode: str | None = None,
-    layout: str = "canonical",
     rngs: nnx.Rngs | None = None,
     progress: bool = False,
     return_summary: bool = False,
-    **quantize_kwargs: Any,
+    **fields: Any,
 ) -> Any:
     """Replaces the `nnx.Linear` layers of ``model`` by `LutLinear`, in place.
 
@@ -469,14 +489,10 @@ def quantize_model(
 
     Args:
       model: an NNX module; modified in place.
-      bits, group_size, method, **quantize_kwargs: passed to `LutLinear.from_linear`.
+      config, **fields: the `BCQConfig` and fields applied over it, as in
+        `LutLinear.from_linear`.
       lora_rank, lora_alpha, rngs: give every converted layer a LoRA adapter.
       mode: `lut_gemm` accuracy mode of the converted layers (``None`` = library default).
-      layout: sign-word layout of the packed kernels (`LAYOUTS`): ``"cpu"`` for a model that
-        will run on CPU (faster kernel, bitwise the same results), ``"canonical"``
-        (default) for GPU and portable artifacts. Other platforms accept ``"cpu"`` too, at a
-        per-call shuffle. ``nnx.update(model, lutgemm_jax.to_layout(nnx.state(model), "cpu"))``
-        converts later.
       progress: tqdm progress bar over the layers.
       return_summary: also return a `ConversionSummary`.
 
@@ -484,7 +500,7 @@ def quantize_model(
       ``model`` (or the new `LutLinear` when ``model`` itself is an ``nnx.Linear``), or
       ``(model, summary)``.
     """
-    check_layout(layout, "quantize_model")
+    config = BCQConfig.make(config, where="quantize_model", **fields)
     before = tree_nbytes(nnx.state(model))
     targets = [
         (path, module)
@@ -494,16 +510,7 @@ def quantize_model(
     layers = []
     for path, linear in progress_iter(targets, len(targets), progress, "quantize"):
         new = LutLinear.from_linear(
-            linear,
-            bits=bits,
-            group_size=group_size,
-            method=method,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            mode=mode,
-            layout=layout,
-            rngs=rngs,
-            **quantize_kwargs,
+            linear, config, lora_rank=lora_rank, lora_alpha=lora_alpha, mode=mode, rngs=rngs
         )
         layers.append(layer_summary(_join(path), _value(linear.kernel), _value(new.kernel)))
         if not path:

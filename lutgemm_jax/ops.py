@@ -34,12 +34,11 @@ from lutgemm_jax.format import (
     check_layout_split,
     convert_bits,
     dequantize,
+    is_float_dtype,
     offset_operand,
     resolve_group_size,
     sign_planes,
 )
-
-ACTIVATION_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 lut_gemm_p = Primitive("lut_gemm")
 """The primitive `lut_gemm` binds: operands ``(x, bits, alpha, offset)`` (offset ``[0, N]`` when
@@ -173,7 +172,7 @@ def operand_weight(
 
 
 def _check_x(shape, dtype, in_features: int) -> None:
-    if jnp.dtype(dtype) not in [jnp.dtype(d) for d in ACTIVATION_DTYPES]:
+    if not is_float_dtype(dtype):
         raise TypeError(f"lut_gemm: x must be float32, bfloat16 or float16, got dtype {dtype}")
     if len(shape) < 1 or shape[-1] != in_features:
         raise ValueError(

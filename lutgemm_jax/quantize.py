@@ -39,8 +39,9 @@ squares) and includes it in the codewords.
 Numerics: the fit runs in float32 on each (group, column) scaled by a power of two so that its
 largest magnitude lies in ``[0.5, 1)`` (exact, and safe for 1e30 or 1e-30 weights); rows past
 K are masked out of every mean, least-squares system and error, and get sign bit 0. Scales that
-do not fit ``alpha_dtype`` saturate to its largest finite value.
+do not fit the alpha dtype saturate to its largest finite value.
 
+The format, method and fit options are the fields of `lutgemm_jax.config.BCQConfig`.
 Work is chunked over output columns by one jitted function per configuration (the last chunk is
 zero-padded to the same shape, so a matrix compiles once), which bounds peak memory.
 """
@@ -48,23 +49,16 @@ zero-padded to the same shape, so a matrix compiles once), which bounds peak mem
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lutgemm_jax.format import (
-    ALPHA_DTYPES,
-    MAX_BITS,
-    BCQWeight,
-    pack_signs,
-    padded_in_features,
-    resolve_group_size,
-)
+from lutgemm_jax.config import UNSET, BCQConfig
+from lutgemm_jax.format import BCQWeight, pack_signs, padded_in_features, resolve_group_size
 
-METHODS = ("greedy", "alternating", "rtn")
-"""Names accepted by `quantize`'s ``method``."""
 CLIP_RATIOS = tuple(1.0 - 0.025 * i for i in range(20))
 """Clipping ratios (1.0 down to 0.525) tried per group by RTN with ``clip_search=True``."""
 CHUNK_ELEMENTS = 1 << 23
@@ -77,66 +71,71 @@ _PIVOT_TOL = 1e-4
 
 def quantize(
     W: jax.Array,
-    bits: int,
-    group_size: int | None = 128,
-    method: str = "alternating",
+    bits: int = UNSET,
+    group_size: int | None = UNSET,
+    method: str = UNSET,
     *,
-    rounds: int = 15,
-    fit_offset: bool = False,
-    clip_search: bool = False,
-    alpha_dtype=jnp.float32,
+    config: BCQConfig | None = None,
     column_chunk: int | None = None,
+    **fields: Any,
 ) -> BCQWeight:
     """Quantizes a dense kernel ``W: [K, N]`` (``y = x @ W``) to a `BCQWeight`.
 
     Args:
-      W: ``[K, N]`` floating weights (any float dtype; fitted in float32). Must be finite in
-        float32.
-      bits: ``q``, the number of bit-planes, 1..8.
-      group_size: ``g``, a positive multiple of 32, or ``None`` / ``PER_COLUMN`` (-1) for one
-        group spanning all of K per output column.
-      method: ``"greedy"``, ``"alternating"`` or ``"rtn"`` (see the module docstring).
-      rounds: alternating rounds after the greedy start (ignored by the other methods).
-      fit_offset: fit a per-group offset with greedy/alternating (RTN always has one).
-      clip_search: RTN only: pick the clipping ratio with the lowest squared error per group.
-      alpha_dtype: storage dtype of ``alpha``/``offset``: float32, bfloat16 or float16.
+      W: ``[K, N]`` floating weights (any float dtype; fitted in float32; ``alpha`` in its
+        dtype unless ``alpha_dtype`` says otherwise). Must be finite in float32.
+      bits, group_size, method, **fields: `BCQConfig` fields applied over ``config``
+        (`BCQConfig.make`): ``rounds``, ``fit_offset``, ``clip_search``, ``alpha_dtype``,
+        ``layout``.
+      config: the `BCQConfig` (default ``BCQConfig()``); its ``"auto"`` layout is resolved
+        here, ``"canonical"`` for a ``W`` placed on several devices.
       column_chunk: output columns per chunk; default keeps a chunk near `CHUNK_ELEMENTS`
         weights (peak memory a few hundred MB).
 
     Returns:
       A `BCQWeight` with bits ``[Kp/32, q, N]``, alpha ``[G, q, N]`` and offset ``[G, N]``
-      (``None`` for greedy/alternating without ``fit_offset``).
+      (``None`` for greedy/alternating without ``fit_offset``), in the resolved layout.
 
     Raises:
       TypeError / ValueError: naming the argument, for a bad argument or a non-finite ``W``
         (the finiteness check is skipped when ``W`` is a tracer, i.e. under ``jax.jit``).
     """
-    W, g, alpha_dtype, chunk = _validate(
-        W, bits, group_size, method, rounds, fit_offset, clip_search, alpha_dtype, column_chunk
+    config = BCQConfig.make(
+        config, where="quantize", bits=bits, group_size=group_size, method=method, **fields
     )
+    layout = config.resolve_layout(partitioned=_num_devices(W) > 1)
+    W, g, chunk = _validate(W, config, column_chunk)
+    dtype = jnp.dtype(W.dtype)
+    W = _as_float32(W)
     k, n = W.shape
-    has_offset = method == "rtn" or fit_offset
     parts = [
         [
             x[..., : min(chunk, n - start)]  # drop the chunk's zero-padded columns
-            for x in _run_chunk(
-                W, start, chunk, g, bits, method, rounds, fit_offset, clip_search, False
-            )
+            for x in _run_chunk(W, start, chunk, g, config, False)
         ]
         for start in range(0, n, chunk)
     ]
     bits_, alpha, offset = (jnp.concatenate(p, axis=-1) for p in zip(*parts, strict=True))
+    alpha_dtype = config.resolve_alpha_dtype(dtype)
     w = BCQWeight(
         bits=bits_,
         alpha=_saturate(alpha, alpha_dtype),
-        offset=_saturate(offset, alpha_dtype) if has_offset else None,
+        offset=_saturate(offset, alpha_dtype) if config.has_offset else None,
         in_features=k,
         out_features=n,
-        num_bits=bits,
+        num_bits=config.bits,
         group_size=g,
     )
     w.validate()
-    return w
+    return w.to_layout(layout)
+
+
+def _num_devices(W: Any) -> int:
+    """Devices a concrete ``W`` is placed on (1 for numpy arrays and tracers)."""
+    if isinstance(W, jax.core.Tracer):
+        return 1
+    sharding = getattr(W, "sharding", None)
+    return sharding.num_devices if sharding is not None else 1
 
 
 def _error_history(
@@ -153,18 +152,19 @@ def _error_history(
     For tests and diagnostics; follows exactly the computation of ``quantize(method=
     "alternating")`` (entry ``r`` is the error of the solution kept after round ``r``).
     """
-    W, g, _, chunk = _validate(
-        W, bits, group_size, "alternating", rounds, fit_offset, False, jnp.float32, column_chunk
+    config = BCQConfig(
+        bits=bits, group_size=group_size, method="alternating", rounds=rounds, fit_offset=fit_offset
     )
+    W, g, chunk = _validate(W, config, column_chunk)
+    W = _as_float32(W)
     n = W.shape[1]
-    hist = [
-        _run_chunk(W, start, chunk, g, bits, "alternating", rounds, fit_offset, False, True)
-        for start in range(0, n, chunk)
-    ]
+    hist = [_run_chunk(W, start, chunk, g, config, True) for start in range(0, n, chunk)]
     return np.sum([np.asarray(h, np.float64) for h in hist], axis=0)
 
 
-def _validate(W, bits, group_size, method, rounds, fit_offset, clip_search, alpha_dtype, chunk):
+def _validate(W: Any, config: BCQConfig, chunk: Any) -> tuple[jax.Array, int, int]:
+    """Checks ``W`` and ``column_chunk`` (the config validated itself); returns ``W`` as an
+    array, the concrete group size and the chunk width."""
     if not hasattr(W, "shape") or not hasattr(W, "dtype"):
         W = np.asarray(W)
     if len(W.shape) != 2:
@@ -174,46 +174,27 @@ def _validate(W, bits, group_size, method, rounds, fit_offset, clip_search, alph
     k, n = W.shape
     if k == 0 or n == 0:
         raise ValueError(f"quantize: W must be non-empty, got shape {tuple(W.shape)}")
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
-        raise TypeError(f"quantize: bits must be an int in 1..{MAX_BITS}, got {bits!r}")
-    if not 1 <= bits <= MAX_BITS:
-        raise ValueError(f"quantize: bits must be in 1..{MAX_BITS}, got {bits}")
-    if method not in METHODS:
-        raise ValueError(f"quantize: method must be one of {METHODS}, got {method!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 0:
-        raise ValueError(f"quantize: rounds must be a non-negative int, got {rounds!r}")
-    if clip_search and method != "rtn":
-        raise ValueError(f"quantize: clip_search applies to method='rtn' only, got {method!r}")
-    if fit_offset not in (True, False):
-        raise TypeError(f"quantize: fit_offset must be a bool, got {fit_offset!r}")
-    try:
-        alpha_dtype = jnp.dtype(alpha_dtype)
-    except TypeError as e:
-        raise TypeError(f"quantize: alpha_dtype {alpha_dtype!r} is not a dtype") from e
-    if alpha_dtype not in [jnp.dtype(d) for d in ALPHA_DTYPES]:
-        raise TypeError(
-            f"quantize: alpha_dtype must be float32, bfloat16 or float16, got {alpha_dtype}"
-        )
-    try:
-        g = resolve_group_size(k, group_size)
-    except ValueError as e:
-        raise ValueError(f"quantize: {e}") from None
+    g = resolve_group_size(k, config.group_size)
     if chunk is None:
         chunk = max(1, CHUNK_ELEMENTS // padded_in_features(k, g))
         chunk = n if chunk >= n else max(chunk // 128 * 128, min(chunk, 128))
     elif isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk <= 0:
         raise ValueError(f"quantize: column_chunk must be a positive int or None, got {chunk!r}")
-    chunk = int(min(chunk, n))
+    return W, g, int(min(chunk, n))
+
+
+def _as_float32(W: Any) -> jax.Array:
+    """``W`` in float32 (the fit's precision); raises if it is not finite there."""
     W = jnp.asarray(W).astype(jnp.float32)
     if not isinstance(W, jax.core.Tracer) and not bool(jnp.isfinite(W).all()):
         raise ValueError(
             "quantize: W contains NaN or Inf (or values beyond the float32 range); only finite "
             "weights can be quantized"
         )
-    return W, g, alpha_dtype, chunk
+    return W
 
 
-def _run_chunk(W, start, chunk, g, q, method, rounds, fit_offset, clip_search, history):
+def _run_chunk(W, start, chunk, g, config, history):
     """Quantizes columns ``start : start + chunk`` of ``W``, zero-padded to `_chunk_width`."""
     k, n = W.shape
     kp = padded_in_features(k, g)
@@ -223,11 +204,11 @@ def _run_chunk(W, start, chunk, g, q, method, rounds, fit_offset, clip_search, h
         cols,
         jnp.int32(k),
         g=g,
-        q=q,
-        method=method,
-        rounds=rounds,
-        fit_offset=fit_offset,
-        clip_search=clip_search,
+        q=config.bits,
+        method=config.method,
+        rounds=config.rounds,
+        fit_offset=config.fit_offset,
+        clip_search=config.clip_search,
         history=history,
     )
 

@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import lutgemm_jax as lj
-from lutgemm_jax.format import BCQWeight, to_layout
+from lutgemm_jax.format import BCQWeight, bcq_leaves, to_layout
 from lutgemm_jax.linen import (
     LutDense,
     dequantize_params,
@@ -333,7 +333,7 @@ def test_cpu_layout_gives_the_same_outputs(mode):
     8-column canonical tail): the same codes, and the same outputs to the bit."""
     model = MLP()
     params, x = _init(model, (3, 64))
-    canonical = quantize_params(params, **FAST)
+    canonical = quantize_params(params, **FAST, layout="canonical")
     cpu = quantize_params(params, **FAST, layout="cpu")
     for name in ("Dense_0", "Dense_1", "head"):
         w, c = canonical[name]["kernel"], cpu[name]["kernel"]
@@ -359,7 +359,7 @@ def test_cpu_layout_of_stacked_kernels_and_lutdense_init():
         lut = LutDense(48, group_size=32, init_method=method, layout="cpu", mode="exact")
         v = lut.init(jax.random.key(0), x)
         assert v["params"]["kernel"].layout == "cpu"
-        plain = LutDense(48, group_size=32, init_method=method, mode="exact")
+        plain = LutDense(48, group_size=32, init_method=method, mode="exact", layout="canonical")
         canonical = plain.init(jax.random.key(0), x)
         assert canonical["params"]["kernel"].layout == "canonical"
         np.testing.assert_array_equal(lut.apply(v, x), plain.apply(canonical, x))
@@ -420,3 +420,24 @@ def test_linen_params_with_to_layout():
     assert {w.layout for w in leaves if isinstance(w, lj.BCQWeight)} == {"cpu"}
     want = np.asarray(forward(params, x), np.float64)
     assert rel_err(forward(cpu, x), want) <= 1e-6
+
+
+def test_auto_layout_follows_the_backend_unless_partitioned():
+    """The default layout ("auto") is "cpu" on a CPU backend, "canonical" elsewhere; kernels
+    annotated with partitioning names or placed over several devices stay canonical."""
+    native = "cpu" if jax.default_backend() == "cpu" else "canonical"
+    params, x = _init(MLP(), (2, 64))
+    assert {w.layout for w in bcq_leaves(quantize_params(params, **FAST))} == {native}
+    lut = LutDense(48, group_size=32, init_method="greedy")
+    assert lut.init(jax.random.key(0), x)["params"]["kernel"].layout == native
+    init = nn.with_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp"))
+    boxed = LutDense(64, group_size=32, kernel_init=init).init(jax.random.key(0), x)
+    assert nn.meta.unbox(boxed["params"]["kernel"]).layout == "canonical"
+    annotated = nn.Dense(64, kernel_init=init).init(jax.random.key(1), x)["params"]
+    assert nn.meta.unbox(quantize_params(annotated, **FAST)["kernel"]).layout == "canonical"
+    mesh = jax.make_mesh((2,), ("model",), devices=jax.devices()[:2])
+    placed = dict(
+        params["head"],
+        kernel=jax.device_put(params["head"]["kernel"], NamedSharding(mesh, P(None, "model"))),
+    )
+    assert quantize_params(placed, **FAST)["kernel"].layout == "canonical"

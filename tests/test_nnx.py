@@ -20,6 +20,8 @@ import lutgemm_jax as lj
 from lutgemm_jax.format import BCQWeight, to_layout
 from lutgemm_jax.nnx import LutLinear, QuantizedWeight, quantize_model
 
+NATIVE_LAYOUT = "cpu" if jax.default_backend() == "cpu" else "canonical"
+"""What ``layout="auto"`` (the default) gives an unpartitioned kernel on this backend."""
 RTOL = 1e-5
 FAST = dict(bits=3, group_size=32, method="greedy")
 
@@ -200,7 +202,7 @@ def test_cpu_layout_gives_the_same_outputs(mode):
     8-column tail): the same codes, and the same outputs to the bit."""
     x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 64)), jnp.float32)
     original = MLP(nnx.Rngs(0))
-    canonical = quantize_model(nnx.clone(original), **FAST, mode=mode)
+    canonical = quantize_model(nnx.clone(original), **FAST, mode=mode, layout="canonical")
     cpu = quantize_model(nnx.clone(original), **FAST, mode=mode, layout="cpu")
     assert _layouts(canonical) == {"canonical"} and _layouts(cpu) == {"cpu"}
     for name in ("fc1", "fc2", "head"):
@@ -221,9 +223,13 @@ def test_cpu_layout_gives_the_same_outputs(mode):
 def test_lutlinear_init_layout_and_bad_layouts():
     for method in ("greedy", "zeros"):
         cpu = LutLinear(64, 40, group_size=32, init_method=method, layout="cpu", rngs=nnx.Rngs(0))
-        plain = LutLinear(64, 40, group_size=32, init_method=method, rngs=nnx.Rngs(0))
+        plain = LutLinear(
+            64, 40, group_size=32, init_method=method, layout="canonical", rngs=nnx.Rngs(0)
+        )
         assert cpu.kernel.get_value().layout == "cpu"
         assert plain.kernel.get_value().layout == "canonical"
+        auto = LutLinear(64, 40, group_size=32, init_method=method, rngs=nnx.Rngs(0))
+        assert auto.kernel.get_value().layout == NATIVE_LAYOUT
         x = jnp.ones((2, 64))
         np.testing.assert_array_equal(cpu(x), plain(x))
     # A given kernel keeps its layout, like its q, g and offset.
@@ -274,7 +280,7 @@ def test_cpu_layout_keeps_sharding_metadata_and_placement():
 
 
 def test_nnx_update_with_to_layout_round_trips():
-    model = LutLinear(64, 40, bits=3, group_size=32, rngs=nnx.Rngs(0))
+    model = LutLinear(64, 40, bits=3, group_size=32, layout="canonical", rngs=nnx.Rngs(0))
     x = jnp.asarray(np.random.default_rng(7).normal(size=(2, 64)), jnp.float32)
     bits, y = np.asarray(model.kernel.get_value().bits), model(x)
     nnx.update(model, lj.to_layout(nnx.state(model), "cpu"))
@@ -284,3 +290,26 @@ def test_nnx_update_with_to_layout_round_trips():
     nnx.update(model, lj.to_layout(nnx.state(model), "canonical"))
     assert model.kernel.get_value().layout == "canonical"
     np.testing.assert_array_equal(np.asarray(model.kernel.get_value().bits), bits)
+
+
+def test_auto_layout_follows_the_backend_unless_partitioned():
+    """The default layout ("auto") is the backend's ("cpu" on CPU); a kernel with sharding
+    metadata or placed over several devices stays canonical."""
+    model = quantize_model(MLP(nnx.Rngs(0)), **FAST)
+    assert _layouts(model) == {NATIVE_LAYOUT}
+    init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "mlp"))
+    with nnx.use_eager_sharding(False):
+        linear = nnx.Linear(128, 64, kernel_init=init, rngs=nnx.Rngs(0))
+        made = LutLinear(128, 64, kernel_init=init, group_size=64, rngs=nnx.Rngs(0))
+        zeros = LutLinear(128, 64, kernel_init=init, init_method="zeros", rngs=nnx.Rngs(0))
+        named = LutLinear(
+            128, 64, kernel_metadata={"out_sharding": ("embed", "mlp")}, rngs=nnx.Rngs(0)
+        )
+    for layer in (made, zeros, named, LutLinear.from_linear(linear, **FAST)):
+        assert layer.kernel.get_value().layout == "canonical"
+    mesh = jax.make_mesh((2,), ("model",), devices=jax.devices()[:2])
+    placed = nnx.Linear(128, 64, kernel_init=np_init, rngs=nnx.Rngs(0))
+    placed.kernel.set_value(
+        jax.device_put(placed.kernel.get_value(), NamedSharding(mesh, P(None, "model")))
+    )
+    assert LutLinear.from_linear(placed, **FAST).kernel.get_value().layout == "canonical"

@@ -317,6 +317,7 @@ def test_quantize_pack_lut_gemm_matches_float64(W, bits, g, method, fit_offset, 
         rounds=3,
         fit_offset=fit_offset and method != "rtn",
         alpha_dtype=DTYPES[alpha_dtype],
+        layout="canonical",  # unpack64 reads canonical sign words
     )
     arrays = [w.alpha] + ([w.offset] if w.has_offset else [])
     assert all(np.isfinite(np.asarray(a, np.float32)).all() for a in arrays)

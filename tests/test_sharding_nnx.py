@@ -117,9 +117,19 @@ def test_with_partitioning_gives_packed_partition_specs(init_method):
     assert _spec(state["kernel"].get_value().alpha) == ("data", None, "model")
     assert _spec(state["kernel"].get_value().offset) == ("data", "model")
 
-    # The metadata does not change the weights: same values as an unannotated layer.
+    # The metadata does not change the weights: same values as an unannotated layer. (It keeps
+    # the default "auto" layout canonical: a "cpu"-layout weight splits along N only in whole
+    # 32-column blocks.)
+    assert layer.kernel.get_value().layout == "canonical"
     plain = LutLinear(
-        K, N, bits=2, group_size=G, has_offset=True, init_method=init_method, rngs=nnx.Rngs(0)
+        K,
+        N,
+        bits=2,
+        group_size=G,
+        has_offset=True,
+        init_method=init_method,
+        layout="canonical",
+        rngs=nnx.Rngs(0),
     )
     for name in ("bits", "alpha", "offset"):
         np.testing.assert_array_equal(
