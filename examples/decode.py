@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -67,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--benchmark", action="store_true", help="time decode steps instead")
     p.add_argument("--bench-steps", type=int, default=16, help="decode steps per timed call")
     p.add_argument("--bench-repeats", type=int, default=5, help="timed calls (median reported)")
-    p.add_argument("--membw", help="path of a compiled membw binary to run alongside")
+    p.add_argument("--membw", help='compiled membw probe to run alongside, e.g. "/tmp/membw 1024"')
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
@@ -125,12 +126,14 @@ def quantize(args, params, bits: int):
     return q
 
 
-def run_membw(path: str | None) -> dict | None:
-    """The JSON line of a ``membw`` run, or None (no path, or it failed)."""
-    if not path:
+def run_membw(command: str | None) -> dict | None:
+    """The JSON line of a ``membw`` run (``command``: its path, optionally with its arguments,
+    e.g. ``"/tmp/membw 1024 7"``), or None (no command, or it failed)."""
+    if not command:
         return None
     try:
-        out = subprocess.run([path], capture_output=True, text=True, check=True, timeout=600)
+        out = subprocess.run(shlex.split(command), capture_output=True, text=True, check=True,
+                             timeout=600)  # fmt: skip
         return json.loads(out.stdout.strip().splitlines()[-1])
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
         log(f"membw failed ({e}); continuing without it")
