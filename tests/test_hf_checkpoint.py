@@ -100,6 +100,12 @@ def test_rope_spellings_agree():
     assert models.config_from_dict(nested) == a
     # to_dict writes the legacy spelling, which reads back to the same config.
     assert models.config_from_dict(a.to_dict()) == a
+    # Qwen writes "bos_token_id": null; it must not fall back to Llama's default of 1.
+    qwen = {"model_type": "qwen2", "hidden_size": 32, "num_attention_heads": 4,
+            "bos_token_id": None, "eos_token_id": [7, 8]}  # fmt: skip
+    config = models.config_from_dict(qwen)
+    assert config.bos_token_id is None and config.eos_token_id == (7, 8)
+    assert not config.add_bos_token and config.qkv_bias
 
 
 def _write(tmp_path, family="llama"):
@@ -160,6 +166,7 @@ def test_missing_shard_and_bad_index(tmp_path):
         ({"hidden_act": "gelu"}, r"config\.json: hidden_act 'gelu'"),
         ({"quantization_config": {"quant_method": "gptq"}}, r"quant_method 'gptq'"),
         ({"num_key_value_heads": 3}, r"num_key_value_heads 3 does not divide"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, r"needs 'low_freq_factor'"),
     ],
 )
 def test_unsupported_config(tmp_path, change, match):

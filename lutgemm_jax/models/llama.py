@@ -146,20 +146,30 @@ class LlamaConfig:
             raise ValueError(f"model_type {mt!r} is not a Llama-family type {MODEL_TYPES}")
         _check_unsupported(d)
         rope = rope_parameters(d)
+        ids = ("bos_token_id", "eos_token_id", "pad_token_id")  # null is meaningful for these
         kw: dict[str, Any] = {
-            k: d[k] for k in (f.name for f in dataclasses.fields(cls)) if d.get(k) is not None
+            k: d[k]
+            for k in (f.name for f in dataclasses.fields(cls))
+            if d.get(k) is not None or (k in ids and k in d)
         }
         for k in ("rope_theta", "rope_type", "rope_factor", "sliding_window", "qkv_bias"):
             kw.pop(k, None)
+        kind = rope["rope_type"]
+
+        def scaling(key: str) -> float:
+            if rope.get(key) is None:
+                raise ValueError(f"rope scaling {kind!r} needs {key!r} in rope_scaling")
+            return float(rope[key])
+
         kw["rope_theta"] = float(rope["rope_theta"])
-        kw["rope_type"] = rope["rope_type"]
-        if rope["rope_type"] in ("linear", "llama3"):
-            kw["rope_factor"] = float(rope["factor"])
-        if rope["rope_type"] == "llama3":
-            kw["rope_low_freq_factor"] = float(rope["low_freq_factor"])
-            kw["rope_high_freq_factor"] = float(rope["high_freq_factor"])
+        kw["rope_type"] = kind
+        if kind in ("linear", "llama3"):
+            kw["rope_factor"] = scaling("factor")
+        if kind == "llama3":
+            kw["rope_low_freq_factor"] = scaling("low_freq_factor")
+            kw["rope_high_freq_factor"] = scaling("high_freq_factor")
             kw["rope_original_max_position_embeddings"] = int(
-                rope["original_max_position_embeddings"]
+                scaling("original_max_position_embeddings")
             )
         if mt == "mistral":
             kw["sliding_window"] = d.get("sliding_window")
