@@ -323,3 +323,20 @@ def test_quantized_model_decodes_through_lut_gemm(case):
     assert 0 < frob(got[real], ref[real]) < 2.5 * e_w
     gen = models.generate(model, qparams, ids, mask, max_new_tokens=3, stop_at_eos=False)
     assert gen.tokens.shape == (2, 3)
+
+
+def test_perplexity_matches_numpy(case):
+    """Windowed perplexity (windows of 5 over 12 tokens, the last one padded) equals
+    exp(mean NLL) of the reference's log-softmax over the same windows (1e-4 relative)."""
+    _, cfg, tensors, config, params, _ = case
+    ids = [1, 5, 9, 33, 70, 12, 8, 40, 41, 3, 17, 60]
+    ppl, count = models.perplexity(models.from_config(config), params, ids, seq_len=5)
+    nll = []
+    for s in range(0, len(ids) - 1, 5):
+        window = ids[s : s + 5]
+        logits = ref_logits(cfg, tensors, window)
+        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
+                               keepdims=True)) - logits.max(-1, keepdims=True)  # fmt: skip
+        nll += [-logp[i, window[i + 1]] for i in range(len(window) - 1)]
+    assert count == len(nll) == 9
+    assert abs(ppl - math.exp(np.mean(nll))) < 1e-4 * ppl
