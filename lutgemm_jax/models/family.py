@@ -61,29 +61,28 @@ def pad_id(config: Any) -> int:
     return eos[0] if eos else 0
 
 
-def abstract_params(model, config: Any) -> dict:
+def abstract_params(model) -> dict:
     """``jax.ShapeDtypeStruct`` params of ``model`` (nothing is computed)."""
-    del config
     ids = jnp.zeros((1, 1), jnp.int32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids, ids > -1))
     return shapes["params"]
 
 
-def param_shapes(model, config: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
+def param_shapes(model) -> dict[tuple[str, ...], tuple[int, ...]]:
     """param path -> shape, for checking checkpoints before any array is built."""
-    flat = jax.tree_util.tree_flatten_with_path(abstract_params(model, config))[0]
+    flat = jax.tree_util.tree_flatten_with_path(abstract_params(model))[0]
     return {tuple(str(k.key) for k in path): tuple(x.shape) for path, x in flat}
 
 
-def random_params(
-    model, config: Any, seed: int, leaf: Callable[[str, np.random.Generator, tuple], np.ndarray],
-    dtype=jnp.float32,
-) -> dict:
+LeafFn = Callable[[str, np.random.Generator, tuple], np.ndarray]
+
+
+def random_params(model, seed: int, leaf: LeafFn, dtype=jnp.float32) -> dict:
     """Params of ``model`` with each leaf from ``leaf(path, rng, shape)``; ``rng`` is seeded by
     ``seed`` and the leaf's ``/``-joined path (``params/...``), so the weights do not depend on
     the jax version, the machine or the order of the tree (numpy's generator is also fast on
     CPU)."""
-    shapes = abstract_params(model, config)
+    shapes = abstract_params(model)
 
     def make(path, x):
         name = "/".join(str(getattr(k, "key", k)) for k in path)

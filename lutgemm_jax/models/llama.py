@@ -471,7 +471,7 @@ def init_params(
             return rng.standard_normal(shape, np.float32) * np.float32(0.02)
         return np.full(shape, gain if name == "params/norm/scale" else 1.0, np.float32)
 
-    return random_params(Llama(config), config, seed, leaf, dtype)
+    return random_params(Llama(config), seed, leaf, dtype)
 
 
 def hf_names(config: LlamaConfig) -> NameMap:

@@ -370,7 +370,7 @@ def init_params(config: OPTConfig, seed: int = 0, *, logit_std: float = 4.0, dty
             return np.full(shape, gain, np.float32)
         return np.zeros(shape, np.float32)
 
-    return random_params(OPT(config), config, seed, leaf, dtype)
+    return random_params(OPT(config), seed, leaf, dtype)
 
 
 # ---- Hugging Face names and checkpoints ------------------------------------------------------
@@ -415,7 +415,7 @@ def params_from_hf(state: dict[str, Any], config: OPTConfig, dtype=jnp.float32) 
     Linear weights ``[out, in]``) to this module's params (kernels ``[in, out]``). An
     ``lm_head.weight`` equal to the embedding (every OPT checkpoint) is dropped; an untied one
     is kept."""
-    shapes = param_shapes(OPT(config), config)
+    shapes = param_shapes(OPT(config))
     return hf_checkpoint.params_from_state(state, hf_names(config), shapes, dtype=dtype)
 
 

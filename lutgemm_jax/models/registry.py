@@ -90,7 +90,7 @@ def load_hf_checkpoint(
     family = family_of(config)
     files = hf_checkpoint.safetensors_files(path)
     state, source = hf_checkpoint.read_safetensors(files)
-    shapes = param_shapes(family.model_cls(config), config)
+    shapes = param_shapes(family.model_cls(config))
     params = hf_checkpoint.params_from_state(
         state,
         family.hf_names(config),
