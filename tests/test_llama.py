@@ -27,6 +27,7 @@ from safetensors.numpy import save_file
 from lutgemm_jax import models
 from lutgemm_jax.format import BCQWeight
 from lutgemm_jax.linen import dequantize_params
+from lutgemm_jax.models import generation
 
 REL = 1e-4
 BASE = dict(
@@ -321,8 +322,11 @@ def test_quantized_model_decodes_through_lut_gemm(case):
     )
     ref = np.asarray(models.forward(model, params, ids, mask))
     assert 0 < frob(got[real], ref[real]) < 2.5 * e_w
-    gen = models.generate(model, qparams, ids, mask, max_new_tokens=3, stop_at_eos=False)
-    assert gen.tokens.shape == (2, 3)
+    # Decoding too: the prefill and the scanned decode step both call the kernel per Linear.
+    args = (qparams, ids, mask, jax.random.PRNGKey(0), np.zeros((2, 3), np.int32), False)
+    hlo = generation._generate.lower(model, *args, max_new_tokens=3, sampling=models.Sampling(),
+                                     return_logits=False, stop_at_eos=False).as_text()  # fmt: skip
+    assert len(re.findall(r"custom_call @lutgemm", hlo)) >= 2 * 7 * config.num_hidden_layers
 
 
 def test_perplexity_matches_numpy(case):
