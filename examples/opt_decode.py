@@ -159,7 +159,7 @@ def load_float_model(args):
         t0 = time.perf_counter()
         try:
             config, params = opt.load_hf_checkpoint(args.model)
-        except opt.CheckpointError as e:
+        except opt.HFCheckpointError as e:
             sys.exit(f"error: {e}")
         tokenizer = opt.load_tokenizer(args.model, config)
         log(

@@ -179,11 +179,11 @@ def test_pytorch_bin_gives_conversion_message(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(TINY.to_dict()))
     (tmp_path / "pytorch_model.bin").write_bytes(b"not really a pickle")
     with pytest.raises(
-        opt.CheckpointError, match=r"(?s)pytorch_model\.bin.*safetensors.*save_file"
+        opt.HFCheckpointError, match=r"(?s)pytorch_model\.bin.*safetensors.*save_file"
     ):
         opt.load_hf_checkpoint(tmp_path)
     os.remove(tmp_path / "pytorch_model.bin")
-    with pytest.raises(opt.CheckpointError, match="no \\*.safetensors"):
+    with pytest.raises(opt.HFCheckpointError, match="no \\*.safetensors"):
         opt.load_hf_checkpoint(tmp_path)
 
 

@@ -15,7 +15,7 @@ import pytest
 from test_opt import ROOT, TINY, _batch, _params
 
 from lutgemm_jax.format import BCQWeight, to_layout
-from lutgemm_jax.models import opt
+from lutgemm_jax.models import generation, opt
 from lutgemm_jax.models import tensor_parallel as tp
 
 # hidden 256 with g = 64: out_proj has 4 groups along K and fc2 8, so row-parallel splits over 4.
@@ -37,7 +37,7 @@ def _generate_compiled(model, params, ids, mask):
     """opt.generate's greedy program, compiled once: (tokens, compiled HLO text)."""
     args = (params, ids, mask, jax.random.PRNGKey(0))
     args += (jnp.zeros((ids.shape[0], NEW), jnp.int32), jnp.asarray(False))
-    compiled = opt._generate.lower(model, *args, max_new_tokens=NEW, sampling=opt.Sampling(),
+    compiled = generation._generate.lower(model, *args, max_new_tokens=NEW, sampling=opt.Sampling(),
                                    return_logits=False, stop_at_eos=False).compile()  # fmt: skip
     return np.asarray(compiled(*args).tokens), compiled.as_text()
 

@@ -1,12 +1,15 @@
-"""Megatron-style tensor parallelism (and data parallelism) for the OPT model, on JAX's own
-SPMD machinery: params are placed with `NamedSharding`s and the jitted `opt.generate` /
-`opt.forward` run partitioned by XLA, with no change to the model code.
+"""Megatron-style tensor parallelism (and data parallelism) for the decoder families, on JAX's
+own SPMD machinery: params are placed with `NamedSharding`s and the jitted `generate` /
+`forward` run partitioned by XLA, with no change to the model code.
 
-* column-parallel (q/k/v_proj, fc1): kernels ``P(None, tp)``, biases ``P(tp)``. Each device
-  computes its heads / its ffn columns; no collective.
-* row-parallel (out_proj, fc2): kernels ``P(tp, None)``, biases replicated. Each device
-  multiplies its slice of the heads / ffn columns and one all-reduce adds the partial sums.
-* everything else (embeddings, layer norms, lm_head, project_in/out) is replicated.
+* column-parallel (each family's ``COLUMN_PARALLEL``: OPT q/k/v_proj, fc1; Llama q/k/v_proj,
+  gate/up_proj): kernels ``P(None, tp)``, biases ``P(tp)``. Each device computes its heads /
+  its ffn columns; no collective.
+* row-parallel (``ROW_PARALLEL``: OPT out_proj, fc2; Llama o_proj, down_proj): kernels
+  ``P(tp, None)``, biases replicated. Each device multiplies its slice of the heads / ffn
+  columns and one all-reduce adds the partial sums.
+* everything else (embeddings, norms, lm_head, OPT's project_in/out) is replicated.
+  With grouped-query attention the number of key/value heads must divide by the ``tp`` size.
 * ``dp``: the batch of prompts is split over the ``dp`` axis (`shard_batch`).
 
 Quantized kernels (`BCQWeight`) are placed with `lutgemm_jax.sharding.packed_specs`, so the
@@ -23,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -33,8 +36,6 @@ from jax.sharding import PartitionSpec as P
 from lutgemm_jax.format import BCQWeight
 from lutgemm_jax.sharding import packed_specs
 
-COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "fc1")
-ROW_PARALLEL = ("out_proj", "fc2")
 _DEVICE_HINT = (
     "on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count={n} before jax is imported"
 )
@@ -74,10 +75,21 @@ def make_mesh(axes: Mapping[str, int] | str, devices=None) -> jax.sharding.Mesh:
     )
 
 
-def _layer_specs(name: str, tp: str | None) -> dict[str, P] | None:
-    if name in COLUMN_PARALLEL:
+def layer_lists(config=None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(column-parallel, row-parallel)`` Linear names of ``config``'s family, or of every
+    registered family when ``config`` is None (their names do not collide)."""
+    from lutgemm_jax.models.registry import FAMILIES, family_of
+
+    families = FAMILIES if config is None else (family_of(config),)
+    column = tuple(n for f in families for n in f.column_parallel)
+    row = tuple(n for f in families for n in f.row_parallel)
+    return column, row
+
+
+def _layer_specs(name: str, tp: str, column, row) -> dict[str, P] | None:
+    if name in column:
         return {"kernel": P(None, tp), "bias": P(tp)}
-    if name in ROW_PARALLEL:
+    if name in row:
         return {"kernel": P(tp, None), "bias": P()}
     return None
 
@@ -102,11 +114,19 @@ def _check_divisible(path: str, kernel, spec: P, tp_size: int) -> None:
         raise ValueError(f"{path}: {axis} = {size} is not divisible by tp={tp_size}")
 
 
-def shard_params(params, mesh: jax.sharding.Mesh, *, tp_axis: str | None = "tp"):
-    """Places OPT ``params`` (float or quantized) on ``mesh``, Megatron-style.
+def shard_params(
+    params,
+    mesh: jax.sharding.Mesh,
+    *,
+    tp_axis: str | None = "tp",
+    column: Sequence[str] | None = None,
+    row: Sequence[str] | None = None,
+):
+    """Places a decoder's ``params`` (float or quantized) on ``mesh``, Megatron-style.
 
-    Column-parallel q/k/v_proj and fc1 (kernel ``P(None, tp)``, bias ``P(tp)``), row-parallel
-    out_proj and fc2 (kernel ``P(tp, None)``, bias replicated), everything else replicated.
+    Linears named in ``column`` (kernel ``P(None, tp)``, bias ``P(tp)``) and ``row`` (kernel
+    ``P(tp, None)``, bias replicated); everything else replicated. ``column`` / ``row`` default
+    to `layer_lists` of every registered family; pass ``layer_lists(config)`` to restrict them.
     ``BCQWeight`` kernels get the matching specs for bits/alpha/offset
     (`lutgemm_jax.sharding.packed_specs`). With ``tp_axis`` None or absent from the mesh, all
     params are replicated (pure data parallelism).
@@ -118,6 +138,9 @@ def shard_params(params, mesh: jax.sharding.Mesh, *, tp_axis: str | None = "tp")
     if tp_axis is not None and tp_axis not in mesh.shape:
         tp_axis = None
     tp_size = mesh.shape[tp_axis] if tp_axis else 1
+    default_column, default_row = layer_lists()
+    column = tuple(default_column if column is None else column)
+    row = tuple(default_row if row is None else row)
     replicated = NamedSharding(mesh, P())
 
     def put(x, spec):
@@ -125,7 +148,7 @@ def shard_params(params, mesh: jax.sharding.Mesh, *, tp_axis: str | None = "tp")
 
     def place(tree, path):
         if isinstance(tree, Mapping):
-            specs = _layer_specs(path[-1], tp_axis) if path and tp_axis else None
+            specs = _layer_specs(path[-1], tp_axis, column, row) if path and tp_axis else None
             if specs is not None:
                 return {k: place_leaf(v, path + (k,), specs.get(k, P())) for k, v in tree.items()}
             return {k: place(v, path + (k,)) for k, v in tree.items()}
@@ -173,9 +196,8 @@ def device_bytes(params, device=None) -> int:
 
 
 __all__ = [
-    "COLUMN_PARALLEL",
-    "ROW_PARALLEL",
     "device_bytes",
+    "layer_lists",
     "make_mesh",
     "parse_mesh",
     "shard_batch",
