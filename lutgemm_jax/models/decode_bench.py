@@ -9,8 +9,8 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from lutgemm_jax.format import tree_nbytes
 from lutgemm_jax.models.generation import decode, prefill
 from lutgemm_jax.models.sampling import Sampling
 
@@ -20,12 +20,7 @@ LOOKUP_TABLES = ("embed_positions",)
 
 def param_bytes(params) -> int:
     """Bytes of all parameter arrays (packed BCQ storage counted as stored)."""
-    return int(
-        sum(
-            np.prod(x.shape) * jnp.dtype(x.dtype).itemsize
-            for x in jax.tree_util.tree_leaves(params)
-        )
-    )
+    return tree_nbytes(params)
 
 
 def bytes_read_per_token(params) -> int:

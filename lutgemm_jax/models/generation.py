@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lutgemm_jax.format import bcq_leaves
 from lutgemm_jax.models.family import eos_ids, pad_id
 from lutgemm_jax.models.kv_cache import KVCache, init_cache, position_ids_from_mask
 from lutgemm_jax.models.sampling import GREEDY, Sampling, sample_token
@@ -24,10 +25,7 @@ from lutgemm_jax.models.sampling import GREEDY, Sampling, sample_token
 
 def has_bcq(params) -> bool:
     """True if any leaf of ``params`` is a `BCQWeight`."""
-    from lutgemm_jax.format import BCQWeight
-
-    leaves = jax.tree_util.tree_leaves(params, is_leaf=lambda x: isinstance(x, BCQWeight))
-    return any(isinstance(x, BCQWeight) for x in leaves)
+    return bool(bcq_leaves(params))
 
 
 def _context(params):

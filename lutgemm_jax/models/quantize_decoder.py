@@ -60,24 +60,13 @@ def quantize_model(
     """
     from lutgemm_jax.linen import quantize_params
 
-    cfg = BCQConfig.make(config, **fields)
+    cfg = BCQConfig.make(config, where="models.quantize_model", **fields)
     include = include or DECODER_LINEARS
     if quantize_lm_head:
         params = untie_lm_head(params)
         include = f"{include}|{LM_HEAD_INCLUDE}"
     return quantize_params(
-        params,
-        bits=cfg.bits,
-        group_size=cfg.group_size,
-        method=cfg.method,
-        include=include,
-        layout=cfg.resolve_layout(),
-        progress=progress,
-        return_summary=return_summary,
-        rounds=cfg.rounds,
-        fit_offset=cfg.fit_offset,
-        clip_search=cfg.clip_search,
-        alpha_dtype=cfg.alpha_dtype,
+        params, cfg, include=include, progress=progress, return_summary=return_summary
     )
 
 
