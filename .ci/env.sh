@@ -5,9 +5,8 @@
 #
 #   .ci/env.sh NAME PYTHON [--constraints FILE] [--ruff] [--sanitize]
 #
-# --constraints FILE  pins the resolution (the oldest supported releases), of the isolated build
-#                     environment too (PIP_BUILD_CONSTRAINT; older pip applies PIP_CONSTRAINT
-#                     there), so the extension is compiled against the jaxlib it runs with.
+# --constraints FILE  pins the resolution (the oldest supported releases; PIP_CONSTRAINT, so every
+#                     pip call in this environment obeys it).
 # --ruff              runs `ruff check .` in this environment.
 # --sanitize          runs scripts/sanitize.sh with this environment's Python.
 # LUTGEMM_CUDA (AUTO, ON, OFF) is passed to the build unchanged.
@@ -43,7 +42,9 @@ step() {  # step LABEL COMMAND...: runs COMMAND, records LABEL if it exits non-z
   return "$rc"
 }
 
-venv="$(mktemp -d)/venv"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+venv="$tmp/venv"
 if ! step "create venv" "$python" -m venv "$venv"; then
   echo "=== [$name] FAILED: ${failed[*]}" >&2
   exit 1
@@ -51,7 +52,7 @@ fi
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
 if [[ -n "$constraints" ]]; then
-  export PIP_CONSTRAINT="$constraints" PIP_BUILD_CONSTRAINT="$constraints"
+  export PIP_CONSTRAINT="$constraints"
 fi
 step "upgrade pip" python -m pip install --quiet --upgrade pip
 if step "pip install .[test]" pip install ".[test]"; then  # README quick start, 2 (part 1)
