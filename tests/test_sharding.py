@@ -118,9 +118,10 @@ def _reduction_ops(hlo: str) -> list[list[str]]:
 def test_row_parallel_reduction_is_a_plain_add_under_explicit_set_mesh():
     # The row-parallel psum is lowered while XLA compiles the caller's program, under the
     # caller's jax.set_mesh. XLA's CPU backend runs an all-reduce only if its reduction
-    # computation is one binary op of its two parameters; on a mesh with explicit axes newer JAX
-    # would wrap that add in Sharding custom calls, and compiling failed ("Unsupported reduction
-    # computation"). Checked in the compiled HLO, and by the values.
+    # computation is one binary op of its two parameters; on a mesh with explicit axes, JAX 0.12
+    # wraps that add in Sharding custom calls unless the psum is lowered without the ambient mesh
+    # (sharding.py), and compiling fails ("Unsupported reduction computation"). Checked in the
+    # compiled HLO, and by the values.
     mesh, x, w, w64, xs, ws, _ = _setup(4, "row", seed=9)
     assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
     with jax.set_mesh(mesh):
