@@ -38,6 +38,7 @@ import importlib
 import jax
 import jax.numpy as jnp
 from jax.experimental.custom_partitioning import custom_partitioning
+from jax.extend.core import Primitive
 from jax.interpreters import mlir
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -113,6 +114,35 @@ def _shardings(mesh, batch, k_axes, n_axes, has_offset):
     return NamedSharding(mesh, P(*batch, n_axes)), tuple(args)
 
 
+# ---- the row-parallel sum ---------------------------------------------------------------------
+#
+# XLA runs the partitioning callback below while compiling the caller's program, so the lowering
+# of its body sees the caller's ambient mesh (``jax.set_mesh``). ``lax.psum`` lowers its
+# all-reduce's reduction region by tracing the scalar add there; on a mesh with explicit axes,
+# newer JAX types that add on the ambient mesh and wraps its operands and result in ``Sharding``
+# custom calls, and XLA's CPU backend then rejects the region ("Unsupported reduction
+# computation": it accepts only a plain binary op of the two parameters). The body is already
+# per-device code (every mesh axis is manual in it), so no sharding annotation belongs there:
+# `_partial_sum_p` lowers to ``lax.psum`` with the ambient mesh cleared, which yields the plain
+# region on every supported JAX.
+
+_partial_sum_p = Primitive("lut_gemm_partial_sum")
+_partial_sum_p.def_abstract_eval(lambda y, *, axes: y)
+
+
+def _partial_sum_lowering(ctx, y, *, axes):
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+        return mlir.lower_fun(lambda y: jax.lax.psum(y, axes), multiple_results=False)(ctx, y)
+
+
+mlir.register_lowering(_partial_sum_p, _partial_sum_lowering)
+
+
+def _partial_sum(y, axes):
+    """``lax.psum(y, axes)`` inside the partitioned body, with a reduction region XLA accepts."""
+    return _partial_sum_p.bind(y, axes=axes if isinstance(axes, tuple) else (axes,))
+
+
 @functools.cache
 def partitioned(kernel, params: tuple[tuple[str, int | str], ...], has_offset: bool):
     """Returns ``f(x, bits, alpha[, offset]) -> y``, partitioned by custom_partitioning.
@@ -149,7 +179,7 @@ def partitioned(kernel, params: tuple[tuple[str, int | str], ...], has_offset: b
             if k_axes is None:
                 return local_call(*args)
             y = local_call(*args, row_parallel=True)
-            return jax.lax.psum(y, k_axes).astype(out_dtype)
+            return _partial_sum(y, k_axes).astype(out_dtype)
 
         return mesh, lower, result_sharding, arg_shardings
 

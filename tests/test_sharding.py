@@ -107,6 +107,32 @@ def test_explicit_mesh_types(placement):
     assert rel_err(grad, np.asarray(jax.grad(loss)(x, w), np.float64)) <= 1e-5
 
 
+def _reduction_ops(hlo: str) -> list[list[str]]:
+    """The instruction opcodes of each all-reduce's reduction computation in ``hlo``."""
+    found = []
+    for name in re.findall(r"= \S+ all-reduce(?:-start)?\(.*?to_apply=(%[\w.\-]+)", hlo):
+        body = re.search(rf"^{re.escape(name)} .*?\{{\n(.*?)^\}}", hlo, re.M | re.S).group(1)
+        found.append(re.findall(r"= \S+ ([\w-]+)\(", body))
+    return found
+
+
+def test_row_parallel_reduction_is_a_plain_add_under_explicit_set_mesh():
+    # The row-parallel psum is lowered while XLA compiles the caller's program, under the
+    # caller's jax.set_mesh. XLA's CPU backend runs an all-reduce only if its reduction
+    # computation is one binary op of its two parameters; on a mesh with explicit axes, JAX 0.12
+    # wraps that add in Sharding custom calls unless the psum is lowered without the ambient mesh
+    # (sharding.py), and compiling fails ("Unsupported reduction computation"). Checked in the
+    # compiled HLO, and by the values.
+    mesh, x, w, w64, xs, ws, _ = _setup(4, "row", seed=9)
+    assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
+    with jax.set_mesh(mesh):
+        f = jax.jit(lj.lut_gemm)
+        hlo = f.lower(xs, ws).compile().as_text()
+        y = f(xs, ws)
+    assert _reduction_ops(hlo) == [["parameter", "parameter", "add"]]
+    assert rel_err(y, reference(x, w64)) <= 1e-5
+
+
 @pytest.mark.parametrize("has_offset", [True, False])
 @pytest.mark.parametrize("placement", list(PLACEMENTS))
 def test_explicit_mesh_scale_gradient(placement, has_offset):
