@@ -8,7 +8,8 @@
 // alive until it lets go, so it never touches freed memory or calls the caller's fn.
 //
 // If fn throws, the first exception is kept in the Job, indices claimed after it are counted as
-// done without running fn, and the caller rethrows it once every claimed index has finished.
+// done without running fn, and the caller takes it out of the Job and rethrows it once every
+// claimed index has finished.
 #include "worker_pool.h"
 
 #include <pthread.h>
@@ -144,8 +145,16 @@ class Pool {
       job_.reset();
     }
     if (job->failed.load(std::memory_order_acquire)) {
-      std::lock_guard<std::mutex> lock(job->error_mu);
-      std::rethrow_exception(job->error);
+      // Moved out, so that the caller alone owns the exception: a late worker may hold the last
+      // reference to the Job, and destroying a Job that still shared the exception object would
+      // release it on that worker while the caller's handler reads it (safe through libsupc++'s
+      // atomic reference count, but invisible to ThreadSanitizer, which reports it as a race).
+      std::exception_ptr error;
+      {
+        std::lock_guard<std::mutex> lock(job->error_mu);
+        error = std::move(job->error);
+      }
+      std::rethrow_exception(error);
     }
   }
 
