@@ -35,7 +35,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lutgemm_jax import checkpoint, dequantize, lut_gemm, quantize
+from lutgemm_jax import checkpoint, dequantize, lut_gemm, models, quantize
 from lutgemm_jax.distributed import add_distributed_args, initialize_from_args
 from lutgemm_jax.models import opt
 from lutgemm_jax.models import tensor_parallel as tp
@@ -207,7 +207,46 @@ def opt_decoder() -> Decoder:
     )
 
 
-DECODERS: dict[str, Callable[[], Decoder]] = {"opt": opt_decoder}
+def llama_decoder() -> Decoder:
+    # GQA (8 query heads, 4 KV heads: one KV head and its two query heads per device) with
+    # heads * head_dim = 128 and an intermediate size of 256: o_proj has 4 groups of 32 along K
+    # and down_proj 8, so row-parallel splits them over 4.
+    config = models.LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=1,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=16,
+        max_position_embeddings=64,
+    )
+    params = models.init_params(config)
+    # Canonical: k/v_proj (N = 64) split 4 ways leaves 16 columns per shard, fewer than the "cpu"
+    # layout's 32-column blocks.
+    qparams = models.quantize_model(
+        params, bits=BITS, group_size=32, method="greedy", layout="canonical"
+    )
+    model = models.from_config(config)
+    column, row = tp.layer_lists(config)
+
+    def generate(params: Any, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = models.generate(
+            model, params, ids, mask, max_new_tokens=NEW_TOKENS, return_logits=True,
+            stop_at_eos=False,
+        )  # fmt: skip
+        return out.tokens, out.logits
+
+    return Decoder(
+        params=jax.tree.map(np.asarray, qparams),
+        generate=generate,
+        shard=lambda params, mesh: tp.shard_params(params, mesh, column=column, row=row),
+        prompts=((1, 5, 6, 7, 8, 9, 10), (1, 40, 41)),
+        pad_token_id=0,
+    )
+
+
+DECODERS: dict[str, Callable[[], Decoder]] = {"opt": opt_decoder, "llama": llama_decoder}
 """Decoder families the generation scenario runs, by name."""
 
 
