@@ -80,7 +80,9 @@ def quantize_calibrated(
         ``fit_offset`` / ``clip_search`` for each group's codebook.
       damp: ``> 0``: ``damp * mean(diag H)`` is added to ``diag H``. This keeps ``H`` invertible
         for any number of rows: with ``T < K`` rows ``H`` is singular and the damping decides
-        the directions no row constrains (they are held to the weights themselves).
+        the directions no row constrains (they are held to the weights themselves). Error
+        feedback fits ``H``'s sampling noise: for a gain on unseen inputs use ``T >> K`` rows
+        (white inputs, K = 256: +7% held-out error at T = 4K, +0.8% at T = 32K).
       act_order: process rows in descending ``diag(H)`` order within each group.
       refit: refit the scales in ``H``'s metric after the signs are chosen.
       column_chunk: output columns per jitted chunk; default keeps a chunk's float32 working set
