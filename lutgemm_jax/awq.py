@@ -102,14 +102,4 @@ def quantize_awq(
 
 def _data_free(W, config: BCQConfig) -> BCQWeight:
     """`lutgemm_jax.quantize` with the fields of ``config``."""
-    w = quantize(
-        jnp.asarray(W, jnp.float32),
-        config.bits,
-        config.group_size,
-        config.method,
-        rounds=config.rounds,
-        fit_offset=config.fit_offset,
-        clip_search=config.clip_search,
-        alpha_dtype=config.alpha_dtype,
-    )
-    return w.to_layout(config.resolve_layout())
+    return quantize(jnp.asarray(W, jnp.float32), config=config)

@@ -97,7 +97,8 @@ def quantize_calibrated(
       TypeError / ValueError naming the argument: non-2-D or non-finite ``W``; a
       ``calibration`` with another ``K``, NaN/Inf, or no nonzero rows; ``damp <= 0``.
     """
-    config = BCQConfig.make(config)
+    config = BCQConfig.make(config, where="quantize_calibrated")
+    alpha_dtype = config.resolve_alpha_dtype(getattr(W, "dtype", np.float32))
     W = _check_weight(W, "quantize_calibrated")
     k, n = W.shape
     calib = as_calibration(calibration, k, "quantize_calibrated")
@@ -136,8 +137,8 @@ def quantize_calibrated(
     bits, alpha, offset = (jnp.concatenate(x, axis=-1) for x in zip(*parts, strict=True))
     w = BCQWeight(
         bits=bits,
-        alpha=_saturate(alpha, config.alpha_dtype),
-        offset=_saturate(offset, config.alpha_dtype) if config.has_offset else None,
+        alpha=_saturate(alpha, alpha_dtype),
+        offset=_saturate(offset, alpha_dtype) if config.has_offset else None,
         in_features=k,
         out_features=n,
         num_bits=config.bits,

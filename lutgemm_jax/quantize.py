@@ -76,6 +76,7 @@ def quantize(
     method: str = UNSET,
     *,
     config: BCQConfig | None = None,
+    calibration: Any = None,
     column_chunk: int | None = None,
     **fields: Any,
 ) -> BCQWeight:
@@ -89,6 +90,11 @@ def quantize(
         ``layout``.
       config: the `BCQConfig` (default ``BCQConfig()``); its ``"auto"`` layout is resolved
         here, ``"canonical"`` for a ``W`` placed on several devices.
+      calibration: ``None`` (data-free: minimise the weight error) or the layer's inputs: an
+        array ``X: [T, K]`` or a `lutgemm_jax.calibration.Calibration` (accumulated ``H = X^T X``).
+        Then the output error ``||X (W - W_hat)||`` is minimised instead, by
+        `lutgemm_jax.calibrate.quantize_calibrated` with its defaults (call it directly for
+        damping and act-order).
       column_chunk: output columns per chunk; default keeps a chunk near `CHUNK_ELEMENTS`
         weights (peak memory a few hundred MB).
 
@@ -103,6 +109,10 @@ def quantize(
     config = BCQConfig.make(
         config, where="quantize", bits=bits, group_size=group_size, method=method, **fields
     )
+    if calibration is not None:
+        from lutgemm_jax.calibrate import quantize_calibrated  # it builds on this module
+
+        return quantize_calibrated(W, calibration, config, column_chunk=column_chunk)
     layout = config.resolve_layout(partitioned=_num_devices(W) > 1)
     W, g, chunk = _validate(W, config, column_chunk)
     dtype = jnp.dtype(W.dtype)

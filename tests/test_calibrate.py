@@ -6,16 +6,17 @@ with the float64 output error ``||X (W - W_hat)|| / ||X W||`` computed here in n
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from bcq_testing import dense_float64, reference, rel_err
 
 import lutgemm_jax as lj
 from lutgemm_jax.awq import awq_scales, quantize_awq
 from lutgemm_jax.calibrate import quantize_calibrated
 from lutgemm_jax.calibration import Calibration, accumulate_hessian, output_error
 from lutgemm_jax.config import BCQConfig
+from lutgemm_jax.testing import reference, rel_err, weight_float64
 
 
 def correlated_inputs(rng, t, k, spread=2.0):
@@ -33,16 +34,6 @@ def rel_output_error(x, w, w_hat):
     return float(np.linalg.norm(x @ diff) / np.linalg.norm(x @ w64))
 
 
-def numpy_dense(w: lj.BCQWeight) -> np.ndarray:
-    """float64 ``W_hat`` from the format formula, unpacking the canonical bits in numpy."""
-    w = w.to_layout("canonical")
-    bits = np.asarray(w.bits)  # [Kp/32, q, N]
-    kp = bits.shape[0] * 32
-    rows = np.arange(kp)
-    signs = ((bits[rows // 32] >> (rows % 32)[:, None, None].astype(np.uint32)) & 1) == 1
-    return dense_float64(signs, w.alpha, w.offset, w.group_size)[: w.in_features]
-
-
 @pytest.fixture(scope="module")
 def problem():
     rng = np.random.default_rng(0)
@@ -50,6 +41,20 @@ def problem():
     x = correlated_inputs(rng, 2048, k)
     w = rng.normal(size=(k, n))
     return x[:1024], x[1024:], w
+
+
+def test_quantize_with_calibration_is_quantize_calibrated(problem):
+    """`lutgemm_jax.quantize(..., calibration=X)` runs the calibrated quantizer on the same
+    config: bitwise the same weight as `quantize_calibrated`, and a lower output error than
+    `quantize` without calibration."""
+    x_cal, x_eval, w = problem
+    got = lj.quantize(jnp.asarray(w, jnp.float32), 3, 128, calibration=x_cal, layout="canonical")
+    want = quantize_calibrated(w, x_cal, BCQConfig(bits=3, layout="canonical"))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    data_free = lj.quantize(jnp.asarray(w, jnp.float32), 3, 128)
+    e0 = rel_output_error(x_eval, w, weight_float64(data_free))
+    assert rel_output_error(x_eval, w, weight_float64(got)) < e0
 
 
 @pytest.mark.parametrize("method", ["alternating", "rtn"])
@@ -60,8 +65,8 @@ def test_beats_data_free_on_correlated_inputs(problem, method):
     config = BCQConfig(bits=3, group_size=128, method=method)
     data_free = lj.quantize(jnp.asarray(w, jnp.float32), 3, 128, method)
     calibrated = quantize_calibrated(w, x_cal, config, act_order=True)
-    e0 = rel_output_error(x_eval, w, numpy_dense(data_free))
-    e1 = rel_output_error(x_eval, w, numpy_dense(calibrated))
+    e0 = rel_output_error(x_eval, w, weight_float64(data_free))
+    e1 = rel_output_error(x_eval, w, weight_float64(calibrated))
     assert e1 < 0.7 * e0, (e0, e1)
 
 
@@ -70,9 +75,9 @@ def test_refit_and_act_order_each_help(problem):
     the refit (kept only where better in H's metric) <= without it."""
     x_cal, _, w = problem
     config = BCQConfig(bits=2, group_size=128)
-    data_free = numpy_dense(lj.quantize(jnp.asarray(w, jnp.float32), 2, 128))
-    plain = numpy_dense(quantize_calibrated(w, x_cal, config, refit=False))
-    refit = numpy_dense(quantize_calibrated(w, x_cal, config))
+    data_free = weight_float64(lj.quantize(jnp.asarray(w, jnp.float32), 2, 128))
+    plain = weight_float64(quantize_calibrated(w, x_cal, config, refit=False))
+    refit = weight_float64(quantize_calibrated(w, x_cal, config))
     e = [rel_output_error(x_cal, w, v) for v in (data_free, plain, refit)]
     assert e[1] < e[0] and e[2] <= e[1] * (1 + 1e-4), e
 
@@ -88,8 +93,8 @@ def test_not_worse_on_isotropic_inputs():
     w = rng.normal(size=(k, n))
     for method in ("alternating", "rtn"):
         config = BCQConfig(bits=3, group_size=128, method=method)
-        data_free = numpy_dense(lj.quantize(jnp.asarray(w, jnp.float32), 3, 128, method))
-        calibrated = numpy_dense(quantize_calibrated(w, x[:t], config))
+        data_free = weight_float64(lj.quantize(jnp.asarray(w, jnp.float32), 3, 128, method))
+        calibrated = weight_float64(quantize_calibrated(w, x[:t], config))
         cal = [rel_output_error(x[:t], w, v) for v in (data_free, calibrated)]
         held_out = [rel_output_error(x[t:], w, v) for v in (data_free, calibrated)]
         assert cal[1] <= cal[0], (method, cal)
@@ -123,12 +128,12 @@ def test_valid_weight_matches_format_and_lut_gemm(q, group_size):
     qw = quantize_calibrated(w, x, config, act_order=q % 2 == 0)
     assert qw.shape == (k, n) and qw.num_bits == q
     assert qw.has_offset == config.has_offset
-    dense = numpy_dense(qw)
+    dense = weight_float64(qw)
     assert np.isfinite(dense).all()
     np.testing.assert_allclose(np.asarray(lj.dequantize(qw), np.float64), dense, rtol=0, atol=1e-5)
     xs = jnp.asarray(x[:5], jnp.float32)
     assert rel_err(lj.lut_gemm(xs, qw), reference(xs, dense)) < 1e-5
-    data_free = numpy_dense(lj.quantize(jnp.asarray(w, jnp.float32), q, group_size, method,
+    data_free = weight_float64(lj.quantize(jnp.asarray(w, jnp.float32), q, group_size, method,
                                         fit_offset=q == 3))  # fmt: skip
     assert rel_output_error(x, w, dense) < rel_output_error(x, w, data_free)
 
@@ -141,7 +146,7 @@ def test_deterministic_and_chunk_independent(problem):
     for u, v in zip((a.bits, a.alpha), (b.bits, b.alpha), strict=True):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
     c = quantize_calibrated(w, x_cal, config, column_chunk=20)
-    ea, ec = (rel_output_error(x_cal, w, numpy_dense(v)) for v in (a, c))
+    ea, ec = (rel_output_error(x_cal, w, weight_float64(v)) for v in (a, c))
     assert abs(ea - ec) <= 1e-3 * ea
 
 
@@ -151,7 +156,7 @@ def test_hessian_input_equals_row_input(problem):
     a = quantize_calibrated(w, x_cal, config)
     h = Calibration.from_hessian(x_cal.T @ x_cal, count=len(x_cal))
     b = quantize_calibrated(w, h, config)
-    ea, eb = (rel_output_error(x_cal, w, numpy_dense(v)) for v in (a, b))
+    ea, eb = (rel_output_error(x_cal, w, weight_float64(v)) for v in (a, b))
     assert abs(ea - eb) <= 1e-3 * ea
 
 
@@ -201,9 +206,9 @@ def test_singular_hessian_is_damped_never_nan(rows):
         x = rng.normal(size=(200, k)) * (np.arange(k) % 3 != 0)
     w = rng.normal(size=(k, n))
     qw = quantize_calibrated(w, x, BCQConfig(bits=2, group_size=32))
-    dense = numpy_dense(qw)
+    dense = weight_float64(qw)
     assert np.isfinite(dense).all()
-    data_free = numpy_dense(lj.quantize(jnp.asarray(w, jnp.float32), 2, 32))
+    data_free = weight_float64(lj.quantize(jnp.asarray(w, jnp.float32), 2, 32))
     assert rel_output_error(x, w, dense) <= rel_output_error(x, w, data_free) + 1e-6
 
 
@@ -227,8 +232,8 @@ def test_awq_scales_help_outlier_channels_and_fold():
     config = BCQConfig(bits=3, group_size=128)
     qw, s = quantize_awq(w, x[:1024], config)
     assert s.shape == (k,) and np.all(s > 0) and np.isfinite(s).all()
-    w_hat = numpy_dense(qw) / s[:, None]
-    data_free = numpy_dense(lj.quantize(jnp.asarray(w, jnp.float32), 3, 128))
+    w_hat = weight_float64(qw) / s[:, None]
+    data_free = weight_float64(lj.quantize(jnp.asarray(w, jnp.float32), 3, 128))
     assert rel_output_error(x[:1024], w, w_hat) <= rel_output_error(x[:1024], w, data_free)
     assert rel_output_error(x[1024:], w, w_hat) < 0.9 * rel_output_error(x[1024:], w, data_free)
     xs = jnp.asarray(x[:4], jnp.float32)
