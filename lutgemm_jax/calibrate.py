@@ -50,7 +50,7 @@ from jax import lax
 from lutgemm_jax.calibration import Calibration, as_calibration
 from lutgemm_jax.config import BCQConfig
 from lutgemm_jax.format import BCQWeight, pack_signs, padded_in_features, resolve_group_size
-from lutgemm_jax.quantize import _alternate, _greedy, _rtn, _saturate, _times_pow2
+from lutgemm_jax.quantize import _alternate, _greedy, _rtn, _times_pow2, assemble
 
 CHUNK_FLOATS = 1 << 26
 """Float32 working-set budget per column chunk (256 MB)."""
@@ -134,18 +134,7 @@ def quantize_calibrated(
             alpha, offset = _refit(cols, hd32, code, alpha, offset, valid_j, **statics)
         bits = _pack(code, valid_j, config.bits)
         parts.append([x[..., : min(chunk, n - start)] for x in (bits, alpha, offset)])
-    bits, alpha, offset = (jnp.concatenate(x, axis=-1) for x in zip(*parts, strict=True))
-    w = BCQWeight(
-        bits=bits,
-        alpha=_saturate(alpha, alpha_dtype),
-        offset=_saturate(offset, alpha_dtype) if config.has_offset else None,
-        in_features=k,
-        out_features=n,
-        num_bits=config.bits,
-        group_size=g,
-    )
-    w.validate()
-    return w.to_layout(config.resolve_layout())
+    return assemble(parts, k, g, config, alpha_dtype, config.resolve_layout())
 
 
 # ---- problem set-up (float64, numpy) ----------------------------------------------------------

@@ -125,14 +125,22 @@ def quantize(
         ]
         for start in range(0, n, chunk)
     ]
-    bits_, alpha, offset = (jnp.concatenate(p, axis=-1) for p in zip(*parts, strict=True))
-    alpha_dtype = config.resolve_alpha_dtype(dtype)
+    return assemble(parts, k, g, config, config.resolve_alpha_dtype(dtype), layout)
+
+
+def assemble(
+    parts: list, k: int, g: int, config: BCQConfig, alpha_dtype: Any, layout: str
+) -> BCQWeight:
+    """The `BCQWeight` of column chunks ``parts``: one ``(bits [Kp/32, q, n_i], alpha
+    [G, q, n_i], offset [G, n_i])`` per chunk, in column order, scales saturated to
+    ``alpha_dtype``, validated and in ``layout``."""
+    bits, alpha, offset = (jnp.concatenate(p, axis=-1) for p in zip(*parts, strict=True))
     w = BCQWeight(
-        bits=bits_,
+        bits=bits,
         alpha=_saturate(alpha, alpha_dtype),
         offset=_saturate(offset, alpha_dtype) if config.has_offset else None,
         in_features=k,
-        out_features=n,
+        out_features=bits.shape[-1],
         num_bits=config.bits,
         group_size=g,
     )

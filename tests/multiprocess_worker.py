@@ -177,6 +177,19 @@ class Decoder:
     pad_token_id: int
 
 
+def _greedy_generation(model: Any) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """``generate(params, ids, mask) -> (tokens, logits)``: `NEW_TOKENS` greedy tokens."""
+
+    def generate(params: Any, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = models.generate(
+            model, params, ids, mask, max_new_tokens=NEW_TOKENS, return_logits=True,
+            stop_at_eos=False,
+        )  # fmt: skip
+        return out.tokens, out.logits
+
+    return generate
+
+
 def opt_decoder() -> Decoder:
     # g = 32: out_proj has 4 groups along K and fc2 8, so row-parallel splits them over 4.
     config = opt.OPTConfig(
@@ -189,18 +202,9 @@ def opt_decoder() -> Decoder:
     )
     params = opt.init_params(config, 2, logit_std=2.0)  # seed 2: tokens that change
     qparams = opt.quantize_model(params, bits=BITS, group_size=32, method="greedy")
-    model = opt.OPT(config)
-
-    def generate(params: Any, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-        out = opt.generate(
-            model, params, ids, mask, max_new_tokens=NEW_TOKENS, return_logits=True,
-            stop_at_eos=False,
-        )  # fmt: skip
-        return out.tokens, out.logits
-
     return Decoder(
         params=jax.tree.map(np.asarray, qparams),
-        generate=generate,
+        generate=_greedy_generation(opt.OPT(config)),
         shard=tp.shard_params,
         prompts=((2, 5, 6, 7, 8, 9, 10), (2, 40, 41)),
         pad_token_id=config.pad_token_id,
@@ -227,19 +231,10 @@ def llama_decoder() -> Decoder:
     qparams = models.quantize_model(
         params, bits=BITS, group_size=32, method="greedy", layout="canonical"
     )
-    model = models.from_config(config)
     column, row = tp.layer_lists(config)
-
-    def generate(params: Any, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-        out = models.generate(
-            model, params, ids, mask, max_new_tokens=NEW_TOKENS, return_logits=True,
-            stop_at_eos=False,
-        )  # fmt: skip
-        return out.tokens, out.logits
-
     return Decoder(
         params=jax.tree.map(np.asarray, qparams),
-        generate=generate,
+        generate=_greedy_generation(models.from_config(config)),
         shard=lambda params, mesh: tp.shard_params(params, mesh, column=column, row=row),
         prompts=((1, 5, 6, 7, 8, 9, 10), (1, 40, 41)),
         pad_token_id=0,
