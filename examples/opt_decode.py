@@ -54,10 +54,11 @@ DEFAULT_PROMPT = "Lookup tables replace"
 DEMO_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_model")
 """The shipped model (``scripts/train_demo_model.py``), used when neither --model nor --random
 is given."""
+# Prompts end mid-line: the byte-level BPE merges a newline with the next line's indentation, so
+# a prompt ending in a bare newline is a token sequence the model rarely saw in training.
 DEMO_PROMPTS = (
-    "def fibonacci(n):\n",
-    "import os\n\n\ndef list_python_files(path):\n",
-    "class Stack:\n    def __init__(self):\n",
+    "class Stack:\n    def push(self, item):\n        self",
+    "    if not isinstance(",
     "    for key, value in sorted(",
 )
 DEMO_NEW_TOKENS = 40

@@ -164,8 +164,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--max-windows",
         type=int,
-        default=64,
-        help="only the first N held-out windows of the model's context (default 64; 0: all)",
+        default=32,
+        help="only the first N held-out windows of the model's context (default 32; 0: all)",
     )
     p.add_argument("--bits", default="2,3,4", help="comma-separated bit-plane counts")
     p.add_argument("--group-sizes", default="32,128,-1", help="comma-separated; -1: per column")

@@ -423,6 +423,9 @@ def export(
     config = cfg.model_config()
     os.makedirs(out, exist_ok=True)
     opt.save_hf_checkpoint(out, params, config, dtype=np.dtype(dtype))
+    with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+        hf_config = json.load(f)
+    _write_json(os.path.join(out, "config.json"), {**hf_config, "torch_dtype": dtype})
     shutil.copy(os.path.join(workdir, "tokenizer.json"), os.path.join(out, "tokenizer.json"))
     plot_losses(log, os.path.join(out, "loss_curve.png"))
     loaded_config, shipped = opt.load_hf_checkpoint(out)
@@ -464,7 +467,11 @@ def export(
 
 def model_card(cfg: TrainConfig, s: dict, meta: dict) -> str:
     c = cfg.model_config()
-    stopped = f"; stopped at step {s['steps']} (`--stop-at`)" if s["steps"] < cfg.steps else ""
+    early = s["steps"] < cfg.steps
+    stopped = f"; stopped at step {s['steps']} (`--stop-at`)" if early else ""
+    command = "PYTHONPATH=$PWD nice -n 19 python scripts/train_demo_model.py"
+    if early:
+        command += f" --stop-at {s['steps']}"
     return f"""# lutgemm_jax demo model
 
 A small causal language model with the OPT architecture (`model_type: opt`, pre-layer-norm,
@@ -501,7 +508,7 @@ Held-out files: {", ".join(f"`{p}`" for p in meta["held_out_files"])}.
 
 Reproduce (resumable; the work directory defaults to `build/demo_model_train`):
 
-    PYTHONPATH=$PWD nice -n 19 python scripts/train_demo_model.py
+    {command}
 
 Another Python version has a slightly different standard library, so its corpus, tokenizer
 and weights differ slightly; the held-out rule picks the same files wherever they exist.
