@@ -1,19 +1,27 @@
 """OPT text generation with LUT-GEMM: float32 vs 1-8 bit BCQ weights, side by side.
 
-Default (no --model): an OPT-125M-shaped model with deterministic RANDOM weights (OPT's
-0.02-std init), quantized to 3 bits, group size 128, with the alternating BCQ quantizer (the
-paper's method; 15-20 s of a 30-40 s run on 2 cores), then both models generate from the same
-prompt and the script prints per-token latency, tokens/s, top-1 agreement (teacher-forced) and
-the max and rms logit difference. On random weights the agreement is low at 3 bits (about 35-50%,
-docs/opt.md has the sweep): their near-Gaussian logits leave the top-1 a lead of ~1 that 3-bit
-noise often overturns. It gauges the quantizer, not model quality; use --model for that::
+Default (no arguments): the small OPT-architecture model shipped in ``examples/demo_model/``
+(trained on Python standard-library source by ``scripts/train_demo_model.py``, see its
+README.md) is quantized to 3 bits, group size 128, with the alternating BCQ quantizer (the
+paper's method); both models complete a few Python-code prompts, the decoded text is shown side
+by side, then the perplexity of both on a bounded slice of the held-out standard-library files,
+ms/token, tokens/s and the greedy (top-1) agreement. ``--json`` prints that summary as one
+JSON object on stdout (the human-readable lines go to stderr)::
 
     python examples/opt_decode.py
+    python examples/opt_decode.py --json
+    python examples/opt_decode.py --prompt "def parse_args(argv):" --max-new-tokens 64
+    python examples/opt_decode.py --random                     # OPT-125M shape, random weights
     python examples/opt_decode.py --model ~/models/opt-1.3b --prompt "The capital of France is"
     python examples/opt_decode.py --benchmark --preset 1.3b --method rtn
     python examples/opt_decode.py --model ~/models/opt-125m --eval-ppl wiki.test.raw
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \
         python examples/opt_decode.py --mesh dp=2,tp=4 --group-size 64 --prompt a --prompt b
+
+``--random`` (implied by ``--preset`` / ``--config``) builds a model of any OPT shape with
+deterministic RANDOM weights (OPT's 0.02-std init): no text, only latency and float-vs-quantized
+agreement (low at 3 bits, about 35-50%: near-Gaussian logits leave the top-1 a lead of ~1 that
+3-bit noise often overturns; docs/opt.md has the sweep).
 
 --mesh runs Megatron-style tensor parallelism (column-parallel q/k/v/fc1, row-parallel
 out_proj/fc2) over a ``tp`` mesh axis and splits the prompts over a ``dp`` axis.
@@ -22,7 +30,7 @@ out_proj/fc2) over a ``tp`` mesh axis and splits the prompts over a ``dp`` axis.
 layout) or ``canonical`` (GPU, portable); ``auto``, the default, is cpu on a CPU backend.
 
 A --model directory is a local Hugging Face OPT checkpoint (config.json, *.safetensors, and
-tokenizer.json for text); nothing is ever downloaded. See docs/opt.md.
+tokenizer.json for text); nothing is ever downloaded. See docs/opt.md and docs/demo_model.md.
 """
 
 from __future__ import annotations
@@ -32,16 +40,32 @@ import contextlib
 import json
 import os
 import sys
+import sysconfig
 import time
 
 import jax
 import numpy as np
 
-from lutgemm_jax import LAYOUTS, to_layout
+from lutgemm_jax import LAYOUTS, BCQConfig, to_layout
+from lutgemm_jax.distributed import add_distributed_args, initialize_from_args
 from lutgemm_jax.models import opt
 from lutgemm_jax.models import tensor_parallel as tp
 
 DEFAULT_PROMPT = "Lookup tables replace"
+DEMO_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_model")
+"""The shipped model (``scripts/train_demo_model.py``), used when neither --model nor --random
+is given."""
+# Prompts end mid-line: the byte-level BPE merges a newline with the next line's indentation, so
+# a prompt ending in a bare newline is a token sequence the model rarely saw in training.
+DEMO_PROMPTS = (
+    "class Stack:\n    def push(self, item):\n        self",
+    "    if not isinstance(",
+    "    for key, value in sorted(",
+)
+DEMO_NEW_TOKENS = 40
+RANDOM_NEW_TOKENS = 16
+HELD_OUT_WINDOWS = 8
+"""Held-out perplexity of the default demo: the first 8 windows of the held-out stream."""
 DEFAULT_METHOD = "alternating"
 # --benchmark on random weights measures latency only, which does not depend on the quantizer:
 # it uses the fast one (at 1.3B alternating would add many minutes).
@@ -60,15 +84,24 @@ TINY = opt.OPTConfig(
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     src = p.add_argument_group("model")
-    src.add_argument("--model", help="local Hugging Face OPT checkpoint directory")
+    src.add_argument(
+        "--model",
+        help="local Hugging Face OPT checkpoint directory (default: the shipped demo model, "
+        "examples/demo_model)",
+    )
+    src.add_argument(
+        "--random",
+        action="store_true",
+        help="random weights of an OPT shape instead of a checkpoint (see --preset, --config)",
+    )
     src.add_argument(
         "--preset",
-        default="125m",
-        help="shape of the random-weight model when no --model is given "
+        help="shape of the random-weight model, implies --random "
         f"({', '.join(opt.PRESETS)}, or tiny: a 2-layer toy; default 125m)",
     )
     src.add_argument(
-        "--config", help="config.json giving the random model's shape (overrides --preset)"
+        "--config",
+        help="config.json giving the random model's shape (overrides --preset), implies --random",
     )
     src.add_argument("--seed", type=int, default=0, help="seed of random weights and sampling")
 
@@ -105,7 +138,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     g = p.add_argument_group("generation")
     g.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
-    g.add_argument("--max-new-tokens", type=int, default=16)
+    g.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help=f"default {DEMO_NEW_TOKENS} with a tokenizer, {RANDOM_NEW_TOKENS} without",
+    )
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
@@ -135,15 +172,29 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--eval-ppl", metavar="FILE", help="perplexity on a local text file (instead of the demo)"
     )
     m.add_argument("--ppl-seq-len", type=int, default=512)
-    m.add_argument("--ppl-max-windows", type=int, help="only the first N windows")
-    return p.parse_args(argv)
+    m.add_argument(
+        "--ppl-max-windows",
+        type=int,
+        help=f"only the first N windows (the demo's held-out perplexity: {HELD_OUT_WINDOWS})",
+    )
+    m.add_argument(
+        "--json",
+        action="store_true",
+        help="print the demo's summary as one JSON object on stdout (the log goes to stderr)",
+    )
+    add_distributed_args(p)  # several processes (hosts): README, "Several processes"
+    args = p.parse_args(argv)
+    args.random = args.random or args.preset is not None or args.config is not None
+    if args.random and args.model:
+        p.error("--model and --random (or --preset / --config) exclude each other")
+    if args.json and (args.benchmark or args.eval_ppl):
+        p.error("--json summarizes the demo; it does not apply to --benchmark or --eval-ppl")
+    return args
 
 
 def resolve_layout(args) -> str:
     """The layout of the quantized params: ``--layout``, with ``auto`` resolved."""
-    if args.layout != "auto":
-        return args.layout
-    return "cpu" if jax.default_backend() == "cpu" else "canonical"
+    return BCQConfig(layout=args.layout).resolve_layout()
 
 
 def log(*args) -> None:
@@ -153,17 +204,32 @@ def log(*args) -> None:
 # ---- model loading and quantization ----------------------------------------------------------
 
 
+def model_dir(args) -> str | None:
+    """The checkpoint directory in use: --model, else the shipped demo model (None: random)."""
+    if args.random:
+        return None
+    if args.model:
+        return args.model
+    if not os.path.isdir(DEMO_MODEL):
+        sys.exit(
+            f"error: the demo model is not at {DEMO_MODEL}; train it with "
+            "scripts/train_demo_model.py, pass --model DIR, or use --random"
+        )
+    return DEMO_MODEL
+
+
 def load_float_model(args):
     """(config, float params, tokenizer, is_random)."""
-    if args.model:
+    path = model_dir(args)
+    if path is not None:
         t0 = time.perf_counter()
         try:
-            config, params = opt.load_hf_checkpoint(args.model)
+            config, params = opt.load_hf_checkpoint(path)
         except opt.HFCheckpointError as e:
             sys.exit(f"error: {e}")
-        tokenizer = opt.load_tokenizer(args.model, config)
+        tokenizer = opt.load_tokenizer(path, config)
         log(
-            f"loaded {args.model}: {config.num_params() / 1e6:.0f}M params "
+            f"loaded {path}: {config.num_params() / 1e6:.1f}M params "
             f"({time.perf_counter() - t0:.1f} s)"
         )
         if tokenizer is None:
@@ -176,11 +242,11 @@ def load_float_model(args):
     elif args.preset == "tiny":
         config = TINY
     else:
-        config = opt.OPTConfig.preset(args.preset)
+        config = opt.OPTConfig.preset(args.preset or "125m")
     t0 = time.perf_counter()
     params = opt.init_params(config, args.seed)
     jax.block_until_ready(params)
-    shape = os.path.basename(args.config) if args.config else f"OPT-{args.preset}"
+    shape = os.path.basename(args.config) if args.config else f"OPT-{args.preset or '125m'}"
     log(
         f"RANDOM WEIGHTS (seed {args.seed}): {shape}-shaped model, "
         f"{config.num_params() / 1e6:.0f}M params, no checkpoint "
@@ -265,7 +331,9 @@ def bcq_weights(params) -> list:
 
 
 def encode_prompts(args, config, tokenizer):
-    prompts = args.prompt or [DEFAULT_PROMPT]
+    prompts = args.prompt or (
+        list(DEMO_PROMPTS) if model_dir(args) == DEMO_MODEL else [DEFAULT_PROMPT]
+    )
     enc = tokenizer or opt.ByteTokenizer(config)
     ids, mask = opt.pad_batch([enc.encode(p) for p in prompts], config.pad_token_id)
     return prompts, ids, mask
@@ -275,6 +343,36 @@ def show(tokenizer, tokens) -> str:
     if tokenizer is None:
         return " ".join(str(int(t)) for t in tokens)
     return repr(tokenizer.decode(tokens))
+
+
+def until_eos(tokens, eos: int) -> list[int]:
+    """The generated tokens up to (without) the first ``eos`` (generation pads after it)."""
+    out = []
+    for t in np.asarray(tokens).tolist():
+        if t == eos:
+            break
+        out.append(t)
+    return out
+
+
+def side_by_side(columns: list[tuple[str, str]], width: int = 56, height: int = 16) -> list[str]:
+    """``(title, text)`` columns as lines of fixed-width cells: tabs expanded, trailing blank
+    lines dropped, long lines cut at ``width`` and long texts at ``height`` lines (``~``)."""
+
+    def lines(text: str) -> list[str]:
+        rows = text.expandtabs(4).rstrip().splitlines()
+        return rows if len(rows) <= height else [*rows[: height - 1], "~"]
+
+    cells = [[title, "-" * width, *lines(text)] for title, text in columns]
+    height = max(len(c) for c in cells)
+
+    def fit(line: str) -> str:
+        return line if len(line) <= width else line[: width - 1] + "~"
+
+    return [
+        "  " + " | ".join(f"{fit(c[i]) if i < len(c) else '':<{width}}" for c in cells).rstrip()
+        for i in range(height)
+    ]
 
 
 def timed_generate(model, params, ids, mask, args, **kw):
@@ -319,7 +417,11 @@ def compare_logits(float_logits, quant_logits, live) -> dict[str, float]:
     }
 
 
-def demo(args, config, params, qparams, tokenizer, mesh=None, is_random=False) -> opt.Generation:
+def demo(
+    args, config, params, qparams, tokenizer, mesh=None, is_random=False
+) -> tuple[opt.Generation, dict]:
+    """Generates with both models and prints the comparison; returns the LUT-GEMM generation
+    and the summary (texts, ms/token, tokens/s, teacher-forced greedy agreement)."""
     model = opt.OPT(config)
     prompts, ids, mask = encode_prompts(args, config, tokenizer)
     if mesh is not None:
@@ -338,14 +440,18 @@ def demo(args, config, params, qparams, tokenizer, mesh=None, is_random=False) -
         rows.append(("float32 (XLA dot)", gf, cf, tf))
     gq, cq, tq = timed_generate(model, qparams, ids, mask, args)
     rows.append(("LUT-GEMM", gq, cq, tq))
-    for i, prompt in enumerate(prompts):
-        log(f"\n[{i}] {prompt!r}")
-        for name, g, _, _ in rows:
-            log(f"  {name:18s}: {show(tokenizer, np.asarray(g.tokens[i]))}")
+    texts = show_generations(args, config, prompts, rows, tokenizer)
     log(f"\n{'model':18s} {'compile+1st s':>13s} {'ms/token':>9s} {'tokens/s':>9s}")
     for name, _, c, t in rows:
         log(f"{name:18s} {c:13.1f} {1e3 * t / n:9.1f} {b * n / t:9.1f}")
     log(f"(one call = prefill of the prompt + {n} tokens, after compilation; batch {b})")
+    summary = {"prompts": prompts, **texts, "new_tokens": n, "batch": b}
+    seconds = {"quant" if name == "LUT-GEMM" else "float": t for name, _, _, t in rows}
+    for key in ("float", "quant"):
+        t = seconds.get(key)
+        summary[f"ms_per_token_{key}"] = None if t is None else 1e3 * t / n
+        summary[f"tokens_per_s_{key}"] = None if t is None else b * n / t
+    summary["greedy_agreement"] = None
     if args.compare:
         gf = rows[0][1]
         forced, _, _ = timed_generate(model, qparams, ids, mask, args, forced_tokens=gf.tokens)
@@ -362,13 +468,94 @@ def demo(args, config, params, qparams, tokenizer, mesh=None, is_random=False) -
             f"median {stats['margin']:.2f})"
         )
         log(f"identical free-running generations: {same:.0%} of {b} prompt(s)")
+        summary.update(
+            greedy_agreement=stats["agreement"],
+            greedy_agreement_tokens=int(live.sum()),
+            identical_generations=float(same),
+            max_logit_diff=stats["max_diff"],
+        )
         if is_random:
             log(
                 f"  random weights: near-Gaussian logits over {config.vocab_size} tokens leave "
                 "the top-1 a small lead that logit noise of this rms often overturns, so agreement "
                 "gauges the quantizer's error, not model quality (for that: --model, --eval-ppl)"
             )
-    return gq
+    return gq, summary
+
+
+def show_generations(args, config, prompts, rows, tokenizer) -> dict:
+    """Prints each prompt's generations (text side by side with a tokenizer, else token ids);
+    returns the decoded texts (``None`` without a tokenizer)."""
+    titles = [f"LUT-GEMM {args.bits}-bit" if name == "LUT-GEMM" else name for name, *_ in rows]
+    texts = {f"text_{k}": [] for k in ("float", "quant")}
+    for i, prompt in enumerate(prompts):
+        log(f"\n[{i}] {prompt!r}")
+        if tokenizer is None:
+            for name, g, _, _ in rows:
+                log(f"  {name:18s}: {show(tokenizer, np.asarray(g.tokens[i]))}")
+            continue
+        decoded = [
+            prompt + tokenizer.decode(until_eos(g.tokens[i], config.eos_token_id))
+            for _, g, _, _ in rows
+        ]
+        for line in side_by_side(list(zip(titles, decoded, strict=True))):
+            log(line)
+        if args.compare:
+            texts["text_float"].append(decoded[0])
+        texts["text_quant"].append(decoded[-1])
+    if tokenizer is None:
+        return {"text_float": None, "text_quant": None}
+    return texts
+
+
+def held_out_ids(path: str | None, tokenizer, max_tokens: int) -> list[int] | None:
+    """The start (``max_tokens``) of the held-out stream of a model trained by
+    ``scripts/train_demo_model.py``: the files its ``training_summary.json`` lists, read from this
+    interpreter's standard library (files this Python lacks are skipped), each encoded as
+    ``[bos, *tokens]`` as in training. ``None`` for other models."""
+    summary = os.path.join(path or "", "training_summary.json")
+    if tokenizer is None or not os.path.exists(summary):
+        return None
+    with open(summary, encoding="utf-8") as f:
+        names = json.load(f)["corpus"]["held_out_files"]
+    root = sysconfig.get_paths()["stdlib"]
+    ids: list[int] = []
+    for name in names:
+        source = os.path.join(root, *name.split("/"))
+        if len(ids) >= max_tokens:
+            break
+        if os.path.exists(source):
+            with open(source, encoding="utf-8") as f:
+                ids += tokenizer.encode(f.read())
+    return ids[:max_tokens] or None
+
+
+def held_out_quality(args, config, params, qparams, ids: list[int]) -> dict:
+    """Perplexity of both models over ``ids`` in windows of the model's context, and the
+    teacher-forced top-1 agreement of LUT-GEMM with float32 there."""
+    model = opt.OPT(config)
+    seq_len = min(args.ppl_seq_len, config.max_position_embeddings)
+    out = {}
+    for key, p in (("float", params), ("quant", qparams)):
+        out[f"ppl_{key}"], out["ppl_tokens"] = opt.perplexity(model, p, ids, seq_len=seq_len)
+    windows = len(ids) // seq_len
+    if windows:
+        batch = np.asarray(ids[: windows * seq_len], np.int32).reshape(windows, seq_len)
+        out["held_out_agreement"], _ = opt.teacher_forced_agreement(
+            model, params, qparams, batch, np.ones_like(batch), start=1
+        )
+    log(
+        f"\nheld-out perplexity ({out['ppl_tokens']} tokens of the held-out standard-library "
+        f"files, windows of {seq_len}): float32 {out['ppl_float']:.3f}, "
+        f"LUT-GEMM {args.bits}-bit {out['ppl_quant']:.3f} "
+        f"({out['ppl_quant'] / out['ppl_float'] - 1:+.1%})"
+    )
+    if windows:
+        log(
+            f"top-1 agreement there (teacher-forced): {out['held_out_agreement']:.1%} of "
+            f"{windows * (seq_len - 1)} tokens"
+        )
+    return out
 
 
 # ---- benchmark and perplexity ----------------------------------------------------------------
@@ -478,11 +665,31 @@ def shard(mesh, params, qparams, args):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    initialize_from_args(args)  # before any device is touched; a no-op without the flags
+    stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        summary = run(args)
+    if args.json:
+        print(json.dumps(summary), file=stdout, flush=True)
+
+
+def run(args) -> dict:
+    """Everything but the --json output; returns the demo's summary (empty for --benchmark and
+    --eval-ppl)."""
     t_start = time.perf_counter()
     log(f"jax {jax.__version__} on {jax.devices()[0].platform}")
     mesh = make_mesh(args.mesh) if args.mesh else None
     config, params, tokenizer, is_random = load_float_model(args)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = DEMO_NEW_TOKENS if tokenizer is not None else RANDOM_NEW_TOKENS
+    t0 = time.perf_counter()
     qparams = single_q = quantize_or_load(args, config, params, is_random)
+    method = args.method or default_method(args, is_random)
+    summary = {
+        "model": model_dir(args) or "random",
+        "quantization": f"{args.bits}-bit g{args.group_size} {method}",
+        "quantize_s": time.perf_counter() - t0,
+    }
     if mesh is not None:
         params, qparams = shard(mesh, params, qparams, args)
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
@@ -491,7 +698,13 @@ def main(argv=None) -> None:
         if args.benchmark:
             benchmark(args, config, params, qparams)
         if not (args.benchmark or args.eval_ppl):
-            gq = demo(args, config, params, qparams, tokenizer, mesh, is_random)
+            gq, generated = demo(args, config, params, qparams, tokenizer, mesh, is_random)
+            summary.update(generated, ppl_float=None, ppl_quant=None)
+            windows = args.ppl_max_windows or HELD_OUT_WINDOWS
+            seq_len = min(args.ppl_seq_len, config.max_position_embeddings)
+            ids = held_out_ids(model_dir(args), tokenizer, windows * seq_len + 1)
+            if ids is not None:
+                summary.update(held_out_quality(args, config, params, qparams, ids))
     if mesh is not None and not (args.benchmark or args.eval_ppl):
         _, ids, mask = encode_prompts(args, config, tokenizer)
         one = opt.generate(
@@ -505,7 +718,9 @@ def main(argv=None) -> None:
         )
         same = np.array_equal(np.asarray(one.tokens), np.asarray(gq.tokens))
         log(f"same tokens as one device: {'yes' if same else 'NO'}")
-    log(f"\ntotal wall time {time.perf_counter() - t_start:.1f} s")
+    summary["total_s"] = time.perf_counter() - t_start
+    log(f"\ntotal wall time {summary['total_s']:.1f} s")
+    return summary if not (args.benchmark or args.eval_ppl) else {}
 
 
 if __name__ == "__main__":
