@@ -1,12 +1,16 @@
 """lutgemm_jax: LUT-GEMM for JAX.
 
-Matrix products with weights quantized to 1-8 bits in binary-coding quantization (BCQ), computed
-with lookup tables over the packed sign bits, so no weight is ever turned back into a float.
+Matrix products with weights quantized to 1-8 bits in binary-coding quantization (BCQ),
+computed at small batch with lookup tables over the packed sign bits (large batches dequantize
+tiles and use a dense GEMM; see `lutgemm_jax.lowering`).
 
 Public API:
   BCQWeight            the packed ``[K, N]`` weight (a pytree)
   BCQConfig            what to quantize to and how (bits, groups, method, scales, layout)
-  quantize             dense ``W: [K, N]`` -> BCQWeight (greedy, alternating, rtn)
+  BCQConfig            the quantization config (bits, group size, method, layout, ...)
+  quantize             dense ``W: [K, N]`` -> BCQWeight (greedy, alternating, rtn; with
+                       ``calibration=`` inputs, minimising the layer-output error)
+  Calibration          accumulated layer inputs ``H = X^T X`` for calibrated quantization
   dequantize           BCQWeight -> dense ``[K, N]``
   LAYOUTS              sign-word layouts of ``BCQWeight.bits``: "canonical", "cpu"
   to_layout            every BCQWeight in a pytree (params, nnx.State) -> a layout, e.g.
@@ -30,6 +34,7 @@ lowerings in `lutgemm_jax.lowering` and `lutgemm_jax.sharding`.
 # Importing lowering and sharding registers lut_gemm's lowerings (not re-exported).
 from lutgemm_jax import checkpoint, linen, lowering, nnx, sharding  # noqa: F401
 from lutgemm_jax._native import build_info, export_disabled_checks
+from lutgemm_jax.calibration import Calibration
 from lutgemm_jax.config import BCQConfig
 from lutgemm_jax.format import (
     LAYOUTS,
@@ -45,6 +50,7 @@ from lutgemm_jax.quantize import quantize
 
 __all__ = [
     "BCQConfig",
+    "Calibration",
     "LAYOUTS",
     "PER_COLUMN",
     "BCQWeight",
