@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from multiprocess_worker import SCENARIOS
 
+import lutgemm_jax
 from lutgemm_jax import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +40,10 @@ def _worker_env(port: int) -> dict[str, str]:
     env["JAX_PLATFORMS"] = "cpu"
     env["JAX_COORDINATOR_BIND_ADDRESS"] = f"127.0.0.1:{port}"  # loopback only
     env["LUTGEMM_DEFAULT_MODE"] = "exact"
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [env.get("PYTHONPATH")])])
+    # The workers import the lutgemm_jax this test imported (installed, or a developer's
+    # PYTHONPATH), never the unbuilt sources in the repository root.
+    package_parent = os.path.dirname(os.path.dirname(lutgemm_jax.__file__))
+    env["PYTHONPATH"] = os.pathsep.join([package_parent, *filter(None, [env.get("PYTHONPATH")])])
     return env
 
 
