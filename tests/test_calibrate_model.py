@@ -202,12 +202,12 @@ def test_quantize_model_calibrated_tiny_opt():
         vocab_size=128,
         hidden_size=64,
         num_hidden_layers=2,
-        ffn_dim=128,
+        ffn_dim=64,  # every Linear [64, 64]: one compiled quantizer shape
         num_attention_heads=4,
-        max_position_embeddings=32,
+        max_position_embeddings=16,
     )
     model, params = opt.OPT(config), opt.init_params(config, 0)
-    windows = np.random.default_rng(0).integers(3, 128, (16, 32))
+    windows = np.random.default_rng(0).integers(3, 128, (8, 16))
     q = models.quantize_model(
         params,
         bits=3,
@@ -220,4 +220,4 @@ def test_quantize_model_calibrated_tiny_opt():
     logits = models.forward(model, q, windows[:2])
     assert bool(jnp.all(jnp.isfinite(logits)))
     with pytest.raises(ValueError, match="windows must be non-empty int token ids"):
-        models.calibration_runner(model, np.zeros((0, 32), np.int32))
+        models.calibration_runner(model, np.zeros((0, 16), np.int32))
