@@ -291,6 +291,8 @@ def quantize_params(
         return FrozenDict(out) if frozen else out
 
     if calibrate is None:
+        if act_order or damp != 0.01:
+            raise ValueError("quantize_params: act_order and damp apply with calibrate= only")
         for key, _ in progress_iter(targets, len(targets), progress, "quantize"):
             convert(key)
     else:

@@ -167,6 +167,8 @@ def test_bad_calibrate_errors():
         quantize_params(
             params, CONFIG, calibrate=lambda p: jax.jit(lambda p: model.apply({"params": p}, x))(p)
         )
+    with pytest.raises(ValueError, match="act_order and damp apply with calibrate= only"):
+        quantize_params(params, CONFIG, act_order=True)
     with pytest.raises(ValueError, match="stacked"):
         quantize_params(params, CONFIG, stacked=True, calibrate=runner(model, [x]))
 
