@@ -24,6 +24,7 @@ from flax.linen import dtypes as flax_dtypes
 from flax.typing import Dtype, Initializer, PrecisionLike
 from jax.sharding import NamedSharding
 
+from lutgemm_jax.calibrate import quantize_calibrated
 from lutgemm_jax.config import METHODS, UNSET, BCQConfig
 from lutgemm_jax.format import (
     WORD_BITS,
@@ -64,7 +65,12 @@ def path_matches(path: str, include: PathFilter, exclude: PathFilter) -> bool:
 
 
 def quantize_kernel(
-    kernel: jax.Array, config: BCQConfig, *, partitioned: bool = False
+    kernel: jax.Array,
+    config: BCQConfig,
+    *,
+    partitioned: bool = False,
+    calibration: Any = None,
+    **calibrated: Any,
 ) -> BCQWeight:
     """Converts one dense kernel ``[K, N]`` (or a stack ``[..., K, N]``) to a `BCQWeight`:
     quantize with ``config``, lay out (``"auto"`` resolved once for the whole kernel), place
@@ -75,7 +81,9 @@ def quantize_kernel(
     kernel sharded over several devices (a `NamedSharding`) gives packed arrays sharded the same
     way along K and N (`lutgemm_jax.sharding.packed_specs`). ``partitioned``: the kernel will be
     split over devices later (sharding annotations); like a placed kernel, that keeps an
-    ``"auto"`` layout canonical.
+    ``"auto"`` layout canonical. ``calibration`` (a `lutgemm_jax.calibration.Calibration` of the
+    layer's inputs, ``[K, N]`` kernels only) quantizes with `quantize_calibrated`, whose keyword
+    options (``damp``, ``act_order``, ``refit``) are ``calibrated``.
     """
     if len(kernel.shape) < 2:
         raise ValueError(f"quantize_kernel: kernel must be [..., K, N], got {kernel.shape}")
@@ -89,8 +97,14 @@ def quantize_kernel(
     if not lead:
         # A multi-device kernel is quantized on one device (the quantizer's column chunks are
         # not sharding-aware), then the packed arrays are placed like it (sharding.shard_like).
-        packed = quantize(np.asarray(kernel) if placed else kernel, config=config)
+        local = np.asarray(kernel) if placed else kernel
+        if calibration is None:
+            packed = quantize(local, config=config)
+        else:
+            packed = quantize_calibrated(local, calibration, config, **calibrated)
         return shard_like(packed, sharding)
+    if calibration is not None:
+        raise ValueError(f"quantize_kernel: calibration needs a [K, N] kernel, got {kernel.shape}")
     parts = [quantize(kernel[index], config=config) for index in np.ndindex(*lead)]
     return jax.tree.map(lambda *leaves: jnp.stack(leaves).reshape(*lead, *leaves[0].shape), *parts)
 

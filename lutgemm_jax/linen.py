@@ -29,6 +29,8 @@ from flax.core import FrozenDict
 from flax.typing import DotGeneralT, Dtype, Initializer, PrecisionLike
 from jax.sharding import PartitionSpec as P
 
+from lutgemm_jax.calibrate_model import CalibrateFn, run_stages
+from lutgemm_jax.calibration import Calibration
 from lutgemm_jax.config import UNSET, BCQConfig
 from lutgemm_jax.flax_common import (
     ConversionSummary,
@@ -215,6 +217,9 @@ def quantize_params(
     stacked: bool = False,
     progress: bool = False,
     return_summary: bool = False,
+    calibrate: CalibrateFn | None = None,
+    act_order: bool = False,
+    damp: float = 0.01,
     **fields: Any,
 ) -> Any:
     """Quantizes the Dense kernels of a linen params tree; everything else is kept as is.
@@ -239,8 +244,18 @@ def quantize_params(
       exclude: regex or predicate; matching kernels are skipped (e.g. ``r"lm_head|embed"``).
       stacked: also convert kernels with leading stack axes (``ndim > 2``). Off by default:
         ``DenseGeneral``/``Conv`` kernels also have more than two axes.
-      progress: show a tqdm progress bar over the layers.
+      progress: show a tqdm progress bar over the layers (with ``calibrate``: over the stages).
       return_summary: also return a `ConversionSummary`.
+      calibrate: ``None`` (data-free: each kernel minimises its weight error) or a callable
+        ``calibrate(params)`` that runs the model eagerly (no ``jax.jit``) on calibration
+        batches with the params it receives (in the form ``params`` was given, wrapper
+        included), e.g. ``lambda p: [model.apply({"params": p}, x) for x in batches]``. Each
+        selected kernel is then quantized with `lutgemm_jax.calibrate.quantize_calibrated` on
+        its layer's inputs, sequentially as GPTQ: decoder block by decoder block (``layers_{i}``),
+        each block calibrated on the outputs of the already quantized blocks before it
+        (`lutgemm_jax.calibrate_model`). Only ``nn.Dense`` layers can be calibrated; a
+        selected kernel the model never reaches raises a `ValueError` naming it.
+      act_order, damp: `quantize_calibrated` options (used with ``calibrate`` only).
       **fields: `BCQConfig` fields applied over ``config`` (``bits=4``, ``layout="cpu"``, ...).
 
     Returns:
@@ -258,13 +273,41 @@ def quantize_params(
         and path_matches("/".join(map(str, key)), include, exclude)
     ]
     layers = []
-    for key, box in progress_iter(targets, len(targets), progress, "quantize"):
-        value, partitioning = _unbox(box)
-        packed = quantize_kernel(value, config, partitioned=partitioning is not None)
+
+    def convert(key: tuple[Any, ...], calibration: Calibration | None = None) -> None:
+        value, partitioning = _unbox(flat[key])
+        packed = quantize_kernel(
+            value,
+            config,
+            partitioned=partitioning is not None,
+            calibration=calibration,
+            **({} if calibration is None else {"act_order": act_order, "damp": damp}),
+        )
         layers.append(layer_summary("/".join(map(str, key)), value, packed))
         flat[key] = _box(packed, partitioning)
-    out = traverse_util.unflatten_dict(flat)
-    out = FrozenDict(out) if frozen else out
+
+    def rebuild() -> Any:
+        out = traverse_util.unflatten_dict(flat)
+        return FrozenDict(out) if frozen else out
+
+    if calibrate is None:
+        if act_order or damp != 0.01:
+            raise ValueError("quantize_params: act_order and damp apply with calibrate= only")
+        for key, _ in progress_iter(targets, len(targets), progress, "quantize"):
+            convert(key)
+    else:
+        if stacked:
+            raise ValueError("quantize_params: calibrate needs [K, N] kernels, not stacked=True")
+        wrapped = all(key[0] == "params" for key in flat) and len(params) == 1
+        module_paths = {key: tuple(map(str, key[wrapped:-1])) for key, _ in targets}
+        run_stages(
+            module_paths,
+            calibrate,
+            rebuild,
+            lambda stats: [convert(key, calib) for key, calib in stats.items()],
+            progress=progress,
+        )
+    out = rebuild()
     if not return_summary:
         return out
     summary = ConversionSummary(

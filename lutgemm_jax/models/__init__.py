@@ -24,7 +24,11 @@ from lutgemm_jax.models.hf_checkpoint import HFCheckpointError, MissingTensorErr
 from lutgemm_jax.models.llama import Llama, LlamaConfig
 from lutgemm_jax.models.opt import OPT, OPTConfig
 from lutgemm_jax.models.perplexity import perplexity
-from lutgemm_jax.models.quantize_decoder import quantize_model, untie_lm_head
+from lutgemm_jax.models.quantize_decoder import (
+    calibration_runner,
+    quantize_model,
+    untie_lm_head,
+)
 from lutgemm_jax.models.registry import (
     MODEL_TYPES,
     config_from_dict,
@@ -69,6 +73,7 @@ __all__ = [
     "perplexity",
     "preset",
     "presets",
+    "calibration_runner",
     "quantize_model",
     "read_config",
     "save_hf_checkpoint",

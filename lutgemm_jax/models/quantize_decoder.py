@@ -37,6 +37,9 @@ def quantize_model(
     include: str | None = None,
     progress: bool = False,
     return_summary: bool = False,
+    calibrate: Any = None,
+    act_order: bool = False,
+    damp: float = 0.01,
     **fields: Any,
 ):
     """Quantizes every decoder Linear of ``params`` (any family) to BCQ.
@@ -51,6 +54,9 @@ def quantize_model(
         `untie_lm_head`); the token embedding stays float (it is a lookup).
       include: regex of the kernel paths to quantize (default `DECODER_LINEARS`).
       progress, return_summary: as in `lutgemm_jax.linen.quantize_params`.
+      calibrate, act_order, damp: calibrated, sequential quantization (block by block), as in
+        `lutgemm_jax.linen.quantize_params`; e.g. with `calibration_runner`:
+        ``calibrate=calibration_runner(model, windows)``.
 
     Returns:
       The params with `BCQWeight` kernels (or ``(params, summary)``).
@@ -66,8 +72,45 @@ def quantize_model(
         params = untie_lm_head(params)
         include = f"{include}|{LM_HEAD_INCLUDE}"
     return quantize_params(
-        params, cfg, include=include, progress=progress, return_summary=return_summary
+        params,
+        cfg,
+        include=include,
+        progress=progress,
+        return_summary=return_summary,
+        calibrate=calibrate,
+        act_order=act_order,
+        damp=damp,
     )
 
 
-__all__ = ["DECODER_LINEARS", "LM_HEAD_INCLUDE", "quantize_model", "untie_lm_head"]
+def calibration_runner(model, windows, batch_size: int = 8):
+    """``calibrate(params)`` for `quantize_model`: runs ``model`` (eagerly, `forward`) on
+    ``windows``, int token ids ``[n, T]`` (full windows, no padding), ``batch_size`` at a time.
+    """
+    import numpy as np
+
+    from lutgemm_jax.models.generation import forward
+
+    windows = np.asarray(windows)
+    if windows.ndim != 2 or windows.shape[0] == 0 or not np.issubdtype(windows.dtype, np.integer):
+        raise ValueError(
+            f"calibration_runner: windows must be non-empty int token ids [n, T], got "
+            f"{windows.dtype}{list(windows.shape)}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"calibration_runner: batch_size must be >= 1, got {batch_size}")
+
+    def calibrate(params) -> None:
+        for start in range(0, windows.shape[0], batch_size):
+            forward(model, params, windows[start : start + batch_size])
+
+    return calibrate
+
+
+__all__ = [
+    "DECODER_LINEARS",
+    "LM_HEAD_INCLUDE",
+    "calibration_runner",
+    "quantize_model",
+    "untie_lm_head",
+]
