@@ -50,7 +50,7 @@ from jax import lax
 from lutgemm_jax.calibration import Calibration, as_calibration
 from lutgemm_jax.config import BCQConfig
 from lutgemm_jax.format import BCQWeight, pack_signs, padded_in_features, resolve_group_size
-from lutgemm_jax.quantize import _alternate, _greedy, _rtn, _times_pow2, assemble
+from lutgemm_jax.quantize import assemble, fit_groups
 
 CHUNK_FLOATS = 1 << 26
 """Float32 working-set budget per column chunk (256 MB)."""
@@ -242,18 +242,11 @@ def _fit_group(wg, vg, *, q, method, rounds, fit_offset, clip_search):
     valid = vg[None, :, None]
     w = jnp.where(valid, wg[None], 0.0)  # [1, g, C]
     count = jnp.sum(valid).astype(jnp.float32).reshape(1, 1, 1)
-    _, exp = jnp.frexp(jnp.max(jnp.abs(w), axis=1, keepdims=True))
-    wn = _times_pow2(w, -exp)
-    if method == "rtn":
-        alpha, offset, _ = _rtn(wn, valid, q, clip_search)
-    else:
-        alpha, offset, code = _greedy(wn, valid, count, q, fit_offset)
-        if method == "alternating":
-            alpha, offset, _, _ = _alternate(
-                wn, valid, count, q, alpha, offset, code, fit_offset, rounds
-            )
-    alpha = jnp.stack([_times_pow2(a, exp)[0, 0] for a in alpha])
-    return alpha, _times_pow2(offset, exp)[0, 0]
+    alpha, offset, _, _ = fit_groups(
+        w, valid, count, q=q, method=method, rounds=rounds, fit_offset=fit_offset,
+        clip_search=clip_search,
+    )  # fmt: skip
+    return jnp.stack([a[0, 0] for a in alpha]), offset[0, 0]
 
 
 def _codewords(alpha, offset, q):

@@ -253,9 +253,34 @@ def _quantize_chunk(w, k, *, g, q, method, rounds, fit_offset, clip_search, hist
     valid = (jnp.arange(kp) < k).reshape(groups, g, 1)
     w = jnp.where(valid, w.reshape(groups, g, c), 0.0)  # [G, g, C]
     count = jnp.sum(valid, axis=1, keepdims=True).astype(jnp.float32)  # [G, 1, 1]
-    # Exact power-of-two normalisation per (group, column): max |w| in [0.5, 1).
+    alpha, offset, code, errs = fit_groups(
+        w, valid, count, q=q, method=method, rounds=rounds, fit_offset=fit_offset,
+        clip_search=clip_search,
+    )  # fmt: skip
+    if history:
+        return errs
+    alpha = jnp.stack([a[:, 0, :] for a in alpha], axis=1)  # [G, q, C]
+    offset = offset[:, 0, :]  # [G, C]
+    # Padded rows get bit 0. The barrier materialises the codes once (XLA would otherwise fuse
+    # the whole fit into the packing reduction, ~4x slower); one plane at a time packs fastest.
+    code = lax.optimization_barrier(jnp.where(valid, code, 0)).reshape(kp, 1, c)
+    bits = [pack_signs(((code >> i) & 1).astype(jnp.bool_)) for i in range(q)]
+    return jnp.concatenate(bits, axis=1), alpha, offset
+
+
+def fit_groups(w, valid, count, *, q, method, rounds, fit_offset, clip_search):
+    """Fits the codebook of every group: ``w`` float32 ``[G, g, C]`` (rows past K zero, ``valid``
+    bool ``[G, g, 1]``, ``count`` float32 ``[G, 1, 1]`` valid rows) with ``method``.
+
+    Each (group, column) is scaled by an exact power of two so that its largest magnitude lies
+    in ``[0.5, 1)``, fitted, and scaled back. Returns ``(alpha, offset, code, errs)``: the
+    ``q`` scales as ``[G, 1, C]`` arrays, the offset ``[G, 1, C]``, the codes int ``[G, g, C]``
+    (bit ``i`` set: ``s_i = +1``) and, for alternating, the float32 ``[rounds + 1]`` squared error
+    after greedy and each round (else ``None``).
+    """
     _, exp = jnp.frexp(_group_reduce(jnp.max, jnp.abs(w)))  # [G, 1, C]
     wn = _times_pow2(w, -exp)
+    errs = None
     if method == "rtn":
         alpha, offset, code = _rtn(wn, valid, q, clip_search)
     else:
@@ -264,15 +289,8 @@ def _quantize_chunk(w, k, *, g, q, method, rounds, fit_offset, clip_search, hist
             alpha, offset, code, errs = _alternate(
                 wn, valid, count, q, alpha, offset, code, fit_offset, rounds
             )
-            if history:
-                return jnp.sum(_times_pow2(errs, 2 * exp[None, :, 0, :]), axis=(1, 2))
-    alpha = jnp.stack([_times_pow2(a, exp)[:, 0, :] for a in alpha], axis=1)  # [G, q, C]
-    offset = _times_pow2(offset, exp)[:, 0, :]  # [G, C]
-    # Padded rows get bit 0. The barrier materialises the codes once (XLA would otherwise fuse
-    # the whole fit into the packing reduction, ~4x slower); one plane at a time packs fastest.
-    code = lax.optimization_barrier(jnp.where(valid, code, 0)).reshape(kp, 1, c)
-    bits = [pack_signs(((code >> i) & 1).astype(jnp.bool_)) for i in range(q)]
-    return jnp.concatenate(bits, axis=1), alpha, offset
+            errs = jnp.sum(_times_pow2(errs, 2 * exp[None, :, 0, :]), axis=(1, 2))
+    return [_times_pow2(a, exp) for a in alpha], _times_pow2(offset, exp), code, errs
 
 
 def _group_reduce(op, x):
