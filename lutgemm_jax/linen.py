@@ -29,7 +29,7 @@ from flax.core import FrozenDict
 from flax.typing import DotGeneralT, Dtype, Initializer, PrecisionLike
 from jax.sharding import PartitionSpec as P
 
-from lutgemm_jax.calibrate_model import CalibrateFn, run_stages
+from lutgemm_jax.calibrate_model import CalibrateFn, check_calibrated_options, run_stages
 from lutgemm_jax.calibration import Calibration
 from lutgemm_jax.config import UNSET, BCQConfig
 from lutgemm_jax.flax_common import (
@@ -291,8 +291,7 @@ def quantize_params(
         return FrozenDict(out) if frozen else out
 
     if calibrate is None:
-        if act_order or damp != 0.01:
-            raise ValueError("quantize_params: act_order and damp apply with calibrate= only")
+        check_calibrated_options("quantize_params", act_order, damp)
         for key, _ in progress_iter(targets, len(targets), progress, "quantize"):
             convert(key)
     else:

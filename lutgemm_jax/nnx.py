@@ -22,7 +22,7 @@ What to quantize to (bits, groups, method, sign-word layout, ...) is a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -33,6 +33,8 @@ from flax.core import spmd as core_spmd
 from flax.typing import Dtype, Initializer, PrecisionLike
 from jax.sharding import NamedSharding, PartitionSpec
 
+from lutgemm_jax.calibrate_model import StageCapture, calibrate_stages, check_calibrated_options
+from lutgemm_jax.calibration import Calibration
 from lutgemm_jax.config import UNSET, BCQConfig
 from lutgemm_jax.flax_common import (
     ConversionSummary,
@@ -378,6 +380,8 @@ class LutLinear(nnx.Module):
         lora_alpha: float | None = None,
         mode: str | None = None,
         rngs: nnx.Rngs | None = None,
+        calibration: Calibration | None = None,
+        calibrated: Mapping[str, Any] = MappingProxyType({}),
         **fields: Any,
     ) -> LutLinear:
         """Quantizes a trained `nnx.Linear`: same features, dtype, precision and bias.
@@ -385,12 +389,16 @@ class LutLinear(nnx.Module):
         ``config`` (default ``BCQConfig()``; ``alpha_dtype=None`` keeps the kernel's dtype) with
         ``fields`` (`BCQConfig` fields: ``bits=4``, ``layout="cpu"``, ...) applied says how.
         ``mode`` is the layer's `lut_gemm` accuracy mode. ``rngs`` initialises ``lora_a``
-        (default ``nnx.Rngs(0)``).
+        (default ``nnx.Rngs(0)``). ``calibration`` (a `lutgemm_jax.calibration.Calibration` of
+        the layer's inputs) quantizes with `lutgemm_jax.calibrate.quantize_calibrated`, whose
+        options (``act_order``, ``damp``, ``refit``) are the mapping ``calibrated``.
         """
         config = BCQConfig.make(config, where="LutLinear.from_linear", **fields)
         dense = _value(linear.kernel)
         partitioned = _sharding_names(_user_metadata(linear.kernel)) is not None
-        packed = quantize_kernel(dense, config, partitioned=partitioned)
+        packed = quantize_kernel(
+            dense, config, partitioned=partitioned, calibration=calibration, **calibrated
+        )
         layer = cls(
             linear.in_features,
             linear.out_features,
@@ -479,6 +487,9 @@ def quantize_model(
     rngs: nnx.Rngs | None = None,
     progress: bool = False,
     return_summary: bool = False,
+    calibrate: Callable[[nnx.Module], Any] | None = None,
+    act_order: bool = False,
+    damp: float = 0.01,
     **fields: Any,
 ) -> Any:
     """Replaces the `nnx.Linear` layers of ``model`` by `LutLinear`, in place.
@@ -493,8 +504,14 @@ def quantize_model(
         `LutLinear.from_linear`.
       lora_rank, lora_alpha, rngs: give every converted layer a LoRA adapter.
       mode: `lut_gemm` accuracy mode of the converted layers (``None`` = library default).
-      progress: tqdm progress bar over the layers.
+      progress: tqdm progress bar over the layers (with ``calibrate``: over the stages).
       return_summary: also return a `ConversionSummary`.
+      calibrate: ``None`` (data-free) or a callable ``calibrate(model)`` that runs the model it
+        is given eagerly (no ``nnx.jit``) on calibration batches; each selected layer is then
+        quantized with `lutgemm_jax.calibrate.quantize_calibrated` on its inputs, block by
+        block (``layers_{i}``) as `lutgemm_jax.linen.quantize_params` does, the blocks done so
+        far running quantized (`lutgemm_jax.calibrate_model`).
+      act_order, damp: `quantize_calibrated` options (with ``calibrate`` only).
 
     Returns:
       ``model`` (or the new `LutLinear` when ``model`` itself is an ``nnx.Linear``), or
@@ -508,15 +525,30 @@ def quantize_model(
         if type(module) is nnx.Linear and path_matches(_join(path), include, exclude)
     ]
     layers = []
-    for path, linear in progress_iter(targets, len(targets), progress, "quantize"):
+
+    def convert(path: tuple[Any, ...], linear: nnx.Linear, **calibration: Any) -> LutLinear:
         new = LutLinear.from_linear(
-            linear, config, lora_rank=lora_rank, lora_alpha=lora_alpha, mode=mode, rngs=rngs
+            linear,
+            config,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            mode=mode,
+            rngs=rngs,
+            **calibration,
         )
         layers.append(layer_summary(_join(path), _value(linear.kernel), _value(new.kernel)))
-        if not path:
-            model = new
-        else:
+        if path:
             _set_child(_get_path(model, path[:-1]), path[-1], new)
+        return new
+
+    if calibrate is None:
+        check_calibrated_options("quantize_model", act_order, damp)
+        for path, linear in progress_iter(targets, len(targets), progress, "quantize"):
+            new = convert(path, linear)
+            if not path:
+                model = new
+    else:
+        _calibrate_layers(model, dict(targets), calibrate, convert, act_order, damp, progress)
     if not return_summary:
         return model
     summary = ConversionSummary(
@@ -525,6 +557,66 @@ def quantize_model(
         total_bytes_after=tree_nbytes(nnx.state(model)),
     )
     return model, summary
+
+
+class _InputRecorder(nnx.Module):
+    """Stands in for a pending `nnx.Linear` during a calibration pass: offers its input to a
+    `StageCapture`, then applies the layer."""
+
+    def __init__(self, linear: nnx.Linear, path: tuple[str, ...], capture: StageCapture):
+        self.linear = linear
+        self.path = path
+        self.capture = capture
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        self.capture.offer(self.path, x)
+        return self.linear(x)
+
+
+def _calibrate_layers(
+    model: nnx.Module,
+    targets: dict[tuple[Any, ...], nnx.Linear],
+    calibrate: Any,
+    convert: Callable[..., LutLinear],
+    act_order: bool,
+    damp: float,
+    progress: bool,
+) -> None:
+    """`quantize_model`'s ``calibrate=`` path: `calibrate_model.calibrate_stages` with the
+    pending Linears swapped for `_InputRecorder` during each pass."""
+    if () in targets:
+        raise ValueError("quantize_model: calibrate needs a model containing the nnx.Linear")
+    module_paths = {path: tuple(map(str, path)) for path in targets}
+
+    def run_pass(capture: StageCapture) -> None:
+        pending = [path for path in targets if module_paths[path] in capture.pending]
+        for path in pending:
+            recorder = _InputRecorder(targets[path], module_paths[path], capture)
+            _set_child(_get_path(model, path[:-1]), path[-1], recorder)
+        try:
+            calibrate(model)
+        finally:
+            for path in pending:
+                _set_child(_get_path(model, path[:-1]), path[-1], targets[path])
+
+    def quantize_stage(stats: dict[tuple[Any, ...], Calibration]) -> None:
+        for path, calibration in stats.items():
+            convert(
+                path,
+                targets[path],
+                calibration=calibration,
+                calibrated={"act_order": act_order, "damp": damp},
+            )
+
+    calibrate_stages(
+        module_paths,
+        calibrate,
+        run_pass,
+        quantize_stage,
+        progress=progress,
+        where="quantize_model",
+        hint="it must call the model it is given",
+    )
 
 
 def _iter_modules(model: nnx.Module) -> Any:
