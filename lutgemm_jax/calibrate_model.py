@@ -49,14 +49,22 @@ CalibrateFn = Callable[[Any], Any]
 """``calibrate(params)``: runs the model eagerly on the calibration batches with ``params``."""
 Key = tuple[Any, ...]
 _BLOCK = re.compile(r"^layers_\d+$")
+_INDEX = re.compile(r"^\d+$")
 
 
-def stage_of(module_path: Sequence[str]) -> tuple[str, ...]:
-    """The stage of a Dense at ``module_path`` (e.g. ``("decoder", "layers_3", "fc1")``): the
-    path up to its first ``layers_{i}`` component, or the whole path outside every block."""
+def stage_of(module_path: Sequence[Any]) -> tuple[Any, ...]:
+    """The stage of a Dense / Linear at ``module_path`` (e.g. ``("decoder", "layers_3", "fc1")``):
+    the path up to its first ``layers_{i}`` component (linen) or ``layers, i`` pair (an NNX
+    ``nnx.List`` of blocks: ``("layers", "3", "fc1")``), or the whole path outside every block."""
     for i, name in enumerate(module_path):
         if _BLOCK.match(str(name)):
             return tuple(module_path[: i + 1])
+        if (
+            str(name) == "layers"
+            and i + 2 < len(module_path)
+            and _INDEX.match(str(module_path[i + 1]))
+        ):
+            return tuple(module_path[: i + 2])
     return tuple(module_path)
 
 

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from lutgemm_jax.calibrate import quantize_calibrated
+from lutgemm_jax.calibrate_model import stage_of
 from lutgemm_jax.calibration import Calibration
 from lutgemm_jax.nnx import LutLinear, quantize_model
 from tests.test_calibrate_model import CONFIG, HIDDEN, OUT, K, correlated_inputs
@@ -108,3 +109,43 @@ def test_act_order_is_passed_through():
     plain = quantize_calibrated(w1, Calibration.from_inputs(batches[0]), CONFIG).dequantize()
     assert float(np.max(np.abs(plain - manual.dequantize()))) > 1e-4  # act_order is observable
     assert type(q.second) is nnx.Linear
+
+
+class Block(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.fc1 = nnx.Linear(K, K, rngs=rngs)
+        self.fc2 = nnx.Linear(K, K, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(nnx.relu(self.fc1(x)))
+
+
+class Stack(nnx.Module):
+    """``layers[0]``, ``layers[1]`` (an ``nnx.List`` of blocks), then a ``head``."""
+
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.layers = nnx.List([Block(rngs), Block(rngs)])
+        self.head = nnx.Linear(K, OUT, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for block in self.layers:
+            x = block(x)
+        return self.head(x)
+
+
+def test_one_pass_per_block_of_an_nnx_list_and_head():
+    assert stage_of(("layers", 1, "fc2")) == ("layers", 1)
+    assert stage_of(("layers", "fc2")) == ("layers", "fc2")
+    x = correlated_inputs(128, 2)
+    seen = []
+
+    def calibrate(m):
+        # Which layers run quantized in this pass.
+        seen.append([type(b.fc1).__name__ for b in m.layers] + [type(m.head).__name__])
+        m(x)
+
+    model = quantize_model(Stack(nnx.Rngs(0)), CONFIG, calibrate=calibrate)
+    assert len(seen) == 3, seen
+    assert seen[1][0] == "LutLinear" and seen[2][:2] == ["LutLinear", "LutLinear"]
+    assert all(isinstance(b.fc2, LutLinear) for b in model.layers)
+    assert isinstance(model.head, LutLinear)
