@@ -6,12 +6,12 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from test_calibrate_model import CONFIG, HIDDEN, OUT, K, correlated_inputs
 
 from lutgemm_jax.calibrate import quantize_calibrated
 from lutgemm_jax.calibrate_model import stage_of
 from lutgemm_jax.calibration import Calibration
 from lutgemm_jax.nnx import LutLinear, quantize_model
-from tests.test_calibrate_model import CONFIG, HIDDEN, OUT, K, correlated_inputs
 
 
 class MLP(nnx.Module):
