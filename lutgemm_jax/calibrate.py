@@ -50,7 +50,7 @@ from jax import lax
 from lutgemm_jax.calibration import Calibration, as_calibration
 from lutgemm_jax.config import BCQConfig
 from lutgemm_jax.format import BCQWeight, pack_signs, padded_in_features, resolve_group_size
-from lutgemm_jax.quantize import assemble, fit_groups
+from lutgemm_jax.quantize import assemble, chunk_width, fit_groups
 
 CHUNK_FLOATS = 1 << 26
 """Float32 working-set budget per column chunk (256 MB)."""
@@ -112,7 +112,7 @@ def quantize_calibrated(
     u = _inverse_cholesky(hd[np.ix_(perm, perm)])
     p = _num_params(config)
     chunk = _chunk_size(column_chunk, n, kp, (kp // g) * p, p)
-    width = 1 << (chunk - 1).bit_length() if chunk < 1024 else -(-chunk // 128) * 128
+    width = chunk_width(chunk)
     statics = dict(
         g=g,
         q=config.bits,

@@ -213,11 +213,11 @@ def _as_float32(W: Any) -> jax.Array:
 
 
 def _run_chunk(W, start, chunk, g, config, history):
-    """Quantizes columns ``start : start + chunk`` of ``W``, zero-padded to `_chunk_width`."""
+    """Quantizes columns ``start : start + chunk`` of ``W``, zero-padded to `chunk_width`."""
     k, n = W.shape
     kp = padded_in_features(k, g)
     cols = W[:, start : start + chunk]
-    cols = jnp.pad(cols, ((0, kp - k), (0, _chunk_width(chunk) - cols.shape[1])))
+    cols = jnp.pad(cols, ((0, kp - k), (0, chunk_width(chunk) - cols.shape[1])))
     return _quantize_chunk(
         cols,
         jnp.int32(k),
@@ -231,7 +231,7 @@ def _run_chunk(W, start, chunk, g, config, history):
     )
 
 
-def _chunk_width(chunk: int) -> int:
+def chunk_width(chunk: int) -> int:
     """Compiled chunk width: a power of two below 1024 columns, else a multiple of 128, so
     that matrices of similar widths share one compilation."""
     return 1 << (chunk - 1).bit_length() if chunk < 1024 else -(-chunk // 128) * 128
