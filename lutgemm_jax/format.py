@@ -6,12 +6,18 @@ is its C++ twin and the two must agree. A dense kernel ``W: [K, N]`` (Flax conve
 
     W_hat[k, n] = sum_{i<q} alpha[k // g, i, n] * s_i[k, n] + offset[k // g, n],   s_i = +-1
 
-Arrays (``Kp`` = K rounded up to a multiple of ``g``, ``G = Kp // g``):
+The group size ``g`` is 16 or a positive multiple of 32. Arrays (``Kp`` = K rounded up to a
+multiple of ``max(g, 32)``, so that sign words stay whole; ``G = Kp // g``):
 
 * ``bits``:   uint32 ``[Kp/32, q, N]``. Bit ``t`` (LSB = 0) of word ``[kw, i, n]`` is 1 where
   ``s_i[32*kw + t, n] = +1``. Byte ``j`` of a word holds k = 32*kw + 8j .. 32*kw + 8j + 7, which
-  is exactly one 8-activation lookup-table index. This is the original LUT-GEMM layout.
-* ``alpha``:  ``[G, q, N]``, float32 (default), bfloat16 or float16.
+  is exactly one 8-activation lookup-table index. This is the original LUT-GEMM layout. With
+  ``g = 16`` a word spans two groups: bytes 0-1 belong to group ``2*kw``, bytes 2-3 to ``2*kw+1``.
+* ``alpha``:  ``[G, q, N]``, float32 (default), bfloat16 or float16; or ``[G, 1, N]`` for
+  *uniform* weights, whose plane scales are ``alpha_i = alpha[G, 0, N] * 2**i``. Integer codes
+  ``c`` in ``[0, 2**q)`` with ``W = D*c + B`` are exactly this BCQ with ``s_i`` = bit ``i`` of
+  ``c``, stored ``alpha = D/2`` and ``offset = D*(2**q - 1)/2 + B`` (`lutgemm_jax.uniform`): one
+  scale per group instead of ``q``, the form of RTN, GGUF, GPTQ and AWQ weights.
 * ``offset``: ``[G, N]`` in alpha's dtype, or ``None`` (pure BCQ has no offset).
 
 Rows ``K <= k < Kp`` are padding: their sign bits are 0 (s = -1) and they contribute nothing,
@@ -57,6 +63,9 @@ FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 activations of ``lut_gemm``, computation dtypes of the Flax layers."""
 PER_COLUMN = -1
 """``group_size`` value meaning one group spanning all of K for each output column."""
+HALF_WORD_GROUP = 16
+"""The one group size below a word (GGUF's 16-weight K-quant sub-blocks); every other ``g`` is a
+multiple of `WORD_BITS`."""
 LAYOUTS = ("canonical", "cpu")
 """Sign-word layouts of ``BCQWeight.bits`` (see the module docstring); the index of a layout in
 this tuple is its code in the CPU kernel's FFI attribute ``layout``."""
@@ -78,23 +87,34 @@ def resolve_group_size(in_features: int, group_size: int | None) -> int:
     """Returns the concrete group size ``g`` for ``K = in_features``.
 
     ``None`` or ``PER_COLUMN`` (-1) means one group per output column spanning all of K, i.e.
-    ``g = K`` rounded up to a multiple of 32. Otherwise ``g`` must be a positive multiple of 32.
+    ``g = K`` rounded up to a multiple of 32. Otherwise ``g`` must be 16 or a positive multiple
+    of 32.
     """
     if in_features <= 0:
         raise ValueError(f"in_features must be positive, got {in_features}")
     if group_size is None or group_size == PER_COLUMN:
         return round_up(in_features, WORD_BITS)
-    if not isinstance(group_size, (int, np.integer)) or group_size <= 0 or group_size % WORD_BITS:
+    if not is_group_size(group_size):
         raise ValueError(
-            f"group_size must be a positive multiple of {WORD_BITS}, None or {PER_COLUMN} "
-            f"(per output column), got {group_size!r}"
+            f"group_size must be {HALF_WORD_GROUP} or a positive multiple of {WORD_BITS}, None or "
+            f"{PER_COLUMN} (per output column), got {group_size!r}"
         )
     return int(group_size)
 
 
+def is_group_size(group_size: Any) -> bool:
+    """Whether ``group_size`` is a concrete group size of the format: 16 or a positive multiple
+    of 32."""
+    return (
+        isinstance(group_size, (int, np.integer))
+        and not isinstance(group_size, bool)
+        and (group_size == HALF_WORD_GROUP or (group_size > 0 and group_size % WORD_BITS == 0))
+    )
+
+
 def padded_in_features(in_features: int, group_size: int) -> int:
-    """``Kp``: K rounded up to a whole number of groups."""
-    return round_up(in_features, group_size)
+    """``Kp``: K rounded up to a whole number of groups and of 32-bit sign words."""
+    return round_up(in_features, max(group_size, WORD_BITS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,12 +123,14 @@ class BCQWeight:
 
     Attributes:
       bits: uint32 ``[Kp/32, q, N]`` packed sign bits (bit = 1 means +1).
-      alpha: ``[Kp/g, q, N]`` scales, float32/bfloat16/float16.
+      alpha: ``[Kp/g, q, N]`` scales, float32/bfloat16/float16, or ``[Kp/g, 1, N]`` for a
+        uniform weight (plane ``i`` scaled by ``alpha * 2**i``; see `uniform`).
       offset: ``[Kp/g, N]`` per-group offsets in alpha's dtype, or ``None``.
       in_features: K (static).
       out_features: N (static).
       num_bits: q, the number of bit-planes, 1..8 (static).
-      group_size: g, a positive multiple of 32 (static; per-column weights have ``g = Kp``).
+      group_size: g, 16 or a positive multiple of 32 (static; per-column weights have
+        ``g = Kp``).
       layout: the byte order of ``bits`` within each row, one of `LAYOUTS` (static; default
         ``"canonical"``; see the module docstring and `to_layout`).
 
@@ -144,6 +166,16 @@ class BCQWeight:
         return self.padded_in_features // self.group_size
 
     @property
+    def uniform(self) -> bool:
+        """Whether ``alpha`` stores one scale per group (``[G, 1, N]``): plane ``i``'s scale is
+        ``alpha * 2**i``. Read from alpha's shape; for ``q = 1`` both forms are the same."""
+        return self.alpha.shape[-2] == 1
+
+    def plane_alpha(self) -> Any:
+        """The per-plane scales ``[..., G, q, N]`` (a uniform weight's expanded)."""
+        return expand_alpha(self.alpha, self.num_bits)
+
+    @property
     def dtype(self):
         """The storage dtype of alpha (and offset)."""
         return self.alpha.dtype
@@ -151,7 +183,11 @@ class BCQWeight:
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """The unbatched array shapes this metadata implies."""
         q, n, groups = self.num_bits, self.out_features, self.num_groups
-        shapes = {"bits": (self.padded_in_features // WORD_BITS, q, n), "alpha": (groups, q, n)}
+        planes = 1 if self.uniform else q
+        shapes = {
+            "bits": (self.padded_in_features // WORD_BITS, q, n),
+            "alpha": (groups, planes, n),
+        }
         if self.has_offset:
             shapes["offset"] = (groups, n)
         return shapes
@@ -411,6 +447,16 @@ def unpack_signs(bits: jax.Array) -> jax.Array:
     return sign_planes(bits).reshape(*lead, kw * WORD_BITS, q, n).astype(jnp.bool_)
 
 
+def expand_alpha(alpha: Any, num_bits: int) -> Any:
+    """Per-plane scales ``[..., G, q, N]`` from stored ones: ``alpha`` itself when it has ``q``
+    planes, ``alpha * 2**i`` for plane ``i`` when it is uniform (``[..., G, 1, N]``)."""
+    if alpha.shape[-2] == num_bits:
+        return alpha
+    xp = _namespace(alpha)
+    powers = (2.0 ** xp.arange(num_bits)).astype(alpha.dtype)
+    return alpha * powers[:, None]
+
+
 def dequantize(w: BCQWeight, dtype=jnp.float32) -> jax.Array:
     """Dense ``[K, N]`` weight of ``w`` (``[..., K, N]`` for stacked weights), in ``dtype``.
 
@@ -420,15 +466,25 @@ def dequantize(w: BCQWeight, dtype=jnp.float32) -> jax.Array:
     """
     bits = canonical_bits(w)
     *lead, kw, q, n = bits.shape
-    words_per_group = w.group_size // WORD_BITS
     signs = sign_planes(bits).astype(jnp.float32) * 2.0 - 1.0  # [..., Kp/32, 32, q, N]
-    # Scales per word rather than per group, so no reshape regroups K (a reshape that
-    # re-chunks an axis is rejected under explicit sharding).
-    alpha = jnp.repeat(w.alpha.astype(jnp.float32), words_per_group, axis=-3)
-    dense = jnp.sum(signs * alpha[..., :, None, :, :], axis=-2)  # [..., Kp/32, 32, N]
-    if w.has_offset:
-        offset = jnp.repeat(w.offset.astype(jnp.float32), words_per_group, axis=-2)
-        dense = dense + offset[..., :, None, :]
+    alpha = w.plane_alpha().astype(jnp.float32)  # [..., G, q, N]
+    offset = w.offset.astype(jnp.float32) if w.has_offset else None
+    if w.group_size < WORD_BITS:
+        # Two groups per word: split each word's 32 rows into its halves.
+        per_word = WORD_BITS // w.group_size
+        signs = signs.reshape(*lead, kw, per_word, w.group_size, q, n)
+        alpha = alpha.reshape(*lead, kw, per_word, 1, q, n)
+        dense = jnp.sum(signs * alpha, axis=-2)  # [..., Kp/32, 2, 16, N]
+        if offset is not None:
+            dense = dense + offset.reshape(*lead, kw, per_word, 1, n)
+    else:
+        # Scales per word rather than per group, so no reshape regroups K (a reshape that
+        # re-chunks an axis is rejected under explicit sharding).
+        words_per_group = w.group_size // WORD_BITS
+        alpha = jnp.repeat(alpha, words_per_group, axis=-3)
+        dense = jnp.sum(signs * alpha[..., :, None, :, :], axis=-2)  # [..., Kp/32, 32, N]
+        if offset is not None:
+            dense = dense + jnp.repeat(offset, words_per_group, axis=-2)[..., :, None, :]
     dense = dense.reshape(*lead, kw * WORD_BITS, n)[..., : w.in_features, :]
     return dense.astype(dtype)
 

@@ -7,11 +7,15 @@
 //   bits   uint32 [Kp/32][q][N]   bit t (LSB = 0) of word [kw][i][n] is 1 where s_i[32*kw+t][n] = +1;
 //                                 byte j of a word is the 8-activation table index for
 //                                 k = 32*kw + 8j .. 32*kw + 8j + 7.
-//   alpha  [G][q][N]              float32, bfloat16 or float16 (G = Kp / g)
+//   alpha  [G][q][N]              float32, bfloat16 or float16 (G = Kp / g), or
+//          [G][1][N]              "uniform": plane i's scale is alpha[grp][0][n] * 2^i (the
+//                                 exact BCQ form of integer codes; one stored scale per group)
 //   offset [G][N]                 alpha's dtype, optional (G = 0 rows when absent)
 //
-// Kp is K rounded up to a multiple of g; g is a positive multiple of 32. Rows K <= k < Kp are
-// padding: consumers treat the activations there as zero, so they contribute nothing.
+// g is 16 or a positive multiple of 32; Kp is K rounded up to a multiple of max(g, 32) so that
+// sign words stay whole. With g = 16 one word spans two groups: bytes 0-1 belong to group
+// 2*kw, bytes 2-3 to group 2*kw + 1. Rows K <= k < Kp are padding: consumers treat the
+// activations there as zero, so they contribute nothing.
 // This header holds only host/device-neutral constants and index arithmetic; it is included by
 // the CPU kernel, the CUDA kernel and their FFI handlers.
 #ifndef LUTGEMM_BCQ_FORMAT_H_
@@ -32,19 +36,26 @@ constexpr int kTableBits = 8;      // mu: activations per lookup table (one byte
 constexpr int kTableSize = 1 << kTableBits;
 constexpr int kBytesPerWord = kWordBits / kTableBits;
 constexpr int kMaxBits = 8;        // largest q
+constexpr int kHalfWordGroup = 16; // the one group size below a word (GGUF's 16-weight blocks)
 
 // Shape of one packed weight, as the FFI attributes describe it.
 struct BcqShape {
   int64_t k;           // logical in_features
   int64_t n;           // out_features
   int64_t q;           // bit-planes
-  int64_t group_size;  // g, multiple of 32
+  int64_t group_size;  // g: 16 or a multiple of 32
   bool has_offset;
+  bool uniform = false;  // alpha is [G][1][N]: plane i's scale is alpha * 2^i
 
-  LUTGEMM_HD int64_t padded_k() const { return (k + group_size - 1) / group_size * group_size; }
+  // K rounded up to whole groups and whole words (g = 16: to a multiple of 32).
+  LUTGEMM_HD int64_t k_multiple() const { return group_size < kWordBits ? kWordBits : group_size; }
+  LUTGEMM_HD int64_t padded_k() const { return (k + k_multiple() - 1) / k_multiple() * k_multiple(); }
   LUTGEMM_HD int64_t num_words() const { return padded_k() / kWordBits; }
   LUTGEMM_HD int64_t num_groups() const { return padded_k() / group_size; }
+  // Only for g >= 32; a g = 16 weight has two groups per word.
   LUTGEMM_HD int64_t words_per_group() const { return group_size / kWordBits; }
+  // Scale planes stored in alpha: 1 for uniform weights, q otherwise.
+  LUTGEMM_HD int64_t alpha_planes() const { return uniform ? 1 : q; }
 };
 
 // Layouts of the sign words in `bits` (the FFI attribute `layout`; lutgemm_jax.format.LAYOUTS):
@@ -70,8 +81,13 @@ LUTGEMM_HD int64_t SignByteOffset(Layout layout, int64_t n, int64_t col, int j) 
 LUTGEMM_HD int64_t BitsIndex(const BcqShape& s, int64_t word, int64_t plane, int64_t col) {
   return (word * s.q + plane) * s.n + col;
 }
+// Index of the stored scale of (group, plane, col); a uniform weight stores plane 0 only and the
+// caller multiplies by 2^plane (UniformPlaneFactor).
 LUTGEMM_HD int64_t AlphaIndex(const BcqShape& s, int64_t group, int64_t plane, int64_t col) {
-  return (group * s.q + plane) * s.n + col;
+  return s.uniform ? group * s.n + col : (group * s.q + plane) * s.n + col;
+}
+LUTGEMM_HD float UniformPlaneFactor(const BcqShape& s, int64_t plane) {
+  return s.uniform ? static_cast<float>(int64_t{1} << plane) : 1.0f;
 }
 LUTGEMM_HD int64_t OffsetIndex(const BcqShape& s, int64_t group, int64_t col) {
   return group * s.n + col;
@@ -90,8 +106,8 @@ inline const char* CheckShape(const BcqShape& s) {
   if (s.n <= 0) return "N (out_features) must be positive";
   if (s.n > kMaxDim) return "N (out_features) is too large (more than 2^40)";
   if (s.q < 1 || s.q > kMaxBits) return "q (num_bits) must be in 1..8";
-  if (s.group_size <= 0 || s.group_size % kWordBits != 0)
-    return "group_size must be a positive multiple of 32";
+  if (s.group_size != kHalfWordGroup && (s.group_size <= 0 || s.group_size % kWordBits != 0))
+    return "group_size must be 16 or a positive multiple of 32";
   if (s.group_size > kMaxDim) return "group_size is too large (more than 2^40)";
   return nullptr;
 }

@@ -1,6 +1,7 @@
 // Operand validation shared by every LUT-GEMM FFI handler (CPU and CUDA).
 //
-// Operands: x [..., K] (f32/bf16/f16), bits u32 [Kp/32, q, N], alpha [G, q, N] (f32/bf16/f16),
+// Operands: x [..., K] (f32/bf16/f16), bits u32 [Kp/32, q, N], alpha [G, q, N] or uniform
+// [G, 1, N] (f32/bf16/f16),
 // offset [G, N] or [0, N] (alpha's dtype; zero rows = no offset); result y [..., N] in x's dtype.
 // Attributes: in_features (K), out_features (N), num_bits (q), group_size (g).
 // Everything is checked against the attributes before a kernel runs; a mismatch is returned as
@@ -65,8 +66,10 @@ inline ffi::Error CheckWeight(const char* op, ffi::AnyBuffer bits, ffi::AnyBuffe
   if (bd.size() != 3 || bd[0] != s->num_words() || bd[1] != q || bd[2] != n)
     return ShapeError("bits", bd, "[Kp/32, q, N] = " + DimsToString({s->num_words(), q, n}));
   auto ad = alpha.dimensions();
-  if (ad.size() != 3 || ad[0] != g || ad[1] != q || ad[2] != n)
-    return ShapeError("alpha", ad, "[G, q, N] = " + DimsToString({g, q, n}));
+  if (ad.size() != 3 || ad[0] != g || (ad[1] != q && ad[1] != 1) || ad[2] != n)
+    return ShapeError("alpha", ad,
+                      "[G, q, N] = " + DimsToString({g, q, n}) + " or uniform [G, 1, N]");
+  s->uniform = ad[1] == 1;
   auto od = offset.dimensions();
   if (od.size() != 2 || (od[0] != g && od[0] != 0) || od[1] != n)
     return ShapeError("offset", od, "[G, N] = " + DimsToString({g, n}) + " or [0, N]");
