@@ -5,6 +5,7 @@ The reference is independent of the code it checks: it is written from the forma
 
     W_hat[k, n] = sum_{i<q} alpha[k // g, i, n] * s_i[k, n] + offset[k // g, n]
 
+(for a uniform weight, ``alpha: [G, 1, N]``, plane ``i``'s scale is ``alpha[k // g, 0, n] * 2**i``)
 with numpy in float64, from the signs (or from the packed words, unpacked and un-shuffled here
 from the format's definition), and never calls `dequantize`, `convert_bits` or `lut_gemm`.
 
@@ -15,8 +16,8 @@ Random weights come at two levels:
 * word level (`random_packed_weight`): uniformly random sign words, fast for large shapes, for
   benchmarks; `weight_float64` gives its ``W_hat``.
 
-Both draw alpha from U(0.1, 1) and offset from N(0, 1), and give the weight in either sign-word
-layout.
+Both draw alpha from U(0.1, 1) and offset from N(0, 1), give the weight in either sign-word
+layout, and can make uniform weights (one scale per group).
 """
 
 from __future__ import annotations
@@ -86,9 +87,14 @@ def canonical_words(bits: np.ndarray, layout: str) -> np.ndarray:
 
 def dense_float64(signs: np.ndarray, alpha: Any, offset: Any, group_size: int) -> np.ndarray:
     """``W_hat`` in float64 from signs bool ``[K', q, N]`` (any number K' of rows, e.g. K or Kp)
-    and scales alpha ``[G, q, N]``, offset ``[G, N]`` or None: ``[K', N]``."""
+    and scales alpha ``[G, q, N]`` (or uniform ``[G, 1, N]``), offset ``[G, N]`` or None:
+    ``[K', N]``."""
+    q = signs.shape[1]
+    scales = _float64(alpha)
+    if scales.shape[1] != q:  # uniform: plane i's scale is alpha * 2**i
+        scales = scales * np.array([2.0**i for i in range(q)])[:, None]
     group = np.arange(signs.shape[0]) // group_size
-    dense = np.sum(np.where(signs, 1.0, -1.0) * _float64(alpha)[group], axis=1)
+    dense = np.sum(np.where(signs, 1.0, -1.0) * scales[group], axis=1)
     if offset is not None:
         dense += _float64(offset)[group]
     return dense
@@ -102,8 +108,8 @@ def weight_float64(w: BCQWeight) -> np.ndarray:
     return dense_float64(signs, w.alpha, offset, w.group_size)[: w.in_features]
 
 
-def _scales(rng, groups: int, q: int, n: int, has_offset: bool, alpha_dtype):
-    alpha = jnp.asarray(rng.uniform(0.1, 1.0, (groups, q, n)), alpha_dtype)
+def _scales(rng, groups: int, q: int, n: int, has_offset: bool, alpha_dtype, uniform: bool):
+    alpha = jnp.asarray(rng.uniform(0.1, 1.0, (groups, 1 if uniform else q, n)), alpha_dtype)
     offset = jnp.asarray(rng.normal(size=(groups, n)), alpha_dtype) if has_offset else None
     return alpha, offset
 
@@ -117,6 +123,7 @@ def random_weight(
     has_offset: bool = True,
     alpha_dtype=jnp.float32,
     layout: str = "canonical",
+    uniform: bool = False,
 ) -> tuple[BCQWeight, np.ndarray]:
     """A weight with random signs and scales, and its float64 ``W_hat [K, N]``.
 
@@ -127,6 +134,7 @@ def random_weight(
       has_offset: whether the weight has an offset.
       alpha_dtype: dtype of alpha and offset (``W_hat`` uses their rounded values).
       layout: the sign-word layout of the returned weight (`lutgemm_jax.format.LAYOUTS`).
+      uniform: store one scale per group (``alpha: [G, 1, N]``, plane ``i`` scaled by ``2**i``).
 
     Returns:
       ``(w, w64)``: the `BCQWeight` and ``W_hat`` in float64. Padding rows ``K <= k < Kp`` have
@@ -136,8 +144,8 @@ def random_weight(
     kp = padded_in_features(k, g)
     signs = np.zeros((kp, q, n), bool)
     signs[:k] = rng.random((k, q, n)) < 0.5
-    alpha, offset = _scales(rng, kp // g, q, n, has_offset, alpha_dtype)
-    w = _packed(pack_words(signs), alpha, offset, k, g, layout)
+    alpha, offset = _scales(rng, kp // g, q, n, has_offset, alpha_dtype, uniform)
+    w = _packed(pack_words(signs), alpha, offset, k, q, g, layout)
     return w, dense_float64(signs[:k], alpha, offset, g)
 
 
@@ -150,6 +158,7 @@ def random_packed_weight(
     has_offset: bool = True,
     alpha_dtype=jnp.float32,
     layout: str = "canonical",
+    uniform: bool = False,
 ) -> BCQWeight:
     """A weight with uniformly random sign words (fast for large shapes; arguments as in
     `random_weight`); padding rows ``K <= k < Kp`` get sign bits 0. Its ``W_hat``:
@@ -160,14 +169,14 @@ def random_packed_weight(
     rows = np.arange(kp).reshape(kp // WORD_BITS, WORD_BITS)
     keep = np.sum((rows < k).astype(np.uint64) << np.arange(WORD_BITS, dtype=np.uint64), axis=1)
     bits &= keep.astype(np.uint32)[:, None, None]
-    alpha, offset = _scales(rng, kp // g, q, n, has_offset, alpha_dtype)
-    return _packed(bits, alpha, offset, k, g, layout)
+    alpha, offset = _scales(rng, kp // g, q, n, has_offset, alpha_dtype, uniform)
+    return _packed(bits, alpha, offset, k, q, g, layout)
 
 
-def _packed(bits, alpha, offset, k: int, g: int, layout: str) -> BCQWeight:
+def _packed(bits, alpha, offset, k: int, q: int, g: int, layout: str) -> BCQWeight:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    _, q, n = alpha.shape
+    n = alpha.shape[-1]
     return BCQWeight(
         bits=jnp.asarray(cpu_layout_words(bits) if layout == "cpu" else bits),
         alpha=alpha,
