@@ -3,7 +3,7 @@
 // threads) that the JAX-level benchmark (python -m lutgemm_jax.bench) cannot separate.
 //
 //   g++ -O3 -std=c++17 -Icpu -Iinclude -o /tmp/cpu_kernel_bench
-//       benchmarks/cpu_kernel_bench.cc cpu/lut_gemm_cpu.cc cpu/worker_pool.cc -lpthread
+//       benchmarks/cpu_kernel_bench.cc $(ls cpu/*.cc | grep -v ffi_cpu) -lpthread
 //   /tmp/cpu_kernel_bench K N q [kernel=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1]
 //                         [alpha=0]
 //
@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
   for (int64_t i = 0; i < static_cast<int64_t>(alpha16.size()); ++i)
     for (float a : alpha[i])
       alpha16[i].push_back(alpha_kind == 1 ? lutgemm::FloatToBf16(a) : lutgemm::FloatToF16(a));
-  const cpu::DType alpha_types[] = {cpu::DType::kF32, cpu::DType::kBF16, cpu::DType::kF16};
+  const lutgemm::DType alpha_types[] = {lutgemm::kF32, lutgemm::kBF16, lutgemm::kF16};
   std::vector<float> x(m * k), y(m * n);
   std::generate(x.begin(), x.end(), [&] { return uniform(rng); });
 
@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
   op.shape = shape;
   op.m = m;
   op.x = x.data();
-  op.x_type = cpu::DType::kF32;
+  op.x_type = lutgemm::kF32;
   op.layout = static_cast<lutgemm::Layout>(layout);
   op.alpha_type = alpha_types[alpha_kind];
   op.y = y.data();

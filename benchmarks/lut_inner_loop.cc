@@ -1,6 +1,6 @@
 // The fast CPU kernel's table work in isolation: where its time goes, and what alternatives to
 // its inner loop would buy. No library code; each variant re-implements one step of FastAvx2
-// (cpu/lut_gemm_cpu.cc) on synthetic data so that it can be timed alone.
+// (cpu/lut_avx2.cc) on synthetic data so that it can be timed alone.
 //
 //   g++ -O3 -std=c++17 -mavx2 -o /tmp/lut_inner_loop benchmarks/lut_inner_loop.cc
 //   /tmp/lut_inner_loop l1                 # table work on L1-resident sign words, 3 variants

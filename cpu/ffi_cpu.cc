@@ -3,8 +3,9 @@
 // Attributes: in_features, out_features, num_bits, group_size (validated by CheckOperands),
 // layout (0 = canonical sign words, 1 = the 'cpu' byte-major layout; bcq_format.h), mode
 // (0 = exact float32 tables, 1 = fast int8 tables) and path (0 = lookup tables, 1 = dequantized
-// tiles + dense FMA GEMM, the large-batch path, which reads no mode). Work is spread over the calling thread and the library's own workers
-// (worker_pool.h), as many threads in all as XLA's intra-op pool (ffi::ThreadPool) has, up to 256.
+// tiles + dense FMA GEMM, the large-batch path, which reads no mode). Work is spread over the
+// calling thread and the library's own workers (worker_pool.h), as many threads in all as XLA's
+// intra-op pool (ffi::ThreadPool) has, up to 256.
 // Environment (read per call, for tests and benchmarks):
 //   LUTGEMM_CPU_ISA=portable|avx2   force the code path (default: best the CPU supports)
 //   LUTGEMM_CPU_THREADS=<n>         use at most n threads (default: the pool's size)
@@ -31,17 +32,6 @@ namespace ffi = xla::ffi;
 
 namespace lutgemm::cpu {
 namespace {
-
-DType ToDType(ffi::DataType t) {
-  switch (t) {
-    case ffi::DataType::F32:
-      return DType::kF32;
-    case ffi::DataType::BF16:
-      return DType::kBF16;
-    default:
-      return DType::kF16;
-  }
-}
 
 int64_t NumThreads(ffi::ThreadPool& pool) {
   int64_t threads = std::max<int64_t>(1, pool.num_threads());

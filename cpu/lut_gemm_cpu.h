@@ -12,6 +12,9 @@
 //          (one load); canonical words are transposed in registers first.
 // Per (scale block, plane, column) the lookups are summed, scaled by alpha (and, in fast mode, by
 // the block's table scale) and accumulated in float32; the offset adds offset * sum(x over group).
+// With g = 16 a scale block is one sign word whose halves are summed and scaled separately (two
+// groups). Uniform weights (alpha [G, 1, N]) scale plane i by alpha * 2^i; in fast mode their
+// integer plane sums are first combined exactly, sum_i 2^i * (plane i sum), and scaled once.
 // Every column is computed by one thread with a fixed operation order; for tall-skinny weights
 // (N < 128) K is split into slices fixed by the shape, whose partial sums are added in slice
 // order. Either way results do not depend on the number of threads.
@@ -22,6 +25,7 @@
 #include <functional>
 
 #include "lutgemm/bcq_format.h"
+#include "lutgemm/dtypes.h"
 
 namespace lutgemm::cpu {
 
@@ -32,7 +36,6 @@ enum class Mode : int64_t { kExact = 0, kFast = 1 };
 // multiplied with a register-blocked FMA micro-kernel (float32 throughout; ignores `Mode`).
 enum class Path : int64_t { kLut = 0, kDense = 1 };
 enum class Isa : int { kPortable = 0, kAvx2 = 1 };
-enum class DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
 struct Operands {
   BcqShape shape;
@@ -41,7 +44,7 @@ struct Operands {
   DType x_type;
   const uint32_t* bits;   // [Kp/32, q, n]
   Layout layout;          // how the sign words of `bits` are arranged (bcq_format.h)
-  const void* alpha;      // [G, q, n] in alpha_type
+  const void* alpha;      // [G, q, n] or uniform [G, 1, n] (shape.uniform) in alpha_type
   const void* offset;     // [G, n] in alpha_type, or nullptr
   DType alpha_type;
   void* y;                // [m, n] in x_type

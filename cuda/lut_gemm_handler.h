@@ -16,10 +16,6 @@ namespace lutgemm::cuda {
 
 namespace ffi = xla::ffi;
 
-inline int ToElemType(ffi::DataType t) {
-  return t == ffi::DataType::F32 ? kF32 : t == ffi::DataType::BF16 ? kBF16 : kF16;
-}
-
 constexpr int64_t kMaxGridYZ = 65535;
 constexpr int64_t kMaxInt = std::numeric_limits<int>::max();
 
@@ -60,8 +56,8 @@ inline ffi::Error PrepareLutGemm(ffi::AnyBuffer x, ffi::AnyBuffer bits, ffi::Any
   args->q = static_cast<int>(s.q);
   args->num_words = static_cast<int>(s.num_words());
   args->words_per_group = static_cast<int>(s.words_per_group());
-  args->x_type = ToElemType(x.element_type());
-  args->a_type = ToElemType(alpha.element_type());
+  args->x_type = ToDType(x.element_type());
+  args->a_type = ToDType(alpha.element_type());
   if (p.m == 0) {
     *plan = LutPlan{1, 0, 0, 1, 1};
     return ffi::Error::Success();
@@ -101,8 +97,8 @@ inline ffi::Error PrepareDequant(ffi::AnyBuffer bits, ffi::AnyBuffer alpha, ffi:
                       static_cast<int>(s.q),
                       static_cast<int>(s.num_words()),
                       static_cast<int>(s.words_per_group()),
-                      ToElemType(alpha.element_type()),
-                      ToElemType(w.element_type())};
+                      ToDType(alpha.element_type()),
+                      ToDType(w.element_type())};
   return ffi::Error::Success();
 }
 

@@ -6,11 +6,9 @@
 #include <cstdint>
 
 #include "lutgemm/bcq_format.h"
+#include "lutgemm/dtypes.h"  // DType: element types of x, y, alpha, offset and the dequantized weight
 
 namespace lutgemm::cuda {
-
-// Element types of x, y, alpha, offset and the dequantized weight.
-enum ElemType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
 constexpr int kThreads = 128;                         // threads per LUT block
 constexpr int kColsPerThread = 4;                     // one uint4 of bits words

@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -459,8 +460,7 @@ def test_standalone_kernel_bench_builds_and_runs(tmp_path):
         "-o",
         exe,
         f"{root}/benchmarks/cpu_kernel_bench.cc",
-        f"{root}/cpu/lut_gemm_cpu.cc",
-        f"{root}/cpu/worker_pool.cc",
+        *sorted(str(p) for p in Path(root, "cpu").glob("*.cc") if p.name != "ffi_cpu.cc"),
         "-lpthread",
     ]
     subprocess.run(cmd, check=True, capture_output=True)

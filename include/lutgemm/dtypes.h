@@ -1,4 +1,5 @@
-// Scalar conversions between float32 and the 16-bit float storage types, host side.
+// Element types of the kernels' operands, and scalar conversions between float32 and the 16-bit
+// float storage types, host side. Shared by the CPU and the CUDA kernels and their FFI handlers.
 // Portable bit manipulation (no F16C/AVX needed) so that every code path can use them.
 #ifndef LUTGEMM_DTYPES_H_
 #define LUTGEMM_DTYPES_H_
@@ -8,6 +9,11 @@
 #include <cstring>
 
 namespace lutgemm {
+
+// Element type of x, y, alpha, offset (and the CUDA path's dequantized weight). Unscoped with a
+// fixed int representation because the CUDA kernels receive it as an int field of their
+// argument structs and compare it with the enumerators.
+enum DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
 inline float Bf16ToFloat(uint16_t h) {
   uint32_t u = static_cast<uint32_t>(h) << 16;

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "lutgemm/bcq_format.h"
+#include "lutgemm/dtypes.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace lutgemm {
@@ -22,6 +23,11 @@ namespace ffi = xla::ffi;
 
 inline bool IsFloatType(ffi::DataType t) {
   return t == ffi::DataType::F32 || t == ffi::DataType::BF16 || t == ffi::DataType::F16;
+}
+
+// The kernels' element type of a float operand (IsFloatType checked first).
+inline DType ToDType(ffi::DataType t) {
+  return t == ffi::DataType::F32 ? kF32 : t == ffi::DataType::BF16 ? kBF16 : kF16;
 }
 
 inline std::string DimsToString(ffi::Span<const int64_t> dims) {

@@ -1,0 +1,29 @@
+// Run-time ISA detection (CPUID) and the LUTGEMM_CPU_ISA override. The kernels' AVX2 twins are
+// compiled with per-function target attributes, so the library loads on any x86-64 and uses them
+// only where this says the CPU has AVX2 + FMA + F16C.
+#include <cstdlib>
+#include <string>
+
+#include "lut_gemm_cpu.h"
+
+namespace lutgemm::cpu {
+
+bool IsaSupported(Isa isa) {
+  if (isa == Isa::kPortable) return true;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+Isa SelectIsa() {
+  static const bool avx2 = IsaSupported(Isa::kAvx2);
+  const char* env = std::getenv("LUTGEMM_CPU_ISA");
+  if (env != nullptr && std::string(env) == "portable") return Isa::kPortable;
+  return avx2 ? Isa::kAvx2 : Isa::kPortable;
+}
+
+}  // namespace lutgemm::cpu

@@ -1,0 +1,101 @@
+// Driver of the dense path (dense.h).
+//
+// BLIS-style blocking with the weight dequantized on the fly. x is packed once per call (PackX).
+// Each task owns a range of output columns and, per tile of kNB columns x kKB rows of K:
+//   dequantize the tile into kNB / kNR packed micro-panels (64 KiB, L2), then
+//   for each micro-panel (kKB x 16 floats, kept in L1):
+//     for each block of kMR = 6 rows of x (its packed kKB x 6 panel streams from L2):
+//       6 x 16 register-blocked FMA micro-kernel, accumulating into the task's [m, kNB] buffer.
+// Every weight element is dequantized once per call and reused by all m rows, so at m >= 64 the
+// dequantization is a few percent of the FMAs. Columns never straddle tasks, and each output's
+// sum runs over k in the same order whatever the split (deterministic for any thread count).
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "dense.h"
+
+namespace lutgemm::cpu {
+namespace {
+
+// Column chunks per task: about kChunksPerTask chunks (of at least kNB columns) per task, so
+// that threads finishing early take another chunk and uneven progress evens out.
+constexpr int64_t kChunksPerTask = 4;
+
+// x [m, k] into float32 panels (PanelIndex), rows past m zero. The rows of the last K tile past
+// k are left unwritten: the micro-kernels read only kc = k - k0 rows of it.
+void PackX(const Operands& op, int64_t m, int64_t k, float* xp) {
+  const int64_t blocks = (m + kMR - 1) / kMR;
+  const std::vector<float> zeros(k, 0.f);
+  std::vector<float> rows(op.x_type == DType::kF32 ? 0 : kMR * k);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* src[kMR];
+    for (int r = 0; r < kMR; ++r) {
+      const int64_t row = b * kMR + r;
+      if (row >= m) {
+        src[r] = zeros.data();
+      } else if (op.x_type == DType::kF32) {
+        src[r] = static_cast<const float*>(op.x) + row * k;
+      } else {
+        for (int64_t i = 0; i < k; ++i) rows[r * k + i] = ToF32(op.x, op.x_type, row * k + i);
+        src[r] = rows.data() + r * k;
+      }
+    }
+    for (int64_t k0 = 0; k0 < k; k0 += kKB) {
+      float* d = xp + PanelIndex(blocks, k0, b * kMR);
+      const int64_t kc = std::min<int64_t>(kKB, k - k0);
+      for (int64_t kk = 0; kk < kc; ++kk)
+        for (int r = 0; r < kMR; ++r) d[kk * kMR + r] = src[r][k0 + kk];
+    }
+  }
+}
+
+// Columns [c_begin, c_end) of every row; xp is x packed by PanelIndex. Each
+// column's sums run over k in the same order whatever the column split, so results do not depend
+// on the thread count.
+void RunDense(const Prep& p, const DenseKernels& dk, const float* xp, int64_t c_begin,
+              int64_t c_end) {
+  const int64_t m = p.op.m, k = p.shape.k, n = p.shape.n, blocks = (m + kMR - 1) / kMR;
+  // The tile, 64-byte aligned so that no micro-panel row of kNR floats straddles two lines.
+  std::vector<float> wt_buf(kKB * kNB + 16), facc(m * kNB);
+  float* wt = wt_buf.data() + (-reinterpret_cast<uintptr_t>(wt_buf.data()) / sizeof(float)) % 16;
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += kNB) {
+    const int64_t nc = std::min<int64_t>(kNB, c_end - c0);
+    std::fill(facc.begin(), facc.end(), 0.f);
+    for (int64_t k0 = 0; k0 < k; k0 += kKB) {
+      const int64_t kc = std::min<int64_t>(kKB, k - k0);
+      dk.tile(p, k0, kc, c0, nc, wt);
+      // Micro-panels outer: one panel (kc x kNR floats, 16 KiB) stays in L1 while every row
+      // block of x (kc x kMR floats each, from L2) streams past it.
+      for (int64_t cs = 0; cs < nc; cs += kNR) {
+        for (int64_t m0 = 0; m0 < m; m0 += kMR) {
+          const int mr = static_cast<int>(std::min<int64_t>(kMR, m - m0));
+          dk.micro[mr - 1](xp + PanelIndex(blocks, k0, m0), wt + TileIndex(0, cs), kc,
+                           facc.data() + m0 * kNB + cs, kNB);
+        }
+      }
+    }
+    for (int64_t r = 0; r < m; ++r)
+      StoreRow(facc.data() + r * kNB, p.op.x_type, p.op.y, r * n + c0, nc);
+  }
+}
+
+}  // namespace
+
+void RunDensePath(const Prep& p, Isa isa, int64_t max_tasks, const ParallelFor& parallel_for) {
+  const DenseKernels dk = isa == Isa::kAvx2 ? DenseKernelsAvx2(p) : DenseKernelsGeneric();
+  const int64_t m = p.op.m, k = p.shape.k, n = p.shape.n;
+  const int64_t blocks = (m + kMR - 1) / kMR, ktiles = (k + kKB - 1) / kKB;
+  std::unique_ptr<float[]> xp(new float[ktiles * blocks * kKB * kMR]);
+  PackX(p.op, m, k, xp.get());
+  const int64_t tasks = std::max<int64_t>(1, max_tasks);
+  int64_t chunk = (n + tasks * kChunksPerTask - 1) / (tasks * kChunksPerTask);
+  chunk = std::max<int64_t>(kNB, (chunk + kNB - 1) / kNB * kNB);
+  const int64_t nchunk = (n + chunk - 1) / chunk;
+  RunTasks(nchunk, tasks, parallel_for, [&](int64_t i) {
+    RunDense(p, dk, xp.get(), i * chunk, std::min(n, (i + 1) * chunk));
+  });
+}
+
+}  // namespace lutgemm::cpu

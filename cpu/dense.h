@@ -1,0 +1,57 @@
+// The dense path (large batches): y = x @ W_hat with W_hat dequantized one small tile at a time
+// (never a full [K, N] copy) and multiplied with a register-blocked FMA micro-kernel, float32
+// throughout. dense.cc drives it; dense_generic.cc and dense_avx2.cc hold the twin kernels.
+#ifndef LUTGEMM_CPU_DENSE_H_
+#define LUTGEMM_CPU_DENSE_H_
+
+#include <cstdint>
+
+#include "kernel_common.h"
+
+namespace lutgemm::cpu {
+
+constexpr int kNR = 16;   // columns per micro-panel (two AVX2 vectors of accumulators)
+constexpr int kMR = 6;    // rows of x per micro-kernel call (6 x 2 accumulators + 3 = 15 ymm)
+constexpr int kNB = 64;   // columns per dequantized tile
+constexpr int kKB = 256;  // rows of K per tile (tile = 64 KiB of float32, one micro-panel 16 KiB)
+
+// A dequantized tile is stored as kNB / kNR micro-panels, each [kKB][kNR] contiguous, so that the
+// micro-kernel walks one panel sequentially and the panel (16 KiB) maps onto every L1 set evenly
+// (a row stride of kNB floats would crowd it into a quarter of the sets, where x evicts it).
+inline int64_t TileIndex(int64_t kk, int64_t c) {
+  return (c / kNR) * (kKB * kNR) + kk * kNR + c % kNR;
+}
+
+// x is packed once per call into panels of kKB x kMR floats (the kMR rows of a row block
+// interleaved per k, zero rows past m), ordered [K tile][row block][kk][kMR]: the broadcasts walk
+// one contiguous stream instead of kMR rows K floats apart (which alias in L1 when K is a multiple
+// of 1024), and the row blocks of one K tile follow each other in memory, as the micro-kernel
+// calls do.
+inline int64_t PanelIndex(int64_t blocks, int64_t i, int64_t row) {
+  return ((i / kKB * blocks + row / kMR) * kKB + i % kKB) * kMR + row % kMR;
+}
+
+// W_hat[k0 .. k0+kc, c0 .. c0+nc] into the micro-panels of wt (TileIndex); columns >= nc are
+// zero. kc <= kKB, nc <= kNB, k0 a multiple of kKB.
+using TileFn = void (*)(const Prep&, int64_t, int64_t, int64_t, int64_t, float*);
+// c[r * ldc + j] += sum_{k < kc} xp[k * kMR + r] * wt[k * kNR + j] for r < MR (micro[MR - 1]),
+// j < kNR: one packed x panel against one micro-panel.
+using MicroFn = void (*)(const float*, const float*, int64_t, float*, int64_t);
+
+struct DenseKernels {
+  TileFn tile;
+  MicroFn micro[kMR];
+};
+
+// The generic dequantization (any tile; the AVX2 twin's partial tiles use it too).
+void DequantTileGeneric(const Prep& p, int64_t k0, int64_t kc, int64_t c0, int64_t nc, float* wt);
+DenseKernels DenseKernelsGeneric();
+// AVX2 kernels for p's alpha dtype and q (the dequantization keeps q planes in registers).
+DenseKernels DenseKernelsAvx2(const Prep& p);
+
+// Computes y for every row of x (p.op) on the dense path.
+void RunDensePath(const Prep& p, Isa isa, int64_t max_tasks, const ParallelFor& parallel_for);
+
+}  // namespace lutgemm::cpu
+
+#endif  // LUTGEMM_CPU_DENSE_H_

@@ -1,0 +1,39 @@
+// Lookup kernels (T-MAC's "table lookup" stage): one call computes, for a block of up to 4 rows
+// of x, one scale block of K and `width` columns, the sum over that block of
+//   sum_i alpha_i[group, col] * sum_{chunks c in the block} T_c[nibble of plane i's sign word]
+// (times the block's table scale in fast mode) and adds it to facc[r * ld + (col - col0)].
+// The driver (driver.cc) walks scale blocks and column blocks and owns facc.
+#ifndef LUTGEMM_CPU_LUT_H_
+#define LUTGEMM_CPU_LUT_H_
+
+#include <cstdint>
+
+#include "kernel_common.h"
+
+namespace lutgemm::cpu {
+
+// (p, first row r0, scale block sb, first column col, facc of the column block's first column,
+// facc's row stride ld).
+using BlockFn = void (*)(const Prep&, int64_t, int64_t, int64_t, float*, int64_t);
+
+// The kernels of one call: vec[R - 1] computes `width` columns for R rows; tail[R - 1] one column
+// (the last N % width columns).
+struct LutKernels {
+  int width;
+  BlockFn vec[kMaxRows];
+  BlockFn tail[kMaxRows];
+};
+
+// The kernel table for R = 1..4 rows of one kernel template F (with template arguments after R).
+#define LUTGEMM_ROWS(F, ...) \
+  { F<1 __VA_ARGS__>, F<2 __VA_ARGS__>, F<3 __VA_ARGS__>, F<4 __VA_ARGS__> }
+
+// Portable kernels, one column per call (width 1).
+LutKernels LutKernelsGeneric(bool fast);
+// AVX2 kernels specialised for p's alpha dtype, layout, group size 16 and uniform scales (width
+// 32 fast, 16 exact; the generic kernels for the tail).
+LutKernels LutKernelsAvx2(bool fast, const Prep& p);
+
+}  // namespace lutgemm::cpu
+
+#endif  // LUTGEMM_CPU_LUT_H_
