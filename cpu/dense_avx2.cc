@@ -2,7 +2,8 @@
 // DequantTileAvx2 fills a 256 x 64 tile 8 columns at a time, one sign word (32 rows) per step
 // with the q words and +-alpha kept in registers; MicroAvx2 is the 6 x 16 register-blocked FMA
 // kernel (12 accumulators + 2 weight vectors + 1 broadcast = 15 of the 16 ymm registers), the
-// panel of 16 columns streaming from L1 and x's packed 6-row panel from L2.
+// panel of 16 columns streaming from L1 and x's packed 6-row panel from L2. Each task (dense.cc)
+// runs them on its own column range, dequantized tile and accumulator; x is packed once, shared.
 #include <immintrin.h>
 
 #include <algorithm>

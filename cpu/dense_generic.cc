@@ -1,7 +1,8 @@
 // Dense-path kernels, portable C++ (the twins of dense_avx2.cc; see dense.h and dense.cc).
 // DequantTile: one weight element at a time, offset + sum_i alpha_i * (+-1) in plane order (the
 // order the AVX2 twin keeps, so both give bitwise equal tiles). MicroGeneric: the 6 x 16 block
-// as plain loops (the compiler vectorises the inner 16 columns).
+// as plain loops (the compiler vectorises the inner 16 columns). Each task (dense.cc) runs them
+// on its own columns, tile and accumulator.
 #include <cstdint>
 
 #include "dense.h"

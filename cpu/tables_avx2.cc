@@ -3,6 +3,7 @@
 // activations and constant sign vectors. Fast mode keeps a scale block's float tables (up to 32
 // chunks = 64 vectors) on the stack, takes the block maximum from them, then converts two chunks
 // per 32-byte store. Same operation order as the generic twin, so the tables are bitwise equal.
+// Like the twin it runs per row of x inside the task that owns the K range (driver.cc).
 #include <immintrin.h>
 
 #include <cmath>
