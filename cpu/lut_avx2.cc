@@ -202,10 +202,21 @@ LUTGEMM_AVX2 inline void FastSegmentAvx2(const Prep& p, int64_t r0, int64_t sb, 
       itot[r][v] = _mm256_setzero_si256();
     }
   if (kUniform && prefetch) prefetch_alpha(0);
+  // Uniform weights whose shifted plane sums fit int16, 127 * lookups * (2^q - 1) <= 32767 (q <= 3
+  // for g >= 128, q <= 4 for g = 64, 5 for g = 32, 6 for g = 16), weigh plane i's lookups by 2^i
+  // in vpmaddubsw itself (its unsigned byte multiplier; a pair is at most 2 * 128 * 127 < 2^15),
+  // so all planes accumulate into one int16 sum, widened once: T-MAC's combination of planes by
+  // shifts. Every partial sum is bounded by the same sum of |terms|: exact, and equal to the
+  // int32 combination below.
+  const int64_t lookups = 2 * (kJ1 - kJ0) * words;  // per plane and column
+  const bool shifted16 = kUniform && 127 * lookups * ((int64_t{1} << q) - 1) <= 32767;
+  __m256i acc[R][2];
   for (int64_t i = 0; i < q; ++i) {
-    __m256i acc[R][2];
-    #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    if (!shifted16 || i == 0) {
+      #pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    }
+    const __m256i weight = shifted16 ? _mm256_set1_epi8(static_cast<char>(1 << i)) : ones;
     if (!kUniform && prefetch) prefetch_alpha(i);
     for (int64_t w = 0; w < words; ++w) {
       const uint32_t* row = p.op.bits + ((kw0 + w) * q + i) * n;
@@ -251,14 +262,15 @@ LUTGEMM_AVX2 inline void FastSegmentAvx2(const Prep& p, int64_t r0, int64_t sb, 
               _mm_loadu_si128(reinterpret_cast<const __m128i*>(t + (2 * j + 1) * kEntries)));
           const __m256i l = _mm256_shuffle_epi8(tlo, nib[2 * j]);
           const __m256i h = _mm256_shuffle_epi8(thi, nib[2 * j + 1]);
-          a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(ones, _mm256_unpacklo_epi8(l, h)));
-          a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(ones, _mm256_unpackhi_epi8(l, h)));
+          a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(weight, _mm256_unpacklo_epi8(l, h)));
+          a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(weight, _mm256_unpackhi_epi8(l, h)));
         }
         acc[r][0] = a0;
         acc[r][1] = a1;
       }
     }
     if constexpr (kUniform) {
+      if (shifted16) continue;
       const __m128i shift = _mm_cvtsi32_si128(static_cast<int>(i));
       #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
@@ -284,6 +296,10 @@ LUTGEMM_AVX2 inline void FastSegmentAvx2(const Prep& p, int64_t r0, int64_t sb, 
     }
   }
   if constexpr (kUniform) {
+    if (shifted16) {
+      #pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) WidenSums<L>(acc[r], itot[r]);
+    }
     const int64_t ai = AlphaIndex(p.shape, grp, 0, col);
     __m256 al[4];
     #pragma GCC unroll 4
