@@ -5,7 +5,7 @@
 //   g++ -O3 -std=c++17 -Icpu -Iinclude -o /tmp/cpu_kernel_bench
 //       benchmarks/cpu_kernel_bench.cc $(ls cpu/*.cc | grep -v ffi_cpu) -lpthread
 //   /tmp/cpu_kernel_bench K N q [kernel=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1]
-//                         [alpha=0]
+//                         [alpha=0] [g=128] [uniform=0]
 //
 // kernel: 0 exact LUT, 1 fast LUT, 2 dense path, 3 read only: every sign word and alpha loaded in
 //   the fast kernel's order (scale block, 32-column block, plane, word; the same column chunks
@@ -16,9 +16,10 @@
 // layout: 0 canonical, 1 'cpu' sign words (random bits either way; the layout only changes how
 //   the kernel reads them).
 // alpha: 0 float32, 1 bfloat16, 2 float16 scales.
+// g: group size (16 or a multiple of 32); uniform: 1 for one scale per group (alpha [G, 1, N]).
+//   The read-only pass (kernel 3) takes g = 128 with per-plane scales only.
 // Threads: the caller and the op's worker pool (cpu/worker_pool.h; LUTGEMM_CPU_SPIN_US applies).
-// g = 128, float32
-// x, no offset. Prints the fastest and the median call and the packed weight bytes (bits +
+// float32 x, no offset. Prints the fastest and the median call and the packed weight bytes (bits +
 // alpha) over the median.
 #include <algorithm>
 #include <atomic>
@@ -91,7 +92,7 @@ int main(int argc, char** argv) {
   if (argc < 4) {
     std::fprintf(stderr,
                  "usage: %s K N q [kernel=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1] "
-                 "[alpha=0]\n",
+                 "[alpha=0] [g=128] [uniform=0]\n",
                  argv[0]);
     return 2;
   }
@@ -100,14 +101,16 @@ int main(int argc, char** argv) {
   const int64_t threads = Arg(argc, argv, 6, 1), sets = Arg(argc, argv, 7, 1);
   const int64_t reps = Arg(argc, argv, 8, 200), layout = Arg(argc, argv, 9, 1);
   const int64_t alpha_kind = Arg(argc, argv, 10, 0);
-  const lutgemm::BcqShape shape{k, n, q, 128, false};
+  const int64_t g = Arg(argc, argv, 11, 128), uniform_scales = Arg(argc, argv, 12, 0);
+  const lutgemm::BcqShape shape{k, n, q, g, false, uniform_scales == 1};
   if (k <= 0 || n <= 0 || m <= 0 || threads <= 0 || sets <= 0 || reps <= 0 || kernel < 0 ||
       kernel > 3 || layout < 0 || layout > 1 || alpha_kind < 0 || alpha_kind > 2 ||
-      (kernel == 3 && alpha_kind != 0) || lutgemm::CheckShape(shape) != nullptr) {
+      (kernel == 3 && (alpha_kind != 0 || g != 128 || uniform_scales != 0)) ||
+      uniform_scales < 0 || uniform_scales > 1 || lutgemm::CheckShape(shape) != nullptr) {
     std::fprintf(stderr, "bad arguments\n");
     return 2;
   }
-  const int64_t words = shape.num_words() * q * n, alphas = shape.num_groups() * q * n;
+  const int64_t words = shape.num_words() * q * n, alphas = shape.num_groups() * shape.alpha_planes() * n;
 
   std::mt19937 rng(0);
   std::uniform_real_distribution<float> uniform(-1.f, 1.f);
@@ -156,13 +159,14 @@ int main(int argc, char** argv) {
   const double bytes =
       static_cast<double>(words) * 4 + static_cast<double>(alphas) * (alpha_kind == 0 ? 4 : 2);
   std::printf("K=%lld N=%lld q=%lld kernel=%lld M=%lld threads=%lld sets=%lld layout=%lld "
-              "alpha=%s isa=%s: "
+              "alpha=%s g=%lld uniform=%lld isa=%s: "
               "min %.3f ms, median %.3f ms, %.2f GB/s (weight bytes / median)\n",
               static_cast<long long>(k), static_cast<long long>(n), static_cast<long long>(q),
               static_cast<long long>(kernel), static_cast<long long>(m),
               static_cast<long long>(threads), static_cast<long long>(sets),
-              static_cast<long long>(layout), alpha_kind == 0 ? "f32" : alpha_kind == 1 ? "bf16" : "f16",
-              isa == cpu::Isa::kAvx2 ? "avx2" : "portable", ms.front(), median,
+              static_cast<long long>(layout),
+              alpha_kind == 0 ? "f32" : alpha_kind == 1 ? "bf16" : "f16", static_cast<long long>(g),
+              static_cast<long long>(uniform_scales), isa == cpu::Isa::kAvx2 ? "avx2" : "portable", ms.front(), median,
               bytes / median / 1e6);
   return 0;
 }

@@ -481,7 +481,21 @@ def test_standalone_kernel_bench_builds_and_runs(tmp_path):
             text=True,
         ).stdout
         assert f"layout=1 alpha={name}" in out, out
-    for args in (["300", "70", "9"], ["300", "70", "3", "1", "1", "1", "1", "3", "1", "3"]):
+    for mode, g in [("1", "16"), ("0", "32"), ("2", "16")]:  # uniform scales
+        out = subprocess.run(
+            [exe, "300", "70", "4", mode, "2", "2", "2", "3", "1", "0", g, "1"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert f"alpha=f32 g={g} uniform=1" in out, out
+    bad_args = [
+        ["300", "70", "9"],
+        ["300", "70", "3", "1", "1", "1", "1", "3", "1", "3"],
+        ["300", "70", "3", "1", "1", "1", "1", "3", "1", "0", "48"],
+        ["300", "70", "3", "3", "1", "1", "1", "3", "1", "0", "32"],
+    ]
+    for args in bad_args:
         bad = subprocess.run([exe, *args], capture_output=True, text=True)
         assert bad.returncode == 2 and "bad arguments" in bad.stderr
 
