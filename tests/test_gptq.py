@@ -222,8 +222,10 @@ def test_corrupt_v1_zero_point_is_refused():
         (lambda t: t.update({"p.scales": t["p.scales"].astype(np.int16)}), r"is int16, expected"),
         (lambda t: t["p.scales"].__setitem__((0, 0), np.nan), r"p\.scales has NaN"),
         (lambda t: t.update({"p.g_idx": np.full(64, 2, np.int32)}), r"outside \[0, 2\)"),
-        (lambda t: t.update({"p.g_idx": np.r_[[0] * 40, [1] * 24].astype(np.int32)}),
-         r"does not split the 64 rows into groups of 32"),  # fmt: skip
+        (
+            lambda t: t.update({"p.g_idx": np.r_[[0] * 40, [1] * 24].astype(np.int32)}),
+            r"does not split the 64 rows into groups of 32",
+        ),  # fmt: skip
     ],
 )
 def test_bad_tensors_name_file_and_tensor(change, match):
