@@ -54,6 +54,7 @@ def test_linear_is_exact(group_size):
         ({"version": "GEMV"}, r"version 'gemv' is not supported"),
         ({"version": "marlin"}, r"version 'marlin'"),
         ({"version": "llm-awq"}, r"version 'llm_awq'"),
+        ({"backend": "llm-awq"}, r"version 'llm_awq'"),
         ({"bits": 3}, r"bits 3 is not supported \(AWQ GEMM is 4-bit\)"),
         ({"zero_point": False}, r"zero_point false is not supported"),
         ({"group_size": 48}, r"group_size 48 has no BCQ form"),

@@ -74,6 +74,8 @@ class AWQScheme:
         """
         head = f"{where}: quantization_config (quant_method 'awq')"
         version = str(qc.get("format") or "gemm").lower().replace("-", "_")
+        if str(qc.get("backend") or "").lower() == "llm-awq":  # transformers' spelling
+            version = "llm_awq"
         if version not in VERSIONS:
             raise HFCheckpointError(
                 f"{head}: version {version!r} is not supported (supported: {VERSIONS}); gemv, "
@@ -95,8 +97,8 @@ class AWQScheme:
             )
         return cls(int(g), version, where)
 
-    def source_bits(self, k: int, n: int, act_order: bool = False) -> int:
-        """Bits of one Linear in the checkpoint: qweight, qzeros, float16 scales."""
+    def source_bits(self, k: int, n: int) -> int:
+        """Bits of one ``[K, N]`` Linear in the checkpoint: qweight, qzeros, float16 scales."""
         groups = 1 if self.group_size == -1 else k // self.group_size
         return k * n * BITS + groups * n * (BITS + 16)
 

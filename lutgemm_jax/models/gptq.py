@@ -129,10 +129,11 @@ class GPTQScheme:
             )
         return cls(int(bits), int(g), fmt, bool(qc.get("sym", True)), where)
 
-    def source_bits(self, k: int, n: int, act_order: bool) -> int:
-        """Bits of one Linear in the checkpoint: qweight, qzeros, float16 scales, g_idx."""
+    def source_bits(self, k: int, n: int) -> int:
+        """Bits of one ``[K, N]`` Linear in the checkpoint: qweight, qzeros, float16 scales and
+        the int32 g_idx (which AutoGPTQ and GPTQModel always write)."""
         groups = 1 if self.group_size == -1 else -(-k // self.group_size)
-        return k * n * self.bits + groups * n * (self.bits + 16) + 32 * k * act_order
+        return k * n * self.bits + groups * n * (self.bits + 16) + 32 * k
 
     def read_linear(
         self,

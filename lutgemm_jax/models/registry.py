@@ -93,7 +93,9 @@ def load_hf_checkpoint(
       HFCheckpointError: anything wrong with the directory, naming the file and the tensor or
         config key: no directory, no or bad config.json, unsupported model_type or feature, no
         safetensors (PyTorch pickles get a conversion recipe), a truncated or corrupt file, a
-        missing tensor (`MissingTensorError`) or one of the wrong shape.
+        missing tensor (`MissingTensorError`) or one of the wrong shape; for GPTQ / AWQ also
+        a quantization method, packing or setting that has no exact import, packed tensors of
+        the wrong shape or dtype, corrupt v1 zero points, or act-order the family cannot gather.
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
