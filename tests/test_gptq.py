@@ -237,3 +237,30 @@ def test_bad_tensors_name_file_and_tensor(change, match):
     change(t)
     with pytest.raises((HFCheckpointError, KeyError), match=match):
         GPTQScheme(4, 32, "gptq_v2", True).read_linear(*_reader(t), "p", 64, 32)
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_ragged_last_group_with_act_order(bits):
+    # K = 160, g = 64: groups of 64, 64 and 32 rows, formed along a random order
+    rng = np.random.default_rng(bits)
+    q = random_gptq(rng, 160, 64, bits=bits, group_size=64, sym=False, v1=False, act_order=True)
+    u = GPTQScheme(bits, 64, "gptq_v2", False).read_linear(
+        *_reader(gptq_tensors("p", q, bits=bits, v1=False)), "p", 160, 64
+    )
+    assert u.perm is not None
+    w = to_bcq(u, dtype=jnp.float32, layout="canonical")
+    assert w.alpha.shape == (3, 1, 64)  # Kp = 192: the last group holds 32 rows of padding
+    np.testing.assert_array_equal(weight_float64(w), q["w"][u.perm])
+
+
+def test_bfloat16_scales_are_exact_in_float32():
+    rng = np.random.default_rng(7)
+    q = random_gptq(rng, 64, 32, bits=4, group_size=32, sym=False, v1=False, act_order=False)
+    q["scales"] = q["scales"].astype(jnp.bfloat16)
+    q["w"] = q["scales"].astype(np.float64)[q["g_idx"]] * (q["codes"] - q["zeros"][q["g_idx"]])
+    u = GPTQScheme(4, 32, "gptq_v2", False).read_linear(
+        *_reader(gptq_tensors("p", q, bits=4, v1=False)), "p", 64, 32
+    )
+    np.testing.assert_array_equal(
+        weight_float64(to_bcq(u, dtype=jnp.float32, layout="cpu")), q["w"]
+    )

@@ -32,7 +32,7 @@ def _linears(config):
     return {n: p for n, (p, t) in names.items() if t and n != "lm_head.weight"}
 
 
-def write_quantized(path, config, qc, *, seed=0, side_file=None, act_order=True, **opts):
+def write_quantized(path, config, qc, *, seed=0, side_file=None, act_order=True, num_shards=1):
     """A checkpoint directory of ``config`` whose Linears are GPTQ/AWQ per ``qc``; returns the
     float params with the exact dequantized kernels (the reference model)."""
     rng = np.random.default_rng(seed)
@@ -60,7 +60,7 @@ def write_quantized(path, config, qc, *, seed=0, side_file=None, act_order=True,
     cfg = config.to_dict()
     if side_file is None:
         cfg["quantization_config"] = qc
-    hf_checkpoint.write_checkpoint(path, state, cfg)
+    hf_checkpoint.write_checkpoint(path, state, cfg, num_shards=num_shards)
     if side_file is not None:
         (path / side_file).write_text(json.dumps(qc))
     return ref
@@ -147,7 +147,7 @@ def test_logits_through_lut_gemm(tmp_path, qc):
 
 
 def test_awq_llama(tmp_path):
-    ref = write_quantized(tmp_path, LLAMA, AWQ, seed=1)
+    ref = write_quantized(tmp_path, LLAMA, AWQ, seed=1, num_shards=3)
     config, params = models.load_hf_checkpoint(tmp_path, scale_dtype=jnp.float32)
     for path in _linears(config).values():
         w = ref_get(params, path)

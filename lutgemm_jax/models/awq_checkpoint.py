@@ -102,6 +102,10 @@ class AWQScheme:
         groups = 1 if self.group_size == -1 else k // self.group_size
         return k * n * BITS + groups * n * (BITS + 16)
 
+    def row_perm(self, get, where, prefix: str, k: int) -> None:
+        """AWQ groups are always contiguous (there is no g_idx)."""
+        return None
+
     def read_linear(
         self,
         get: Callable[[str], np.ndarray],

@@ -179,17 +179,29 @@ class GPTQScheme:
             zeros = stored + 1
         else:
             zeros = stored
-        perm = None
+        return UniformLinear(codes, scales, zeros, b, g, self.row_perm(get, where, prefix, k))
+
+    def row_perm(
+        self, get: Callable[[str], np.ndarray], where: Callable[[str], str], prefix: str, k: int
+    ) -> np.ndarray | None:
+        """The act-order row permutation of Linear ``prefix`` from its ``g_idx`` (None when
+        the groups are already contiguous or there is no g_idx).
+
+        Raises:
+          HFCheckpointError: a g_idx of the wrong dtype or shape, out of range, or not forming
+            groups of ``group_size`` rows.
+        """
         name = prefix + ".g_idx"
         g_idx = optional_tensor(get, name)
-        if g_idx is not None:
-            g_idx = checked_tensor(lambda _: g_idx, where, name, (k,), (np.int32, np.int64))
-            if g_idx.min() < 0 or g_idx.max() >= groups:
-                raise HFCheckpointError(
-                    f"{where(name)}: {name} has values outside [0, {groups}) (G groups)"
-                )
-            perm = contiguous_perm(g_idx.astype(np.int64), g, f"{where(name)}: {name}")
-        return UniformLinear(codes, scales, zeros, b, g, perm)
+        if g_idx is None:
+            return None
+        g_idx = checked_tensor(lambda _: g_idx, where, name, (k,), (np.int32, np.int64))
+        groups = 1 if self.group_size == -1 else -(-k // self.group_size)
+        if g_idx.min() < 0 or g_idx.max() >= groups:
+            raise HFCheckpointError(
+                f"{where(name)}: {name} has values outside [0, {groups}) (G groups)"
+            )
+        return contiguous_perm(g_idx.astype(np.int64), self.group_size, f"{where(name)}: {name}")
 
 
 __all__ = ["BITS", "FORMATS", "GPTQScheme", "unpack_stream"]

@@ -50,7 +50,7 @@ from lutgemm_jax.models.hf_checkpoint import (
     NameMap,
 )
 from lutgemm_jax.models.hf_config import config_path
-from lutgemm_jax.models.uniform_linear import contiguous_perm, optional_tensor, to_bcq
+from lutgemm_jax.models.uniform_linear import to_bcq
 
 Scheme = GPTQScheme | AWQScheme
 SIDE_CONFIG_FILES = ("quantize_config.json", "quant_config.json")
@@ -216,7 +216,7 @@ def quantized_params(
         state, float_names, shapes, dtype=dtype, source=source, where=where
     )
 
-    perms = {p: _row_perm(scheme, get, file_of, p, k) for p, (_, k, _) in quantized.items()}
+    perms = {p: scheme.row_perm(get, file_of, p, k) for p, (_, k, _) in quantized.items()}
     columns: dict[str, np.ndarray] = {}  # Linear prefix -> output-column permutation
     for prefix, perm in list(perms.items()):
         if perm is None:
@@ -248,17 +248,6 @@ def quantized_params(
         if "bias" in module:
             module["bias"] = module["bias"][cols]
     return params
-
-
-def _row_perm(scheme: Scheme, get, file_of, prefix: str, k: int) -> np.ndarray | None:
-    """The act-order row permutation of a GPTQ Linear (None for AWQ and trivial g_idx)."""
-    if not isinstance(scheme, GPTQScheme):
-        return None
-    g_idx = optional_tensor(get, prefix + ".g_idx")
-    if g_idx is None or np.shape(g_idx) != (k,):
-        return None  # read_linear reports a misshapen g_idx with the other tensors
-    g_idx = np.asarray(g_idx, np.int64)
-    return contiguous_perm(g_idx, scheme.group_size, f"{file_of(prefix + '.g_idx')}: {prefix}")
 
 
 def _progress(items, scheme: Scheme):

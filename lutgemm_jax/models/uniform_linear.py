@@ -103,7 +103,7 @@ def contiguous_perm(g_idx: np.ndarray, group_size: int, where: str) -> np.ndarra
         return None
     perm = np.argsort(g_idx, kind="stable")
     if not np.array_equal(g_idx[perm], want):
-        counts = np.bincount(g_idx, minlength=int(want[-1]) + 1)
+        counts = np.unique(g_idx, return_counts=True)[1]
         raise HFCheckpointError(
             f"{where}: g_idx does not split the {k} rows into groups of {g} (group sizes "
             f"{sorted(set(counts.tolist()))}); only groups of group_size rows (in any row order) "
