@@ -4,6 +4,7 @@ by bit and independently of the importer's unpackers, plus random codes / scales
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -264,3 +265,24 @@ def test_bfloat16_scales_are_exact_in_float32():
     np.testing.assert_array_equal(
         weight_float64(to_bcq(u, dtype=jnp.float32, layout="cpu")), q["w"]
     )
+
+
+def test_conversion_in_column_slices(monkeypatch):
+    """`to_bcq` converts slices of whole columns and joins them: with 32-column slices, act-order
+    rows, a column permutation and the cpu layout, the result is the same exact weight."""
+    from lutgemm_jax.models import uniform_linear
+
+    rng = np.random.default_rng(8)
+    k, n = 256, 104  # 3 full slices of 32 columns and one of 8
+    q = random_gptq(rng, k, n, bits=4, group_size=64, sym=False, v1=True, act_order=True)
+    u = GPTQScheme(4, 64, "gptq", False).read_linear(
+        *_reader(gptq_tensors("p", q, bits=4, v1=True)), "p", k, n
+    )
+    cols = rng.permutation(n)
+    whole = to_bcq(u, dtype=jnp.float32, layout="cpu", columns=cols)
+    monkeypatch.setattr(uniform_linear, "CHUNK_WEIGHTS", k * 32)
+    sliced = to_bcq(u, dtype=jnp.float32, layout="cpu", columns=cols)
+    sliced.validate()
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(sliced), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(weight_float64(sliced), q["w"][u.perm][:, cols])

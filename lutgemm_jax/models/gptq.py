@@ -47,7 +47,7 @@ from lutgemm_jax.models.uniform_linear import (
 BITS = (2, 3, 4, 8)
 FORMATS = ("gptq", "gptq_v2")
 _WORD = 32
-_ROWS_PER_CHUNK = 256  # bounds the uint64 temporaries of `unpack_stream` to ~24 bytes * 256 * N
+_CHUNK_ELEMENTS = 1 << 18  # elements per step of `unpack_stream`: ~2 MB per uint64 temporary
 
 
 def unpack_stream(words: np.ndarray, bits: int, count: int) -> np.ndarray:
@@ -66,8 +66,9 @@ def unpack_stream(words: np.ndarray, bits: int, count: int) -> np.ndarray:
     u = np.concatenate([u, np.zeros((1, u.shape[1]), np.uint32)])  # an element may end a word
     out = np.empty((count, u.shape[1]), np.uint8)
     mask = np.uint64((1 << bits) - 1)
-    for start in range(0, count, _ROWS_PER_CHUNK):
-        pos = np.arange(start, min(count, start + _ROWS_PER_CHUNK), dtype=np.int64) * bits
+    rows = max(1, _CHUNK_ELEMENTS // u.shape[1])
+    for start in range(0, count, rows):
+        pos = np.arange(start, min(count, start + rows), dtype=np.int64) * bits
         lo = u[pos // _WORD].astype(np.uint64)
         hi = u[pos // _WORD + 1].astype(np.uint64)
         shift = (pos % _WORD).astype(np.uint64)[:, None]

@@ -16,9 +16,14 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from lutgemm_jax.format import BCQWeight
+from lutgemm_jax.format import CPU_BLOCK_COLUMNS, BCQWeight
 from lutgemm_jax.models.hf_checkpoint import HFCheckpointError
 from lutgemm_jax.uniform import from_uniform_codes
+
+CHUNK_WEIGHTS = 1 << 20
+"""Weights converted per `lutgemm_jax.uniform.from_uniform_codes` call in `to_bcq`: its
+temporaries take ~12 bytes per weight (codes as uint32, one byte per bit-plane, packing), so
+about 12 MB per slice instead of three float32 copies of a large Linear."""
 
 
 @dataclasses.dataclass
@@ -70,22 +75,46 @@ def to_bcq(
 
     ``columns``: an optional permutation of N (``W[:, columns]``), used to fold the next layer's
     act-order permutation into this layer's outputs. ``dtype``: storage dtype of alpha and offset.
+
+    The conversion runs on slices of `CHUNK_WEIGHTS` weights (whole columns), so its
+    temporaries stay bounded whatever the size of the Linear; the slices are joined along N.
     """
-    codes, scale, zeros = u.codes, u.scale, u.zeros
-    if u.perm is not None:
-        codes = codes[u.perm]
-    if columns is not None:
-        codes, scale, zeros = codes[:, columns], scale[:, columns], zeros[:, columns]
-    d = scale.astype(np.float64)
-    return from_uniform_codes(
-        codes,
-        d,
-        -zeros * d,  # exact in float64: an 11-bit float16 significand times an integer <= 256
-        num_bits=u.num_bits,
-        group_size=None if u.group_size == -1 else u.group_size,
-        dtype=dtype,
-        layout=layout,
+    k, n = u.shape
+    cols = np.arange(n) if columns is None else np.asarray(columns)
+    # Slices of whole 32-column blocks: the "cpu" layout shuffles bytes within blocks of
+    # CPU_BLOCK_COLUMNS columns (the last N % 32 stay canonical), so slices converted on their
+    # own and joined along N equal the whole weight converted at once.
+    width = max(CPU_BLOCK_COLUMNS, CHUNK_WEIGHTS // k // CPU_BLOCK_COLUMNS * CPU_BLOCK_COLUMNS)
+    parts = []
+    for start in range(0, n, width):
+        c = cols[start : start + width]
+        codes = u.codes[:, c] if u.perm is None else u.codes[np.ix_(u.perm, c)]
+        d = u.scale[:, c].astype(np.float64)
+        parts.append(
+            from_uniform_codes(
+                codes,
+                d,
+                -u.zeros[:, c] * d,  # exact in float64: 11-bit float16 significand * int <= 256
+                num_bits=u.num_bits,
+                group_size=None if u.group_size == -1 else u.group_size,
+                dtype=dtype,
+                layout=layout,
+            )
+        )
+    # joined in numpy: no XLA program per Linear shape
+    bits, alpha, offset = (
+        np.concatenate([np.asarray(getattr(p, f)) for p in parts], axis=-1)
+        for f in ("bits", "alpha", "offset")
     )
+    w = dataclasses.replace(
+        parts[0],
+        bits=jnp.asarray(bits),
+        alpha=jnp.asarray(alpha),
+        offset=jnp.asarray(offset),
+        out_features=n,
+    )
+    w.validate()
+    return w
 
 
 def contiguous_perm(g_idx: np.ndarray, group_size: int, where: str) -> np.ndarray | None:
