@@ -136,9 +136,10 @@ def _row_order(reference, permuted):
 
 @pytest.mark.parametrize("qc", [GPTQ_ACT_ORDER, AWQ], ids=["gptq-act-order", "awq"])
 def test_logits_through_lut_gemm(tmp_path, qc):
-    """The imported model run by LUT-GEMM (uniform weights, jax.jit) against the float model
-    with the published dequantized weights. Tolerance: float32 accumulation of K <= 128 terms
-    over 2 layers, 1e-4 of the largest logit (observed ~1e-6)."""
+    """The imported model run by LUT-GEMM (uniform weights, act-order gathers) against the float
+    model with the published dequantized weights, at lut_gemm's exact mode (conftest.py).
+    Tolerance: float32 accumulation of K <= 128 terms over 2 layers, 1e-4 of the largest logit
+    (observed 5e-6 of 12 for GPTQ, whose gathers reorder the sums)."""
     ref = write_quantized(tmp_path, LLAMA, qc, seed=3)
     config, params = models.load_hf_checkpoint(tmp_path)
     model = models.from_config(config)
