@@ -374,3 +374,50 @@ def test_shapes_that_disagree_with_metadata(tmp_path):
     path = edited(tmp_path, "qwen2_bias", tensors=tensors)
     with pytest.raises(models.GGUFError, match=r"missing.*blk.1.attn_k.bias"):
         models.load_gguf(path, progress=False)
+
+
+# ---- byte-level BPE tokenizers ---------------------------------------------------------------
+
+
+def gpt2_meta(pre: str) -> dict:
+    """A byte-level BPE vocabulary: the 256 byte characters, merges building "Hello",
+    "Ġworld" and "123", and one control token."""
+    from tokenizers import pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    merges = ["H e", "He l", "Hel l", "Hell o", "Ġ w", "Ġw o", "Ġwo r", "Ġwor l", "Ġworl d",
+              "1 2", "12 3"]  # fmt: skip
+    tokens = alphabet + [m.replace(" ", "") for m in merges] + ["<|endoftext|>"]
+    types = [1] * (len(tokens) - 1) + [3]
+    return dict(model="gpt2", pre=pre, tokens=tokens, token_type=types, merges=merges,
+                bos_token_id=len(tokens) - 1)  # fmt: skip
+
+
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2", "smollm", "default"])
+def test_byte_level_bpe_tokenizer(pre):
+    from lutgemm_jax.models.gguf_tokenizer import build_tokenizer
+
+    meta = gpt2_meta(pre)
+    tok = build_tokenizer(meta, default_add_bos=pre == "llama-bpe")
+    vocab = {t: i for i, t in enumerate(meta["tokens"])}
+    ids = tok.encode("Hello world<|endoftext|>123")
+    bos = [vocab["<|endoftext|>"]] if pre == "llama-bpe" else []
+    # llama3 splits digits in runs of up to 3 ("123" is one piece, merged); qwen2 and smollm
+    # split every digit; GPT-2's regex keeps digit runs.
+    digits = ["1", "2", "3"] if pre in ("qwen2", "smollm") else ["123"]
+    want = bos + [vocab[t] for t in ["Hello", "Ġworld", "<|endoftext|>", *digits]]
+    assert ids == want
+    assert tok.decode(ids) == "Hello world123"  # special tokens are skipped
+
+
+def test_tokenizer_metadata_errors():
+    from lutgemm_jax.models.gguf_tokenizer import build_tokenizer
+
+    with pytest.raises(ValueError, match="tokenizer.ggml.pre 'falcon' is not rebuilt"):
+        build_tokenizer(gpt2_meta("falcon"), default_add_bos=False)
+    with pytest.raises(ValueError, match="tokenizer.ggml.model 'bert' is not rebuilt"):
+        build_tokenizer(dict(gpt2_meta("qwen2"), model="bert"), default_add_bos=False)
+    with pytest.raises(ValueError, match="merges is missing"):
+        build_tokenizer(dict(gpt2_meta("qwen2"), merges=[]), default_add_bos=False)
+    with pytest.raises(ValueError, match="token_type has 2 entries"):
+        build_tokenizer(dict(gpt2_meta("qwen2"), token_type=[1, 1]), default_add_bos=False)
