@@ -421,3 +421,21 @@ def test_tokenizer_metadata_errors():
         build_tokenizer(dict(gpt2_meta("qwen2"), merges=[]), default_add_bos=False)
     with pytest.raises(ValueError, match="token_type has 2 entries"):
         build_tokenizer(dict(gpt2_meta("qwen2"), token_type=[1, 1]), default_add_bos=False)
+
+
+def test_decode_example_takes_a_gguf_file(tmp_path, capsys):
+    """examples/decode.py --model x.gguf decodes the file as loaded (no re-quantization)."""
+    import importlib.util
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("decode", f"{root}/examples/decode.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    write_case(tmp_path / "m.gguf", "llama_q4_k_m")
+    cli.main(["--model", str(tmp_path / "m.gguf"), "--max-new-tokens", "2", "--prompt",
+              "Hello world"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "[gguf]" in out and "'Hello world' ->" in out and "-bit]" not in out
+    with pytest.raises(SystemExit, match="error: .*absent.gguf: no such file"):
+        cli.main(["--model", str(tmp_path / "absent.gguf")])
