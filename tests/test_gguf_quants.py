@@ -127,3 +127,16 @@ def test_bad_input():
         gguf_quants.decode_blocks(np.zeros((2, 18), np.float32), Q.Q4_0)
     with pytest.raises(ValueError, match="layout must be one of"):
         gguf_quants.to_bcq(np.zeros((2, 18), np.uint8), Q.Q4_0, layout="gpu")
+
+
+@pytest.mark.parametrize("q", [1, 3, 8])
+def test_pack_codes_matches_the_reference_packer(q):
+    """uniform.pack_codes (used by every import) against testing.pack_words, K not a multiple
+    of 32 (padding rows must be zero bits)."""
+    from lutgemm_jax.testing import pack_words
+    from lutgemm_jax.uniform import pack_codes
+
+    codes = np.random.default_rng(q).integers(0, 2**q, (70, 9))
+    signs = np.zeros((96, q, 9), bool)
+    signs[:70] = ((codes[:, None, :] >> np.arange(q)[:, None]) & 1).astype(bool)
+    assert np.array_equal(pack_codes(codes, q, 96), pack_words(signs))
