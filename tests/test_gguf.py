@@ -317,6 +317,9 @@ def test_wrong_metadata(tmp_path):
     path = edited(tmp_path, "qwen2_bias", add("qwen2.rope.scaling.type", "yarn", "string"))
     with pytest.raises(models.GGUFError, match=r"rope.scaling.type 'yarn' is not supported"):
         models.load_gguf(path, progress=False)
+    path = edited(tmp_path, "qwen2_bias", add("split.count", 3, "uint16"))
+    with pytest.raises(models.GGUFError, match=r"shard 1 of a file split in 3; merge"):
+        models.load_gguf(path, progress=False)
 
 
 def test_metadata_checks(tmp_path, monkeypatch):

@@ -30,6 +30,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+from gguf import GGUFEndian
 
 from lutgemm_jax.config import BCQConfig
 from lutgemm_jax.format import BCQWeight
@@ -186,6 +187,14 @@ def config_from_gguf(reader: Any, path: str = "<gguf>") -> llama.LlamaConfig:
         naming the key.
     """
     meta = _Metadata(reader, path)
+    if reader.endianess != GGUFEndian.LITTLE:
+        raise GGUFError(f"{path}: a big-endian GGUF file; only little-endian files are read")
+    shards = meta.positive("split.count", 1)
+    if shards > 1:
+        raise GGUFError(
+            f"{path}: shard {meta.get('split.no', int, 0) + 1} of a file split in {shards}; "
+            "merge the shards first (llama.cpp: llama-gguf-split --merge FIRST_SHARD OUT.gguf)"
+        )
     arch = meta.get("general.architecture", str)
     if arch not in ARCHITECTURES:
         raise GGUFError(
