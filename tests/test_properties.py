@@ -1,7 +1,8 @@
 """Property-based tests (hypothesis): packed weight -> ``lut_gemm`` agrees with float64.
 
 Over random shapes (K 1..300, N 1..70, zero to three batch dims, including empty ones), q 1..8,
-g in {32, 64, 128, per-column}, offset on/off, activation and alpha dtypes in {float32,
+g in {32, 64, 128, per-column} (and 16, and uniform scales alpha [G, 1, N], for the native
+kernel and the pure-jnp lowering), offset on/off, activation and alpha dtypes in {float32,
 bfloat16, float16}, sign patterns and activation scales, four implementations are checked
 against ``x64 @ W64`` (lutgemm_jax/testing.py: the dense matrix built in float64 from the unpacked
 signs, independent of the code under test):
@@ -87,12 +88,14 @@ def environ(**values):
 
 
 @st.composite
-def problems(draw, max_rows: int | None = None):
-    """A random packed weight, its float64 twin, and activations: a dict."""
+def problems(draw, max_rows: int | None = None, all_formats: bool = False):
+    """A random packed weight, its float64 twin, and activations: a dict. ``all_formats``: g may
+    also be 16 (two groups per sign word) and the scales uniform (alpha [G, 1, N])."""
     k = draw(st.integers(1, 300))
     n = draw(st.integers(1, 70))
     q = draw(st.integers(1, 8))
-    g = draw(st.sampled_from([32, 64, 128, None]))
+    g = draw(st.sampled_from([16, 32, 64, 128, None] if all_formats else [32, 64, 128, None]))
+    uniform = all_formats and draw(st.booleans())
     has_offset = draw(st.booleans())
     x_dtype = draw(st.sampled_from(list(DTYPES)))
     a_dtype = draw(st.sampled_from(list(DTYPES)))
@@ -112,7 +115,7 @@ def problems(draw, max_rows: int | None = None):
         signs = rng.random((k, q, n)) < 0.5
     else:
         signs = np.full((k, q, n), signs_kind == "all +1")
-    alpha = rng.uniform(0.1, 1.0, (kp // gg, q, n)).astype(DTYPES[a_dtype])
+    alpha = rng.uniform(0.1, 1.0, (kp // gg, 1 if uniform else q, n)).astype(DTYPES[a_dtype])
     offset = rng.normal(size=(kp // gg, n)).astype(DTYPES[a_dtype]) if has_offset else None
     w = BCQWeight(
         bits=jnp.asarray(pack_words(np.pad(signs, ((0, kp - k), (0, 0), (0, 0))))),
@@ -129,7 +132,7 @@ def problems(draw, max_rows: int | None = None):
         x.reshape(-1, k)[::2] = 0.0
     x = np.asarray(x).astype(DTYPES[x_dtype])
     note(
-        f"K={k} N={n} q={q} g={g} offset={has_offset} x={x_dtype}{list(x.shape)} "
+        f"K={k} N={n} q={q} g={g} uniform={uniform} offset={has_offset} x={x_dtype}{list(x.shape)} "
         f"alpha={a_dtype} signs={signs_kind} x_scale={x_scale} seed={seed}"
     )
     w64 = dense_float64(signs, alpha, offset, gg)
@@ -164,7 +167,7 @@ def assert_close(y, x, w64, x_dtype, extra=0.0):
 
 @settings(max_examples=examples(2.4))
 @given(
-    p=problems(),
+    p=problems(all_formats=True),
     path=st.sampled_from(["exact", "fast", "dense"]),
     isa=st.sampled_from(cpu_tests.ISAS),
     threads=st.sampled_from([None, "1", "2", "3"]),
@@ -192,7 +195,7 @@ def test_native_op_matches_float64(p, path, isa, threads):
 
 
 @settings(max_examples=examples(1.2))
-@given(p=problems())
+@given(p=problems(all_formats=True))
 def test_reference_lowering_matches_float64(p):
     w = p["w"]
     offset = offset_operand(w.offset, w.alpha)
