@@ -10,7 +10,8 @@ in llama.cpp's layout and types, and compared with what the file really holds
   values (``REL`` = 1e-4 of the largest logit, the bound of test_llama: float32 rounding and
   XLA reassociation; a wrong permutation, RoPE or config moves logits by > 1e-2), and the same
   weights written as a Hugging Face directory and loaded by the float path give the same
-  logits (1e-5: only the tied head's summation order differs);
+  logits (1e-5: only the tied head's summation order differs); through the LUT-GEMM kernels the
+  logits equal the dequantized model's (1e-4 relative: float32 summation order);
 * errors for missing, corrupt and truncated files, unsupported architectures and types, and
   metadata that is missing, ill-typed or disagrees with the tensors.
 """
@@ -184,6 +185,19 @@ def test_logits_match_numpy_reference(case):
     for row, prompt in enumerate(PROMPTS):
         got = logits[row, ids.shape[1] - len(prompt) :]
         assert rel_err(got, ref_logits(cfg, stored, prompt)) < REL
+
+
+def test_lut_gemm_logits_equal_the_dequantized_model(case):
+    """Every imported type through the LUT-GEMM kernels (uniform scales, g = 16 and 32, the
+    CPU sign layout on a CPU backend): the dequantized model's logits up to float32 summation
+    order (1e-4 relative, test_llama's bound)."""
+    _, _, _, config, params, _, _ = case
+    model = models.from_config(config)
+    ids, mask = models.pad_batch(PROMPTS, 0)
+    got = np.asarray(models.forward(model, params, ids, mask))
+    want = np.asarray(models.forward(model, dequantize_params(params), ids, mask))
+    real = mask.astype(bool)
+    assert rel_err(got[real], want[real]) < REL
 
 
 def test_same_logits_as_the_float_checkpoint_path(case, tmp_path):
