@@ -456,3 +456,25 @@ def test_decode_example_takes_a_gguf_file(tmp_path, capsys):
     assert "[gguf]" in out and "'Hello world' ->" in out and "-bit]" not in out
     with pytest.raises(SystemExit, match="error: .*absent.gguf: no such file"):
         cli.main(["--model", str(tmp_path / "absent.gguf")])
+
+
+def test_sizes_that_do_not_divide(tmp_path):
+    cfg, types = CASES["qwen2_bias"]
+    tensors = hf_tensors(cfg, 0)
+    path = tmp_path / "heads.gguf"
+    write_model(path, dict(cfg, num_attention_heads=3), tensors, types)
+    with pytest.raises(models.GGUFError, match="embedding_length 256 is not a multiple of "
+                       "qwen2.attention.head_count 3"):  # fmt: skip
+        models.load_gguf(path, progress=False)
+    # A Q8_0 tensor whose row length (ne0) is not a whole number of 32-weight blocks: the
+    # tensor info's ne0 256 patched to 200.
+    path = tmp_path / "blocks.gguf"
+    write_model(path, cfg, tensors, types)
+    data = bytearray(path.read_bytes())
+    name = b"blk.0.attn_q.weight"
+    at = data.index(name) + len(name) + 4  # past the name and n_dims
+    assert int.from_bytes(data[at : at + 8], "little") == 256
+    data[at : at + 8] = (200).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(models.GGUFError, match=r"row size \(200\) is not a multiple of Q8_0"):
+        models.load_gguf(path, progress=False)
