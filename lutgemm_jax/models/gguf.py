@@ -82,7 +82,10 @@ class _Metadata:
         self.fields = reader.fields
         self.path = path
 
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    def get(self, key: str, kind: type, default: Any = ...) -> Any:
+        """The value of ``key`` as a ``kind`` (int, float, str; a float key may hold an int;
+        a per-layer array of equal values counts as one), or ``default`` when absent (no
+        default: the key is required)."""
         field = self.fields.get(key)
         if field is None:
             if default is ...:
@@ -105,7 +108,7 @@ class _Metadata:
         if not ok:
             raise GGUFError(
                 f"{self.path}: metadata key {key!r} has value {_short(value)} of type "
-                f"{type(value).__name__}, expected {getattr(kind, '__name__', kind)}"
+                f"{type(value).__name__}, expected {kind.__name__}"
             )
         return value
 

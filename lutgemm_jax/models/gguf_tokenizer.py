@@ -83,9 +83,7 @@ def _byte_level_pre(pre: str) -> Any:
     from tokenizers import Regex, pre_tokenizers
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    split = {"qwen2": QWEN2_SPLIT, "smollm": GPT2_SPLIT}.get(pre, GPT2_SPLIT)
-    if pre in _IGNORE_MERGES:
-        split = LLAMA3_SPLIT
+    split = LLAMA3_SPLIT if pre in _IGNORE_MERGES else QWEN2_SPLIT if pre == "qwen2" else GPT2_SPLIT
     steps = [pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False), byte_level]
     if pre == "smollm":
         steps.insert(0, pre_tokenizers.Digits(individual_digits=True))
