@@ -11,13 +11,15 @@ The rules (also in SECURITY.md), for ``y = x @ W_hat`` with x ``[M, K]``:
   non-finite in every row (each row's output for column n multiplies every group's scales, even
   when the activations there are zero: 0 * Inf = NaN); other columns are unaffected.
 * A group of padding rows only (g = 16 with K % 32 in 1..16: the high half of the last sign
-  word) is never read: non-finite scales or offsets there change nothing.
+  word) is never read by the CPU kernel's paths and the pure-jnp lowering: non-finite scales or
+  offsets there change nothing. The CUDA LUT kernel (emulation) does read that group's scales, so
+  a NaN there reaches its outputs; it is not held to this rule yet.
 * Zero activations give exactly zero outputs (the fast path's int8 scale is 0 there, not 0/0).
 
 Checked on the native CPU kernel's three paths (through the public op), the pure-jnp lowering and
-the CUDA LUT kernel under the emulation, for per-plane scales with g = 32 and per-column groups;
-the native paths and the pure-jnp lowering also for g = 16 (two groups per sign word) with
-uniform scales (alpha [G, 1, N], plane i scaled by 2^i) and for uniform per-column weights.
+the CUDA LUT kernel under the emulation, for per-plane scales with g = 32 and per-column groups,
+g = 16 (two groups per sign word) with uniform scales (alpha [G, 1, N], plane i scaled by 2^i)
+and uniform per-column weights.
 tests/test_lowering_cpu.py and tests/test_ops.py hold the basic native NaN-row cases; the
 quantizer's degenerate inputs are in tests/test_quantize.py and tests/test_properties.py.
 """
@@ -44,11 +46,7 @@ WEIGHTS = {
     "g16-uniform-offset": (16, True, True),
     "percol-uniform-nooffset": (None, False, True),
 }
-# (implementation, weight kind) pairs: the uniform and g = 16 kinds on the native kernel's paths
-# and the pure-jnp lowering.
-CASES = [(impl, kind) for kind in list(WEIGHTS)[:2] for impl in IMPLEMENTATIONS] + [
-    (impl, kind) for kind in list(WEIGHTS)[2:] for impl in IMPLEMENTATIONS[:4]
-]
+CASES = [(impl, kind) for kind in WEIGHTS for impl in IMPLEMENTATIONS]
 
 
 def run(impl, x, w):
@@ -137,7 +135,7 @@ def test_non_finite_scales_reach_exactly_their_columns(impl, kind, where):
     assert np.isfinite(np.delete(y, 7, axis=1)).all()
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS[:4])
+@pytest.mark.parametrize("impl", ["exact", "fast", "dense", "jnp"])
 def test_padding_only_group_is_never_read(impl):
     # g = 16, K = 77: groups 0-4 hold rows 0..76, group 5 (rows 80..95) is padding only.
     w, w64 = weight_of("g16-uniform-offset")

@@ -1,11 +1,11 @@
 """Property-based tests (hypothesis): packed weight -> ``lut_gemm`` agrees with float64.
 
 Over random shapes (K 1..300, N 1..70, zero to three batch dims, including empty ones), q 1..8,
-g in {32, 64, 128, per-column} (and 16, and uniform scales alpha [G, 1, N], for the native
-kernel and the pure-jnp lowering), offset on/off, activation and alpha dtypes in {float32,
-bfloat16, float16}, sign patterns and activation scales, four implementations are checked
-against ``x64 @ W64`` (lutgemm_jax/testing.py: the dense matrix built in float64 from the unpacked
-signs, independent of the code under test):
+g in {16, 32, 64, 128, per-column} with per-plane or uniform scales (alpha [G, 1, N], plane i
+scaled by 2^i), offset on/off, activation and alpha dtypes in {float32, bfloat16, float16}, sign
+patterns and activation scales, four implementations are checked against ``x64 @ W64``
+(lutgemm_jax/testing.py: the dense matrix built in float64 from the unpacked signs, independent
+of the code under test):
 
 * the native CPU kernel through the public op, in each path (exact LUT, fast LUT, dense tiles),
   code path (portable / AVX2) and thread count, with the output poisoned beforehand;
@@ -88,14 +88,13 @@ def environ(**values):
 
 
 @st.composite
-def problems(draw, max_rows: int | None = None, all_formats: bool = False):
-    """A random packed weight, its float64 twin, and activations: a dict. ``all_formats``: g may
-    also be 16 (two groups per sign word) and the scales uniform (alpha [G, 1, N])."""
+def problems(draw, max_rows: int | None = None):
+    """A random packed weight, its float64 twin, and activations: a dict."""
     k = draw(st.integers(1, 300))
     n = draw(st.integers(1, 70))
     q = draw(st.integers(1, 8))
-    g = draw(st.sampled_from([16, 32, 64, 128, None] if all_formats else [32, 64, 128, None]))
-    uniform = all_formats and draw(st.booleans())
+    g = draw(st.sampled_from([16, 32, 64, 128, None]))
+    uniform = draw(st.booleans())
     has_offset = draw(st.booleans())
     x_dtype = draw(st.sampled_from(list(DTYPES)))
     a_dtype = draw(st.sampled_from(list(DTYPES)))
@@ -167,7 +166,7 @@ def assert_close(y, x, w64, x_dtype, extra=0.0):
 
 @settings(max_examples=examples(2.4))
 @given(
-    p=problems(all_formats=True),
+    p=problems(),
     path=st.sampled_from(["exact", "fast", "dense"]),
     isa=st.sampled_from(cpu_tests.ISAS),
     threads=st.sampled_from([None, "1", "2", "3"]),
@@ -195,7 +194,7 @@ def test_native_op_matches_float64(p, path, isa, threads):
 
 
 @settings(max_examples=examples(1.2))
-@given(p=problems(all_formats=True))
+@given(p=problems())
 def test_reference_lowering_matches_float64(p):
     w = p["w"]
     offset = offset_operand(w.offset, w.alpha)
@@ -246,7 +245,10 @@ def emulation_problem(p):
 
 
 @settings(max_examples=examples(2.4))
-@given(p=problems(max_rows=lowering.CUDA_LUT_MAX_ROWS), splits=st.sampled_from([0, 1, 2, 3]))
+@given(
+    p=problems(max_rows=lowering.CUDA_LUT_MAX_ROWS),
+    splits=st.sampled_from([0, 1, 2, 3]),
+)
 def test_emulation_lut_kernel_matches_float64(emu, p, splits):
     """The CUDA LUT path (M <= 8 rows), with the planned split-K (0) or a forced one."""
     e = emulation_problem(p)
