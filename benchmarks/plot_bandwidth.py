@@ -57,8 +57,7 @@ def plot_bandwidth(data: dict, path: str | Path, *, batch: int = 1, backend: str
         )
         ax.plot(xs, [pts[shapes[i]] for i in xs], marker="o", label=label)
     floor = meta["read_GBps"]
-    bw = meta.get("read_bandwidth", {})
-    threads = f", {bw['threads']} threads" if "threads" in bw else ""
+    threads = f", {meta['read_threads']} threads" if "read_threads" in meta else ""
     ax.axhline(floor, color="black", ls="--", lw=1, label=f"read floor {floor:.1f} GB/s{threads}")
     ax.set_xticks(range(len(shapes)), shapes)
     ax.set_xlabel("K x N")

@@ -21,12 +21,13 @@ step of a large model):
 LUT timings are per sign-word layout (``--layouts``; default ``cpu``, the layout CPU users
 prepare once with `lutgemm_jax.to_layout`; ``canonical`` as quantizers produce it).
 
-The floor. The same run first measures the read bandwidth of the threads the kernel uses
-(`read_bandwidth`: a native pass over a ``--read-mib`` buffer on the kernel's worker pool, median
-of ``--read-passes``). Every timing row then carries the bytes the op must read (the packed
-weight's arrays as stored, `BCQWeight.nbytes`, plus x; the output is written, not read), the
-floor time ``floor_ms`` = those bytes / the read bandwidth, ``GBps`` = those bytes / the time,
-and ``pct_of_floor`` = ``100 * floor_ms / ms``; ``bits_per_weight`` = 8 * weight bytes / (K * N).
+The floor. The same run measures the read bandwidth of the threads the kernel uses before and
+after the timings (`read_bandwidth`: native passes over a ``--read-mib`` buffer on the kernel's
+worker pool, ``--read-passes`` each time); ``read_GBps`` is the median of all those passes.
+Every timing row carries the bytes the op must read (the packed weight's arrays as stored,
+`BCQWeight.nbytes`, plus x; the output is written, not read), the floor time ``floor_ms`` =
+those bytes / ``read_GBps``, ``GBps`` = those bytes / the time, and ``pct_of_floor`` =
+``100 * floor_ms / ms``; ``bits_per_weight`` = 8 * weight bytes / (K * N).
 Timings are medians after warm-up; ``min_ms`` is the fastest call. Ratio columns:
 ``x_vs_<backend>`` = that backend's time / the LUT time; ``xla_vs_xla_bytes`` = ``ms_xla /
 ms_xla_bytes``.
@@ -39,7 +40,9 @@ call from Python, and per call inside one jitted loop (the custom call's cost wi
 
 * ``decode``:   batch 1, q = 2, 3, 4, g = 128, `ISSUE_SHAPES`, fast mode, cpu layout, ``lut``;
 * ``batch``:    as ``decode`` at q = 3 for M = 1 .. 8;
-* ``prefill``:  q = 3, M = 128, 512, 2048, ``lut`` against ``jnp`` (dequantize + XLA dot);
+* ``prefill``:  q = 3, M = 128, 512, 2048: ``lut`` against ``jnp`` (the library's dequantize +
+                XLA's float32 dot, one jitted function) and ``xla`` (XLA's dot alone on the
+                weight already dequantized: the strictest form of that baseline);
 * ``overhead``: the 1 x 64 @ 64 x 64 dispatch table only.
 
 ``benchmarks/plot_bandwidth.py`` draws GB/s vs shape with the floor from the ``--json`` output.
@@ -98,9 +101,9 @@ def read_bandwidth(
 
     Returns:
       dict with ``GBps`` (median over the passes, 1e9 bytes/s), ``GBps_min``, ``GBps_max``,
-      ``threads``, ``MiB``, ``passes``, ``isa`` (the code path) and ``checksum``: the sum mod
-      2^64 of every 64-bit word read over the warm-up and the timed passes (word ``j`` of the
-      buffer holds ``j * 0x9E3779B97F4A7C15`` mod 2^64).
+      ``pass_GBps`` (every pass), ``threads``, ``MiB``, ``passes``, ``isa`` (the code path) and
+      ``checksum``: the sum mod 2^64 of every 64-bit word read over the warm-up and the timed
+      passes (word ``j`` of the buffer holds ``j * 0x9E3779B97F4A7C15`` mod 2^64).
     """
     if threads is None:
         threads = _lutgemm_cpu.kernel_threads()
@@ -120,6 +123,7 @@ def read_bandwidth(
         GBps=statistics.median(rates),
         GBps_min=min(rates),
         GBps_max=max(rates),
+        pass_GBps=rates,
         threads=r["threads"],
         MiB=nbytes / (1 << 20),
         passes=passes,
@@ -152,8 +156,7 @@ def _sets(nbytes: int, rotate_bytes: int) -> int:
 
 def run(args) -> tuple[list[dict], dict]:
     rng = np.random.default_rng(0)
-    bw = read_bandwidth(args.read_mib << 20, args.read_passes)
-    read_bps = bw["GBps"] * 1e9
+    before = read_bandwidth(args.read_mib << 20, args.read_passes)
     rotate = args.rotate_mib << 20
     configs = [(k, n, q, m) for (k, n) in args.shapes for q in args.q for m in args.batch]
     rows = []
@@ -203,7 +206,6 @@ def run(args) -> tuple[list[dict], dict]:
                 )
             )
             base["jnp"] = _time(f, [(x, w) for w in ws], args.reps, 1, args.budget)
-        floor = read_bytes / read_bps
         for mode in args.modes:
             for layout in args.layouts:
                 wl = [w.to_layout(layout) for w in ws]
@@ -220,8 +222,6 @@ def run(args) -> tuple[list[dict], dict]:
                         backend=name,
                         ms=t * 1e3,
                         min_ms=t_min * 1e3,
-                        floor_ms=floor * 1e3,
-                        pct_of_floor=100 * floor / t,
                         GBps=read_bytes / t / 1e9,
                         weight_MB=wbytes / 1e6,
                         read_MB=read_bytes / 1e6,
@@ -241,9 +241,18 @@ def run(args) -> tuple[list[dict], dict]:
                 progress.advance()
                 del wl
     progress.close()
+    after = read_bandwidth(args.read_mib << 20, args.read_passes)
+    passes = before["pass_GBps"] + after["pass_GBps"]
+    read_gbps = statistics.median(passes)
+    for row in rows:
+        row["floor_ms"] = row["read_MB"] * 1e6 / (read_gbps * 1e9) * 1e3
+        row["pct_of_floor"] = 100 * row["floor_ms"] / row["ms"]
     meta = dict(
-        read_GBps=bw["GBps"],
-        read_bandwidth=bw,
+        read_GBps=read_gbps,
+        read_GBps_min=min(passes),
+        read_GBps_max=max(passes),
+        read_threads=before["threads"],
+        read_bandwidth=dict(before=before, after=after),
         machine=platform.processor() or platform.machine(),
         cpus=os.cpu_count(),
         jax=jax.__version__,
@@ -448,7 +457,7 @@ _DECODE = dict(shapes=list(ISSUE_SHAPES), g=128, modes=["fast"], layouts=["cpu"]
 SUITES: dict[str, dict] = {
     "decode": dict(_DECODE, q=[2, 3, 4], batch=[1]),
     "batch": dict(_DECODE, q=[3], batch=list(range(1, 9))),
-    "prefill": dict(_DECODE, q=[3], batch=[128, 512, 2048], backends=["lut", "jnp"]),
+    "prefill": dict(_DECODE, q=[3], batch=[128, 512, 2048], backends=["lut", "jnp", "xla"]),
     "overhead": dict(shapes=[], modes=["fast"], overhead=True),
 }
 """Option presets of issue 20's tables (``--suite``; see the module docstring)."""
@@ -542,20 +551,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     rows, meta = run(args)
-    bw = meta["read_bandwidth"]
+    bw = meta["read_bandwidth"]["before"]
     print(f"# {meta['command']}")
     print(
         f"# {meta['date']}, {meta['machine']}, {meta['cpus']} CPUs, jax {meta['jax']}, "
         f"crossover {meta['crossover']}"
     )
     print(
-        f"# read floor {bw['GBps']:.1f} GB/s ({bw['GBps_min']:.1f}-{bw['GBps_max']:.1f}): median "
-        f"of {bw['passes']} passes over {bw['MiB']:.0f} MiB, {bw['threads']} threads, {bw['isa']}"
+        f"# read floor {meta['read_GBps']:.1f} GB/s ({meta['read_GBps_min']:.1f}-"
+        f"{meta['read_GBps_max']:.1f}): median of {bw['passes']} passes over {bw['MiB']:.0f} MiB "
+        f"before and {bw['passes']} after the timings (medians "
+        f"{bw['GBps']:.1f} and {meta['read_bandwidth']['after']['GBps']:.1f}), "
+        f"{bw['threads']} threads, {bw['isa']}"
     )
     if rows:
         print(markdown(rows))
     if args.overhead:
-        meta["overhead"] = overhead(args, bw["GBps"])
+        meta["overhead"] = overhead(args, meta["read_GBps"])
         print("\n" + markdown(meta["overhead"], OVERHEAD_COLUMNS))
     if args.accuracy:
         acc = accuracy()
