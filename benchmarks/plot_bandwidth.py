@@ -1,11 +1,13 @@
 """GB/s vs shape per bit width, with the read floor, from ``python -m lutgemm_jax.bench --json``.
 
     python benchmarks/plot_bandwidth.py results.json bandwidth.png [--batch 1] [--backend lut]
+        [--target-pct 80]
 
 One line per (q, and mode / layout / alpha dtype where the JSON holds several) over the shapes in
 the order the bench ran them; y is the rows' ``GBps`` (bytes the op must read / median time), and
 the horizontal line is the same run's read bandwidth (``meta.read_GBps``), so a point's height
-against the line is its ``pct_of_floor``. Needs only matplotlib (Agg backend, no display).
+against the line is its ``pct_of_floor``; a dotted line marks ``--target-pct`` of the floor (issue
+20's decode target, 80%; 0 draws none). Needs only matplotlib (Agg backend, no display).
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ def _series_key(row: dict) -> tuple:
     return (row["q"], row.get("mode", "-"), row.get("layout", "-"), row.get("alpha", "float32"))
 
 
-def plot_bandwidth(data: dict, path: str | Path, *, batch: int = 1, backend: str = "lut") -> None:
+def plot_bandwidth(
+    data: dict, path: str | Path, *, batch: int = 1, backend: str = "lut", target_pct: float = 80
+) -> None:
     """Writes a PNG of ``GBps`` vs ``KxN`` for the rows with ``M == batch`` and ``backend``.
 
     Args:
       data: the bench JSON: ``{"meta": {"read_GBps": ..., ...}, "rows": [...]}``.
       path: where to write the PNG.
       batch, backend: which rows to draw.
+      target_pct: a dotted line at this percentage of the floor (0: none).
 
     Raises:
       ValueError: if the JSON has no read floor or no row matches.
@@ -59,6 +64,10 @@ def plot_bandwidth(data: dict, path: str | Path, *, batch: int = 1, backend: str
     floor = meta["read_GBps"]
     threads = f", {meta['read_threads']} threads" if "read_threads" in meta else ""
     ax.axhline(floor, color="black", ls="--", lw=1, label=f"read floor {floor:.1f} GB/s{threads}")
+    if target_pct > 0:
+        ax.axhline(
+            floor * target_pct / 100, color="gray", ls=":", lw=1, label=f"{target_pct:g}% of floor"
+        )
     ax.set_xticks(range(len(shapes)), shapes)
     ax.set_xlabel("K x N")
     ax.set_ylabel("GB/s (bytes read / median time)")
@@ -77,9 +86,13 @@ def main(argv=None) -> None:
     p.add_argument("png", type=Path, help="PNG to write")
     p.add_argument("--batch", type=int, default=1, help="rows with this M (default 1)")
     p.add_argument("--backend", default="lut", help="rows of this backend (default lut)")
+    p.add_argument(
+        "--target-pct", type=float, default=80, help="dotted line at this %% of the floor (0: none)"
+    )
     args = p.parse_args(argv)
+    data = json.loads(args.json.read_text())
     plot_bandwidth(
-        json.loads(args.json.read_text()), args.png, batch=args.batch, backend=args.backend
+        data, args.png, batch=args.batch, backend=args.backend, target_pct=args.target_pct
     )
 
 
