@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the CPU tables of BENCHMARKS.md (results/*.md, *.json, *.csv, speedup_vs_batch.png).
-# Run from the repository root on an otherwise idle machine; takes about 5 minutes.
+# Run from the repository root on an otherwise idle machine; the tables before the issue-20
+# suites take about 5 minutes, the suites (cold weights rotated over 256 MiB) longer.
 set -euo pipefail
 out=benchmarks/results
 mkdir -p "$out"
@@ -17,4 +18,10 @@ bench --shapes $shapes --q 3 --batch 8 --modes fast exact --backends lut xla num
 bench --shapes 4096x4096 --q 3 --sweep --modes fast exact --backends lut dense xla \
   --budget 4 --reps 40 --json "$out/sweep.json" --csv "$out/sweep.csv" \
   --plot benchmarks/speedup_vs_batch.png | tee "$out/sweep.md"
+# Issue 20's tables (`--suite`, lutgemm_jax/bench.py), each against the read floor of its run.
+bench --suite decode --json "$out/decode.json" | tee "$out/decode.md"
+python benchmarks/plot_bandwidth.py "$out/decode.json" benchmarks/bandwidth_vs_shape.png
+bench --suite batch --json "$out/batch_1_8.json" | tee "$out/batch_1_8.md"
+bench --suite prefill --json "$out/prefill.json" | tee "$out/prefill.md"
+bench --suite overhead --json "$out/overhead.json" | tee "$out/overhead.md"
 uptime | tee -a "$out/load.txt"

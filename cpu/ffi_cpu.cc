@@ -22,6 +22,7 @@
 #include <string>
 
 #include "lut_gemm_cpu.h"
+#include "read_bandwidth.h"
 #include "worker_pool.h"
 #include "lutgemm/ffi_checks.h"
 #include "nanobind/nanobind.h"
@@ -127,4 +128,26 @@ NB_MODULE(_lutgemm_cpu, m) {
       "selected_isa",
       []() { return lutgemm::cpu::SelectIsa() == lutgemm::cpu::Isa::kAvx2 ? "avx2" : "portable"; },
       "The code path the next call will take (honours LUTGEMM_CPU_ISA).");
+  m.def("kernel_threads", &lutgemm::cpu::KernelThreads,
+        "Threads the kernel uses with XLA's default pool (honours LUTGEMM_CPU_THREADS).");
+  m.def(
+      "read_bandwidth",
+      [](int64_t nbytes, int64_t passes, int64_t threads) {
+        lutgemm::cpu::ReadBandwidth r;
+        {
+          nb::gil_scoped_release release;
+          r = lutgemm::cpu::MeasureReadBandwidth(nbytes, passes, threads,
+                                                 lutgemm::cpu::SelectIsa());
+        }
+        nb::list seconds;
+        for (const double s : r.pass_seconds) seconds.append(s);
+        nb::dict d;
+        d["pass_seconds"] = seconds;
+        d["threads"] = r.threads;
+        d["checksum"] = r.checksum;
+        return d;
+      },
+      nb::arg("nbytes"), nb::arg("passes"), nb::arg("threads"),
+      "Times `passes` read passes over an `nbytes` buffer on the kernel's worker pool "
+      "(read_bandwidth.h).");
 }
