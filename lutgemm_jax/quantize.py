@@ -288,6 +288,9 @@ def fit_groups(w, valid, count, *, q, method, rounds, fit_offset, clip_search):
     (bit ``i`` set: ``s_i = +1``) and, for alternating, the float32 ``[rounds + 1]`` squared error
     after greedy and each round (else ``None``).
     """
+    # With g = 16 a group can hold only padding (K % 32 in 1..16): it fits to all-zero scales,
+    # as a group of zeros would, instead of dividing by its zero row count.
+    count = jnp.maximum(count, 1.0)
     _, exp = jnp.frexp(_group_reduce(jnp.max, jnp.abs(w)))  # [G, 1, C]
     wn = _times_pow2(w, -exp)
     errs = None
@@ -480,6 +483,8 @@ def _rtn(wn, valid, q, clip_search):
     levels = float((1 << q) - 1)
     hi0 = _group_reduce(jnp.max, jnp.where(valid, wn, -jnp.inf))
     lo0 = _group_reduce(jnp.min, jnp.where(valid, wn, jnp.inf))
+    empty = ~jnp.isfinite(hi0)  # a group of padding only (g = 16): the grid of a zero group
+    hi0, lo0 = jnp.where(empty, 0.0, hi0), jnp.where(empty, 0.0, lo0)
 
     def fit(ratio):
         lo, hi = lo0 * ratio, hi0 * ratio
