@@ -87,12 +87,14 @@ def environ(**values):
 
 
 @st.composite
-def problems(draw, max_rows: int | None = None):
-    """A random packed weight, its float64 twin, and activations: a dict."""
+def problems(draw, max_rows: int | None = None, import_formats: bool = True):
+    """A random packed weight, its float64 twin, and activations: a dict. ``import_formats``:
+    also draw group size 16 and uniform scales (``alpha [G, 1, N]``)."""
     k = draw(st.integers(1, 300))
     n = draw(st.integers(1, 70))
     q = draw(st.integers(1, 8))
-    g = draw(st.sampled_from([32, 64, 128, None]))
+    g = draw(st.sampled_from(([16] if import_formats else []) + [32, 64, 128, None]))
+    uniform = import_formats and draw(st.booleans())
     has_offset = draw(st.booleans())
     x_dtype = draw(st.sampled_from(list(DTYPES)))
     a_dtype = draw(st.sampled_from(list(DTYPES)))
@@ -112,7 +114,7 @@ def problems(draw, max_rows: int | None = None):
         signs = rng.random((k, q, n)) < 0.5
     else:
         signs = np.full((k, q, n), signs_kind == "all +1")
-    alpha = rng.uniform(0.1, 1.0, (kp // gg, q, n)).astype(DTYPES[a_dtype])
+    alpha = rng.uniform(0.1, 1.0, (kp // gg, 1 if uniform else q, n)).astype(DTYPES[a_dtype])
     offset = rng.normal(size=(kp // gg, n)).astype(DTYPES[a_dtype]) if has_offset else None
     w = BCQWeight(
         bits=jnp.asarray(pack_words(np.pad(signs, ((0, kp - k), (0, 0), (0, 0))))),
@@ -129,7 +131,7 @@ def problems(draw, max_rows: int | None = None):
         x.reshape(-1, k)[::2] = 0.0
     x = np.asarray(x).astype(DTYPES[x_dtype])
     note(
-        f"K={k} N={n} q={q} g={g} offset={has_offset} x={x_dtype}{list(x.shape)} "
+        f"K={k} N={n} q={q} g={g} uniform={uniform} offset={has_offset} x={x_dtype}{list(x.shape)} "
         f"alpha={a_dtype} signs={signs_kind} x_scale={x_scale} seed={seed}"
     )
     w64 = dense_float64(signs, alpha, offset, gg)
@@ -243,7 +245,10 @@ def emulation_problem(p):
 
 
 @settings(max_examples=examples(2.4))
-@given(p=problems(max_rows=lowering.CUDA_LUT_MAX_ROWS), splits=st.sampled_from([0, 1, 2, 3]))
+@given(
+    p=problems(max_rows=lowering.CUDA_LUT_MAX_ROWS, import_formats=False),
+    splits=st.sampled_from([0, 1, 2, 3]),
+)
 def test_emulation_lut_kernel_matches_float64(emu, p, splits):
     """The CUDA LUT path (M <= 8 rows), with the planned split-K (0) or a forced one."""
     e = emulation_problem(p)
@@ -256,7 +261,7 @@ def test_emulation_lut_kernel_matches_float64(emu, p, splits):
 
 
 @settings(max_examples=examples(0.8))
-@given(p=problems(max_rows=1), w_dtype=st.sampled_from(list(DTYPES)))
+@given(p=problems(max_rows=1, import_formats=False), w_dtype=st.sampled_from(list(DTYPES)))
 def test_emulation_dequant_kernel_matches_float64(emu, p, w_dtype):
     """The CUDA large-M path's dequantization kernel: W_hat in float32/bfloat16/float16."""
     e = emulation_problem(p)
@@ -302,7 +307,7 @@ def weights(draw):
 @given(
     W=weights(),
     bits=st.integers(1, 8),
-    g=st.sampled_from([32, 64, 128, None]),
+    g=st.sampled_from([16, 32, 64, 128, None]),
     method=st.sampled_from(["greedy", "alternating", "rtn"]),
     fit_offset=st.booleans(),
     alpha_dtype=st.sampled_from(list(DTYPES)),
