@@ -40,10 +40,12 @@ constexpr int kEntries = 1 << kMu;          // 16 entries per table
 constexpr int kChunksPerWord = kWordBits / kMu;  // 8 nibbles per sign word
 constexpr int kMaxRows = 4;                 // rows of x per pass over the weight
 
+// Activations per scale block: the largest of 128/96/64/32 dividing g, so that a block lies in
+// one group; g = 16: one word (32), whose two halves are separate groups (alpha segments below).
 int64_t ScaleBlock(int64_t g) {
   for (int64_t s : {128, 96, 64, 32})
     if (g % s == 0) return s;
-  return 32;
+  return kWordBits;
 }
 
 inline float ToF32(const void* p, DType t, int64_t i) {
@@ -167,32 +169,67 @@ struct ScalarTables {
   }
 };
 
+// Alpha segments of a scale block: the whole block (one group) for g >= 32; for g = 16 (S = 32,
+// one word) the word's halves, nibbles 0-3 (group 2*kw) and 4-7 (group 2*kw + 1). Each segment's
+// plane sums are scaled by its own group's alpha and added to the output on their own.
+// A g = 16 group of padding rows only (the high half of the last word when K % 32 is 1..16) is
+// skipped, scales and offset alike, as the dense path (which reads rows < K only) and the
+// reference W_hat[:K] never see it; a group of g >= 32 always holds real rows.
+inline int Segments(const Prep& p) { return p.g == kHalfWordGroup ? 2 : 1; }
+inline bool GroupHasRows(const Prep& p, int64_t grp) { return grp * p.g < p.s.k; }
+inline int64_t SegmentGroup(const Prep& p, int64_t sb, int seg) {
+  return p.g == kHalfWordGroup ? 2 * sb + seg : sb * p.S / p.g;
+}
+
+// One column. Per segment and plane the lookups are summed (exact: float32; fast: int8 entries in
+// int32, exactly) and scaled by the plane's alpha. Uniform weights: exact mode scales plane i by
+// alpha * 2^i (a float32 multiplication by a power of two, exact: the same values as the weight
+// with those scales stored); fast mode first combines the integer plane sums exactly,
+// sum_i 2^i * acc_i (|.| <= 255 * 127 * S/4 < 2^21), then scales once by alpha.
 template <bool kFast, int R>
 void LutScalar(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc, int64_t ld) {
   using T = ScalarTables<kFast>;
   const typename T::Entry* tables = T::Of(p);
-  const int64_t n = p.s.n, q = p.s.q, kw0 = sb * p.wps, grp = kw0 * kWordBits / p.g;
-  float tot[R] = {};
-  for (int64_t i = 0; i < q; ++i) {
-    typename T::Sum acc[R] = {};
-    for (int64_t w = 0; w < p.wps; ++w) {
-      const uint32_t word = LoadWord(p, kw0 + w, i, col);
-      const int64_t c0 = (kw0 + w) * kChunksPerWord;
-      for (int nib = 0; nib < kChunksPerWord; ++nib) {
-        const uint32_t idx = (word >> (kMu * nib)) & (kEntries - 1);
-        #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r)
-          acc[r] += tables[((r0 + r) * p.nchunks + c0 + nib) * kEntries + idx];
+  const int64_t q = p.s.q, kw0 = sb * p.wps;
+  const bool uniform = p.s.uniform;
+  const int segments = Segments(p), seg_nibbles = kChunksPerWord / segments;
+  for (int seg = 0; seg < segments; ++seg) {
+    const int nib0 = seg * seg_nibbles, nib1 = nib0 + seg_nibbles;
+    const int64_t grp = SegmentGroup(p, sb, seg);
+    if (!GroupHasRows(p, grp)) continue;
+    const float a0 = ToF32(p.alpha, p.at, AlphaIndex(p.s, grp, 0, col));
+    float tot[R] = {};
+    int32_t itot[R] = {};  // fast, uniform: sum_i 2^i * plane sum
+    for (int64_t i = 0; i < q; ++i) {
+      typename T::Sum acc[R] = {};
+      for (int64_t w = 0; w < p.wps; ++w) {
+        const uint32_t word = LoadWord(p, kw0 + w, i, col);
+        const int64_t c0 = (kw0 + w) * kChunksPerWord;
+        for (int nib = nib0; nib < nib1; ++nib) {
+          const uint32_t idx = (word >> (kMu * nib)) & (kEntries - 1);
+          #pragma GCC unroll 8
+          for (int r = 0; r < R; ++r)
+            acc[r] += tables[((r0 + r) * p.nchunks + c0 + nib) * kEntries + idx];
+        }
       }
+      if constexpr (kFast) {
+        if (uniform) {
+          #pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) itot[r] += acc[r] * (int32_t{1} << i);
+          continue;
+        }
+      }
+      const float a =
+          uniform ? a0 * UniformPlaneFactor(p.s, i) : ToF32(p.alpha, p.at, AlphaIndex(p.s, grp, i, col));
+      #pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) tot[r] += static_cast<float>(acc[r]) * a;
     }
-    const float a = ToF32(p.alpha, p.at, (grp * q + i) * n + col);
     #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) tot[r] += static_cast<float>(acc[r]) * a;
-  }
-  #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    const float scale = T::Scale(p, r0 + r, sb);
-    facc[r * ld] += kFast ? tot[r] * scale : tot[r];
+    for (int r = 0; r < R; ++r) {
+      if (kFast && uniform) tot[r] = static_cast<float>(itot[r]) * a0;
+      const float scale = T::Scale(p, r0 + r, sb);
+      facc[r * ld] += kFast ? tot[r] * scale : tot[r];
+    }
   }
 }
 
@@ -335,31 +372,39 @@ LUTGEMM_AVX2 void BuildTablesAvx2(const float* xb, Prep& p, int64_t row, bool fa
 // 16 columns: two vectors of 8 sign words; per nibble, vpermps into the low and high halves of the
 // 16-entry float table (index = low 3 bits) and a blend on bit 3 (moved to the sign bit). In the
 // kCpu layout the vectors are reloaded per byte (8 consecutive bytes widened to 8 lanes), which
-// costs what the per-word loads do in the canonical layout.
-template <int R, DType AT, Layout L>
-LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc,
-                            int64_t ld) {
-  const int64_t n = p.s.n, q = p.s.q, kw0 = sb * p.wps, grp = kw0 * kWordBits / p.g;
+// costs what the per-word loads do in the canonical layout. One alpha segment: nibbles
+// [kNib0, kNib1) of `words` words from kw0, all in group grp (see Segments).
+template <int R, DType AT, Layout L, bool kUniform, int kNib0, int kNib1>
+LUTGEMM_AVX2 inline void ExactSegmentAvx2(const Prep& p, int64_t r0, int64_t kw0, int64_t words,
+                                          int64_t grp, int64_t col, float* facc, int64_t ld) {
+  const int64_t n = p.s.n, q = p.s.q;
   const float* ft[R];
   #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) ft[r] = p.ft.data() + (r0 + r) * p.nchunks * kEntries;
   __m256 tot[R][2];
   #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) tot[r][0] = tot[r][1] = _mm256_setzero_ps();
+  __m256 u0 = _mm256_setzero_ps(), u1 = _mm256_setzero_ps();  // uniform: plane 0's scales
+  if constexpr (kUniform) {
+    u0 = LoadAlpha8<AT>(p.alpha, AlphaIndex(p.s, grp, 0, col));
+    u1 = LoadAlpha8<AT>(p.alpha, AlphaIndex(p.s, grp, 0, col) + 8);
+  }
   for (int64_t i = 0; i < q; ++i) {
     __m256 acc[R][2];
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    for (int64_t w = 0; w < p.wps; ++w) {
+    for (int64_t w = 0; w < words; ++w) {
       __m256i v0, v1;
       if constexpr (L == Layout::kCanonical) {
         const uint32_t* src = p.bits + ((kw0 + w) * q + i) * n + col;
-        v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-        v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 8));
+        v0 = _mm256_srli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)),
+                               kMu * kNib0);
+        v1 = _mm256_srli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 8)),
+                               kMu * kNib0);
       }
       const int64_t c0 = (kw0 + w) * kChunksPerWord;
 #pragma GCC unroll 8
-      for (int nib = 0; nib < kChunksPerWord; ++nib) {
+      for (int nib = kNib0; nib < kNib1; ++nib) {
         if constexpr (L == Layout::kCpu) {
           if (nib % 2 == 0) {
             v0 = LoadBytes8(p, kw0 + w, i, col, nib / 2);
@@ -383,8 +428,16 @@ LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, 
         v1 = _mm256_srli_epi32(v1, kMu);
       }
     }
-    const int64_t ai = (grp * q + i) * n + col;
-    const __m256 al0 = LoadAlpha8<AT>(p.alpha, ai), al1 = LoadAlpha8<AT>(p.alpha, ai + 8);
+    __m256 al0, al1;
+    if constexpr (kUniform) {  // alpha * 2^i: exact
+      const __m256 factor = _mm256_set1_ps(UniformPlaneFactor(p.s, i));
+      al0 = _mm256_mul_ps(u0, factor);
+      al1 = _mm256_mul_ps(u1, factor);
+    } else {
+      const int64_t ai = AlphaIndex(p.s, grp, i, col);
+      al0 = LoadAlpha8<AT>(p.alpha, ai);
+      al1 = LoadAlpha8<AT>(p.alpha, ai + 8);
+    }
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       tot[r][0] = _mm256_fmadd_ps(acc[r][0], al0, tot[r][0]);
@@ -396,6 +449,21 @@ LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, 
     float* f = facc + r * ld;
     _mm256_storeu_ps(f, _mm256_add_ps(_mm256_loadu_ps(f), tot[r][0]));
     _mm256_storeu_ps(f + 8, _mm256_add_ps(_mm256_loadu_ps(f + 8), tot[r][1]));
+  }
+}
+
+template <int R, DType AT, Layout L, bool kHalf, bool kUniform>
+LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc,
+                            int64_t ld) {
+  const int64_t kw0 = sb * p.wps;
+  if constexpr (kHalf) {  // g = 16: one word per scale block, two groups
+    ExactSegmentAvx2<R, AT, L, kUniform, 0, 4>(p, r0, kw0, 1, SegmentGroup(p, sb, 0), col, facc, ld);
+    if (GroupHasRows(p, SegmentGroup(p, sb, 1)))
+      ExactSegmentAvx2<R, AT, L, kUniform, 4, 8>(p, r0, kw0, 1, SegmentGroup(p, sb, 1), col, facc,
+                                                 ld);
+  } else {
+    ExactSegmentAvx2<R, AT, L, kUniform, 0, kChunksPerWord>(p, r0, kw0, p.wps,
+                                                            SegmentGroup(p, sb, 0), col, facc, ld);
   }
 }
 
@@ -418,16 +486,42 @@ inline void PrefetchAhead(const void* at, int64_t bytes) {
       0, 3);
 }
 
+// The int16 plane sums of 32 columns (FastSegmentAvx2's two accumulators) widened to int32 in
+// natural column order: out[v] holds columns 8v .. 8v+7.
+template <Layout L>
+LUTGEMM_AVX2 inline void WidenSums(const __m256i acc[2], __m256i out[4]) {
+  #pragma GCC unroll 2
+  for (int h = 0; h < 2; ++h) {
+    if constexpr (L == Layout::kCpu) {
+      // Half h of accumulator 0 holds columns 16h .. 16h+7, of accumulator 1 16h+8 .. 16h+15.
+      const __m128i a0 = h ? _mm256_extracti128_si256(acc[0], 1) : _mm256_castsi256_si128(acc[0]);
+      const __m128i a1 = h ? _mm256_extracti128_si256(acc[1], 1) : _mm256_castsi256_si128(acc[1]);
+      out[2 * h] = _mm256_cvtepi16_epi32(a0);
+      out[2 * h + 1] = _mm256_cvtepi16_epi32(a1);
+    } else {
+      const __m256i f0 = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[h]));
+      const __m256i f1 = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[h], 1));
+      // f0 = [c0-3 | c8-11], f1 = [c4-7 | c12-15] (relative to 16 * h).
+      out[2 * h] = _mm256_permute2x128_si256(f0, f1, 0x20);
+      out[2 * h + 1] = _mm256_permute2x128_si256(f0, f1, 0x31);
+    }
+  }
+}
+
 // 32 columns (one kCpu block): four vectors bj[j] each hold byte j of the 32 columns' sign words
 // (kCpu: loaded as they are; canonical: four vectors of 8 words transposed in registers). The low
 // and high nibbles of bj[j] index the int8 tables of chunks 2j and 2j+1 with vpshufb; the two
 // lookups are summed pairwise into int16 by vpmaddubsw. Column order of the two int16
 // accumulators: kCpu [0-7 | 16-23] and [8-15 | 24-31]; canonical (after the transpose)
-// [0-3, 8-11 | 4-7, 12-15] and [16-19, 24-27 | 20-23, 28-31]. The epilogue restores natural order.
-template <int R, DType AT, Layout L>
-LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc,
-                           int64_t ld) {
-  const int64_t n = p.s.n, q = p.s.q, kw0 = sb * p.wps, grp = kw0 * kWordBits / p.g;
+// [0-3, 8-11 | 4-7, 12-15] and [16-19, 24-27 | 20-23, 28-31]; WidenSums restores natural order.
+// One alpha segment: bytes [kJ0, kJ1) of `words` words from kw0, all in group grp (see Segments).
+// Per plane the widened sums are scaled by alpha in float32, or for uniform weights shifted by
+// the plane index and added in int32 (exact), then scaled once by alpha.
+template <int R, DType AT, Layout L, bool kUniform, int kJ0, int kJ1>
+LUTGEMM_AVX2 inline void FastSegmentAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t kw0,
+                                         int64_t words, int64_t grp, int64_t col, float* facc,
+                                         int64_t ld) {
+  const int64_t n = p.s.n, q = p.s.q;
   const int8_t* qt[R];
   #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) qt[r] = p.qt.data() + (r0 + r) * p.nchunks * kEntries;
@@ -437,21 +531,28 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
   // Only on the first pass over the weight (later row blocks find it in L2), within the row.
   const bool prefetch = r0 == 0 && col + 32 * (kPrefetchBlocks + 1) <= n - n % kLayoutBlock;
   constexpr int64_t kAlphaBytes = AT == DType::kF32 ? 4 : 2;
-  __m256 tot[R][4];
+  auto prefetch_alpha = [&](int64_t plane) {
+    const char* a =
+        static_cast<const char*>(p.alpha) + AlphaIndex(p.s, grp, plane, col) * kAlphaBytes;
+    PrefetchAhead(a, kAlphaBytes);
+    if constexpr (kAlphaBytes == 4) PrefetchAhead(a + 64, kAlphaBytes);
+  };
+  __m256 tot[R][4];   // float32 sums over planes (per-plane alpha)
+  __m256i itot[R][4];  // uniform: sum_i 2^i * plane sum, |.| <= 255 * 127 * S/4 < 2^21
   #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
     #pragma GCC unroll 8
-    for (int v = 0; v < 4; ++v) tot[r][v] = _mm256_setzero_ps();
+    for (int v = 0; v < 4; ++v) {
+      tot[r][v] = _mm256_setzero_ps();
+      itot[r][v] = _mm256_setzero_si256();
+    }
+  if (kUniform && prefetch) prefetch_alpha(0);
   for (int64_t i = 0; i < q; ++i) {
     __m256i acc[R][2];
     #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-    if (prefetch) {
-      const char* a = static_cast<const char*>(p.alpha) + ((grp * q + i) * n + col) * kAlphaBytes;
-      PrefetchAhead(a, kAlphaBytes);
-      if constexpr (kAlphaBytes == 4) PrefetchAhead(a + 64, kAlphaBytes);
-    }
-    for (int64_t w = 0; w < p.wps; ++w) {
+    if (!kUniform && prefetch) prefetch_alpha(i);
+    for (int64_t w = 0; w < words; ++w) {
       const uint32_t* row = p.bits + ((kw0 + w) * q + i) * n;
       if (prefetch) {
         PrefetchAhead(row + col, sizeof(uint32_t));
@@ -461,7 +562,7 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
       if constexpr (L == Layout::kCpu) {
         const uint8_t* block = reinterpret_cast<const uint8_t*>(row) + col * kBytesPerWord;
         #pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j)
+        for (int j = kJ0; j < kJ1; ++j)
           bj[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + j * kLayoutBlock));
       } else {
         const __m256i* src = reinterpret_cast<const __m256i*>(row + col);
@@ -479,7 +580,7 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
       const int64_t c0 = (kw0 + w) * kChunksPerWord;
       __m256i nib[8];  // low and high nibbles of byte j: table indices of chunks c0+2j, c0+2j+1
       #pragma GCC unroll 8
-      for (int j = 0; j < 4; ++j) {
+      for (int j = kJ0; j < kJ1; ++j) {
         nib[2 * j] = _mm256_and_si256(bj[j], low4);
         nib[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(bj[j], 4), low4);
       }
@@ -488,7 +589,7 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
         const int8_t* t = qt[r] + c0 * kEntries;
         __m256i a0 = acc[r][0], a1 = acc[r][1];
 #pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) {
+        for (int j = kJ0; j < kJ1; ++j) {
           const __m256i tlo = _mm256_broadcastsi128_si256(
               _mm_loadu_si128(reinterpret_cast<const __m128i*>(t + 2 * j * kEntries)));
           const __m256i thi = _mm256_broadcastsi128_si256(
@@ -502,36 +603,40 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
         acc[r][1] = a1;
       }
     }
-    const int64_t ai = (grp * q + i) * n + col;
-    #pragma GCC unroll 8
-    for (int h = 0; h < 2; ++h) {
-      const __m256 al0 = LoadAlpha8<AT>(p.alpha, ai + 16 * h);
-      const __m256 al1 = LoadAlpha8<AT>(p.alpha, ai + 16 * h + 8);
+    if constexpr (kUniform) {
+      const __m128i shift = _mm_cvtsi32_si128(static_cast<int>(i));
       #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
-        // Columns 16h .. 16h+15 as two vectors x0, x1 of 8 float sums.
-        __m256 x0, x1;
-        if constexpr (L == Layout::kCpu) {
-          // Half h of accumulator 0 holds columns 16h .. 16h+7, of accumulator 1 16h+8 .. 16h+15.
-          const __m128i a0 = h ? _mm256_extracti128_si256(acc[r][0], 1)
-                               : _mm256_castsi256_si128(acc[r][0]);
-          const __m128i a1 = h ? _mm256_extracti128_si256(acc[r][1], 1)
-                               : _mm256_castsi256_si128(acc[r][1]);
-          x0 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(a0));
-          x1 = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(a1));
-        } else {
-          const __m256 f0 =
-              _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[r][h])));
-          const __m256 f1 =
-              _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[r][h], 1)));
-          // f0 = [c0-3 | c8-11], f1 = [c4-7 | c12-15] (relative to 16 * h).
-          x0 = _mm256_permute2f128_ps(f0, f1, 0x20);
-          x1 = _mm256_permute2f128_ps(f0, f1, 0x31);
-        }
-        tot[r][2 * h] = _mm256_fmadd_ps(x0, al0, tot[r][2 * h]);
-        tot[r][2 * h + 1] = _mm256_fmadd_ps(x1, al1, tot[r][2 * h + 1]);
+        __m256i sums[4];
+        WidenSums<L>(acc[r], sums);
+        #pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v)
+          itot[r][v] = _mm256_add_epi32(itot[r][v], _mm256_sll_epi32(sums[v], shift));
+      }
+    } else {
+      const int64_t ai = AlphaIndex(p.s, grp, i, col);
+      __m256 al[4];
+      #pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) al[v] = LoadAlpha8<AT>(p.alpha, ai + 8 * v);
+      #pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        __m256i sums[4];
+        WidenSums<L>(acc[r], sums);
+        #pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v)
+          tot[r][v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[v]), al[v], tot[r][v]);
       }
     }
+  }
+  if constexpr (kUniform) {
+    const int64_t ai = AlphaIndex(p.s, grp, 0, col);
+    __m256 al[4];
+    #pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) al[v] = LoadAlpha8<AT>(p.alpha, ai + 8 * v);
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+      #pragma GCC unroll 4
+      for (int v = 0; v < 4; ++v) tot[r][v] = _mm256_mul_ps(_mm256_cvtepi32_ps(itot[r][v]), al[v]);
   }
   #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
@@ -540,6 +645,22 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
     #pragma GCC unroll 8
     for (int v = 0; v < 4; ++v)
       _mm256_storeu_ps(f + 8 * v, _mm256_fmadd_ps(tot[r][v], sc, _mm256_loadu_ps(f + 8 * v)));
+  }
+}
+
+template <int R, DType AT, Layout L, bool kHalf, bool kUniform>
+LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc,
+                           int64_t ld) {
+  const int64_t kw0 = sb * p.wps;
+  if constexpr (kHalf) {  // g = 16: one word per scale block, two groups
+    FastSegmentAvx2<R, AT, L, kUniform, 0, 2>(p, r0, sb, kw0, 1, SegmentGroup(p, sb, 0), col,
+                                              facc, ld);
+    if (GroupHasRows(p, SegmentGroup(p, sb, 1)))
+      FastSegmentAvx2<R, AT, L, kUniform, 2, 4>(p, r0, sb, kw0, 1, SegmentGroup(p, sb, 1), col,
+                                                facc, ld);
+  } else {
+    FastSegmentAvx2<R, AT, L, kUniform, 0, kBytesPerWord>(p, r0, sb, kw0, p.wps,
+                                                          SegmentGroup(p, sb, 0), col, facc, ld);
   }
 }
 
@@ -555,29 +676,42 @@ struct Kernels {
 
 #define LUTGEMM_ROWS(F, ...) {F<1 __VA_ARGS__>, F<2 __VA_ARGS__>, F<3 __VA_ARGS__>, F<4 __VA_ARGS__>}
 
-// Vector kernels are specialised per layout. Vector blocks of the fast kernel are whole kCpu
-// blocks (columns < N32); exact-mode blocks of 16 may lie in the canonical tail (LoadBytes8
-// handles it); single-column tails read words through LoadWord.
-template <DType AT>
-Kernels Avx2Kernels(bool fast, Layout layout) {
-  const bool cpu = layout == Layout::kCpu;
-  if (!fast && cpu)
-    return {16, LUTGEMM_ROWS(ExactAvx2, , AT, Layout::kCpu), LUTGEMM_ROWS(ExactScalar)};
-  if (!fast)
-    return {16, LUTGEMM_ROWS(ExactAvx2, , AT, Layout::kCanonical), LUTGEMM_ROWS(ExactScalar)};
-  if (cpu) return {32, LUTGEMM_ROWS(FastAvx2, , AT, Layout::kCpu), LUTGEMM_ROWS(FastScalar)};
-  return {32, LUTGEMM_ROWS(FastAvx2, , AT, Layout::kCanonical), LUTGEMM_ROWS(FastScalar)};
+// Vector kernels are specialised per layout, alpha dtype, half-word groups (g = 16) and uniform
+// scales. Vector blocks of the fast kernel are whole kCpu blocks (columns < N32); exact-mode
+// blocks of 16 may lie in the canonical tail (LoadBytes8 handles it); single-column tails read
+// words through LoadWord.
+template <DType AT, Layout L, bool kHalf, bool kUniform>
+Kernels Avx2KernelsFor(bool fast) {
+  if (fast)
+    return {32, LUTGEMM_ROWS(FastAvx2, , AT, L, kHalf, kUniform), LUTGEMM_ROWS(FastScalar)};
+  return {16, LUTGEMM_ROWS(ExactAvx2, , AT, L, kHalf, kUniform), LUTGEMM_ROWS(ExactScalar)};
 }
 
-Kernels GetKernels(Isa isa, bool fast, DType at, Layout layout) {
+template <DType AT, Layout L>
+Kernels Avx2KernelsForLayout(bool fast, bool half, bool uniform) {
+  if (half)
+    return uniform ? Avx2KernelsFor<AT, L, true, true>(fast)
+                   : Avx2KernelsFor<AT, L, true, false>(fast);
+  return uniform ? Avx2KernelsFor<AT, L, false, true>(fast)
+                 : Avx2KernelsFor<AT, L, false, false>(fast);
+}
+
+template <DType AT>
+Kernels Avx2Kernels(bool fast, Layout layout, bool half, bool uniform) {
+  if (layout == Layout::kCpu) return Avx2KernelsForLayout<AT, Layout::kCpu>(fast, half, uniform);
+  return Avx2KernelsForLayout<AT, Layout::kCanonical>(fast, half, uniform);
+}
+
+Kernels GetKernels(Isa isa, bool fast, const Prep& p) {
+  const bool half = p.g == kHalfWordGroup, uniform = p.s.uniform;
   if (isa == Isa::kAvx2) {
-    switch (at) {
+    switch (p.at) {
       case DType::kF32:
-        return Avx2Kernels<DType::kF32>(fast, layout);
+        return Avx2Kernels<DType::kF32>(fast, p.layout, half, uniform);
       case DType::kBF16:
-        return Avx2Kernels<DType::kBF16>(fast, layout);
+        return Avx2Kernels<DType::kBF16>(fast, p.layout, half, uniform);
       default:
-        return Avx2Kernels<DType::kF16>(fast, layout);
+        return Avx2Kernels<DType::kF16>(fast, p.layout, half, uniform);
     }
   }
   if (fast) return {1, LUTGEMM_ROWS(FastScalar), LUTGEMM_ROWS(FastScalar)};
@@ -624,8 +758,9 @@ void RunColumns(const Prep& p, const Kernels& kr, const Operands& op, int64_t c_
       const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, m - r0));
       std::fill(facc.begin(), facc.begin() + rows * ld, 0.f);
       for (int64_t sb = sb_begin; sb < sb_end; ++sb) {
-        if (p.offset != nullptr && (sb * p.S) % p.g == 0) {
-          const int64_t grp = sb * p.S / p.g;
+        // The offset terms of the groups that start in this block (two per block for g = 16).
+        for (int64_t grp = (sb * p.S + p.g - 1) / p.g;
+             p.offset != nullptr && grp * p.g < (sb + 1) * p.S && GroupHasRows(p, grp); ++grp) {
           for (int r = 0; r < rows; ++r) {
             const float gs = p.gsum[(r0 + r) * p.ngroups + grp];
             float* f = facc.data() + r * ld;
@@ -683,8 +818,10 @@ inline void DequantTile(const Prep& p, int64_t k0, int64_t kc, int64_t c0, int64
         if (p.offset) v = ToF32(p.offset, AT, grp * n + c0 + c);
         for (int64_t i = 0; i < q; ++i) {
           const uint32_t word = LoadWord(p, kw, i, c0 + c);
-          v += ToF32(p.alpha, AT, (grp * q + i) * n + c0 + c) *
-               static_cast<float>(static_cast<int>((word >> t) & 1u) * 2 - 1);
+          // alpha_i (uniform: alpha * 2^i, exact) times +-1.
+          const float a = ToF32(p.alpha, AT, AlphaIndex(p.s, grp, i, c0 + c)) *
+                          UniformPlaneFactor(p.s, i);
+          v += a * static_cast<float>(static_cast<int>((word >> t) & 1u) * 2 - 1);
         }
       }
       wt[TileIndex(kk, c)] = v;
@@ -711,40 +848,52 @@ void MicroPortable(const float* xp, const float* wt, int64_t kc, float* c, int64
     }
 }
 
-// Per 8 columns and sign word (32 rows of K; g is a multiple of 32, so one group per word): the
-// Q words, alpha and -alpha are loaded once into registers (Q is a template parameter so that
-// they stay there), then each row picks +-alpha per plane with blendv on the word shifted so that
-// the row's bit is the sign bit (rows in descending order, one shift per row and plane). Same
-// summation order as DequantTile, so W_hat is bitwise equal.
+// Per 8 columns and sign word (32 rows of K): the Q words, alpha and -alpha are loaded once into
+// registers (Q is a template parameter so that they stay there), then each row picks +-alpha per
+// plane with blendv on the word shifted so that the row's bit is the sign bit (rows in descending
+// order, one shift per row and plane). A word lies in one group for g >= 32; for g = 16 its rows
+// 16-31 and 0-15 are two groups, so the scales are reloaded at row 15. Uniform scales are
+// alpha * 2^i (exact). Same summation order as DequantTile, so W_hat is bitwise equal.
 template <DType AT, int Q>
 LUTGEMM_AVX2 void DequantTileAvx2(const Prep& p, int64_t k0, int64_t kc, int64_t c0, int64_t nc,
                                   float* wt) {
   if (nc < kNB) return DequantTile<AT>(p, k0, kc, c0, nc, wt);
   const int64_t n = p.s.n;
+  const bool half = p.g == kHalfWordGroup;
   const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u)));
   __m256i w[Q];
   __m256 pos[Q], neg[Q];
   for (int c = 0; c < kNB; c += 8) {
     for (int64_t kk0 = 0; kk0 < kc; kk0 += kWordBits) {
-      const int64_t kw = (k0 + kk0) / kWordBits, grp = (k0 + kk0) / p.g;
+      const int64_t kw = (k0 + kk0) / kWordBits;
       const int rows = static_cast<int>(std::min<int64_t>(kWordBits, kc - kk0));
       #pragma GCC unroll 8
       for (int i = 0; i < Q; ++i) {
         const __m256i b = LoadWords8(p, kw, i, c0 + c);
         w[i] = _mm256_sll_epi32(b, _mm_cvtsi32_si128(kWordBits - rows));  // bit rows-1 on top
-        pos[i] = LoadAlpha8<AT>(p.alpha, (grp * Q + i) * n + c0 + c);
-        neg[i] = _mm256_xor_ps(pos[i], sign);
       }
-      const __m256 base =
-          p.offset ? LoadAlpha8<AT>(p.offset, grp * n + c0 + c) : _mm256_setzero_ps();
-      for (int t = rows - 1; t >= 0; --t) {
-        __m256 acc = base;
+      int t = rows - 1;
+      for (int seg = half ? 1 : 0; seg >= 0; --seg) {  // rows [16 * seg, ...) of the word
+        const int64_t grp = (k0 + kk0 + kHalfWordGroup * seg) / p.g;
+        const __m256 a0 = LoadAlpha8<AT>(p.alpha, AlphaIndex(p.s, grp, 0, c0 + c));
         #pragma GCC unroll 8
         for (int i = 0; i < Q; ++i) {
-          acc = _mm256_add_ps(acc, _mm256_blendv_ps(neg[i], pos[i], _mm256_castsi256_ps(w[i])));
-          w[i] = _mm256_slli_epi32(w[i], 1);
+          pos[i] = p.s.uniform
+                       ? _mm256_mul_ps(a0, _mm256_set1_ps(UniformPlaneFactor(p.s, i)))
+                       : LoadAlpha8<AT>(p.alpha, AlphaIndex(p.s, grp, i, c0 + c));
+          neg[i] = _mm256_xor_ps(pos[i], sign);
         }
-        _mm256_storeu_ps(wt + TileIndex(kk0 + t, c), acc);
+        const __m256 base =
+            p.offset ? LoadAlpha8<AT>(p.offset, grp * n + c0 + c) : _mm256_setzero_ps();
+        for (; t >= kHalfWordGroup * seg; --t) {
+          __m256 acc = base;
+          #pragma GCC unroll 8
+          for (int i = 0; i < Q; ++i) {
+            acc = _mm256_add_ps(acc, _mm256_blendv_ps(neg[i], pos[i], _mm256_castsi256_ps(w[i])));
+            w[i] = _mm256_slli_epi32(w[i], 1);
+          }
+          _mm256_storeu_ps(wt + TileIndex(kk0 + t, c), acc);
+        }
       }
     }
   }
@@ -998,7 +1147,7 @@ void LutGemm(const Operands& op, Mode mode, Path path, Isa isa, int64_t max_task
     p.ft.resize(p.m * p.nchunks * kEntries);
   }
   p.gsum.resize(p.m * p.ngroups);
-  const Kernels kr = GetKernels(isa, fast, p.at, p.layout);
+  const Kernels kr = GetKernels(isa, fast, p);
   const int64_t n = p.s.n;
   const int64_t tasks = std::max<int64_t>(1, max_tasks);
 

@@ -59,7 +59,9 @@ inline ffi::Error PrepareLutGemm(ffi::AnyBuffer x, ffi::AnyBuffer bits, ffi::Any
   args->n = static_cast<int>(s.n);
   args->q = static_cast<int>(s.q);
   args->num_words = static_cast<int>(s.num_words());
+  args->group_size = static_cast<int>(s.group_size);
   args->words_per_group = static_cast<int>(s.words_per_group());
+  args->uniform = s.uniform ? 1 : 0;
   args->x_type = ToElemType(x.element_type());
   args->a_type = ToElemType(alpha.element_type());
   if (p.m == 0) {
@@ -100,7 +102,9 @@ inline ffi::Error PrepareDequant(ffi::AnyBuffer bits, ffi::AnyBuffer alpha, ffi:
                       static_cast<int>(n),
                       static_cast<int>(s.q),
                       static_cast<int>(s.num_words()),
+                      static_cast<int>(s.group_size),
                       static_cast<int>(s.words_per_group()),
+                      s.uniform ? 1 : 0,
                       ToElemType(alpha.element_type()),
                       ToElemType(w.element_type())};
   return ffi::Error::Success();

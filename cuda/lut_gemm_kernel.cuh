@@ -4,7 +4,7 @@
 // the extension (cuda/lut_gemm_cuda.cu) and, unchanged, by g++ under the CUDA-emulation header
 // tests/cuda_emu/cuda_emu.h for the CPU tests. Host launch glue lives in lut_gemm_launch.h.
 //
-// ---- LutGemmKernel<QMAX, MT>: the lookup-table path (decode, M <= 8 rows per block) -------------
+// ---- LutGemmKernel<QMAX, MT, G16>: the lookup-table path (decode, M <= 8 rows per block) --------
 // Grid:  x = ceil(N / 512) column tiles, y = split-K slices, z = ceil(M / MT) row tiles.
 // Block: 128 threads (4 warps). Thread t owns the 4 adjacent output columns
 //        col0 = 512 * blockIdx.x + 4 t .. col0 + 3 for MT rows of x, in float32 registers
@@ -22,10 +22,17 @@
 //             signs precomputed in registers); the MT rows of one entry are adjacent so a
 //             lookup fetches all rows with one 16-byte (MT >= 4) / 8-byte / 4-byte shared load;
 //          3. for each word of the tile: load the q bit-plane words (uint4 each, all issued
-//             before use), reload alpha [q][4 columns] (and offset) only when the group changes,
+//             before use), reload alpha [4 columns][q] (and offset) only when the group changes,
 //             then per plane and column 4 table lookups (one per byte) summed in float32 and
 //             multiplied by alpha into acc; the offset term adds offset * (sum of x over the
 //             word) = offset * sum_b T[b][255].
+// Groups: g >= 32 spans whole words (a group changes between words only). g = 16 (G16) splits
+//        every word into two segments, bytes 0-1 (group 2w) and bytes 2-3 (group 2w + 1): each
+//        segment loads its group's scales and sums its 2 lookups per plane before the alpha
+//        FMA. A table covers one byte, so no table straddles a group boundary, and every K
+//        slice of the split-K plan (whole words) starts and ends on a group boundary.
+// Uniform weights (alpha [G, 1, N]): one scale load per group and column; plane i's scale is
+//        that value times 2^i (exact), computed at the reload, so the lookup loop is unchanged.
 // Output: with one K slice the block converts acc to x's dtype and writes y; with S > 1 slices
 //        it writes float32 partials [S][M][N] into the workspace (a second result of the custom
 //        call, allocated by XLA, S chosen statically by the lowering) and LutGemmReduceKernel
@@ -41,12 +48,14 @@
 //        3.35 TB/s.
 // Templates: QMAX = 1..4 is q exactly (fully unrolled); QMAX = 8 serves q = 5..8 at run time
 //        (unrolled to 8 with a uniform `i < q` predicate so register arrays keep constant
-//        indices). MT in {1, 2, 4, 8}: rows per block (M rounded up to a power of two).
+//        indices). MT in {1, 2, 4, 8}: rows per block (M rounded up to a power of two). G16:
+//        g = 16 (a compile-time segment count keeps the g >= 32 kernels' inner loop as it is).
 //
 // ---- LutGemmReduceKernel: y[m][n] = sum_{s=0..S-1} partial[s][m][n] in order, cast to y's dtype.
 // ---- DequantKernel: W[k][n] (k < K) = sum_i alpha*s_i + offset in the output dtype, one thread
-//        per (word, column): q word loads, 32 coalesced row stores. Used for the large-M path
-//        (dequantize + XLA dot on tensor cores).
+//        per (word, column): q word loads, the scales of the word's one group (two for g = 16,
+//        one per 16 rows), 32 coalesced row stores. Used for the large-M path (dequantize + XLA
+//        dot on tensor cores).
 #ifndef LUTGEMM_CUDA_LUT_GEMM_KERNEL_CUH_
 #define LUTGEMM_CUDA_LUT_GEMM_KERNEL_CUH_
 
@@ -95,6 +104,24 @@ __device__ __forceinline__ uint32_t Lane(const uint4& v, int c) {
   return c == 0 ? v.x : c == 1 ? v.y : c == 2 ? v.z : v.w;
 }
 
+// The scales of planes 0 .. q-1 of (group grp, column col) into al: alpha [G, q, N], or, when
+// uniform, alpha [G, 1, N] with plane i's scale alpha * 2^i (one load; the power-of-two multiple
+// is exact in float32).
+template <int QMAX>
+__device__ __forceinline__ void LoadPlaneScales(const void* alpha, int a_type, bool uniform, int q,
+                                                int grp, int n, int col, float (&al)[QMAX]) {
+  if (uniform) {
+    const float a0 = LoadAsFloat(alpha, static_cast<int64_t>(grp) * n + col, a_type);
+#pragma unroll
+    for (int i = 0; i < QMAX; ++i)
+      if (i < q) al[i] = a0 * static_cast<float>(1 << i);
+  } else {
+#pragma unroll
+    for (int i = 0; i < QMAX; ++i)
+      if (i < q) al[i] = LoadAsFloat(alpha, (static_cast<int64_t>(grp) * q + i) * n + col, a_type);
+  }
+}
+
 // Adds the MT rows stored at p (one table entry) to s, with one wide shared-memory load.
 template <int MT>
 __device__ __forceinline__ void AddRows(const float* p, float (&s)[MT]) {
@@ -140,10 +167,15 @@ constexpr int MinBlocksPerSm() {
   return QMAX <= 4 && MT == 1 ? 5 : QMAX <= 4 && MT <= 4 ? 3 : 1;
 }
 
-template <int QMAX, int MT>
-__global__ void __launch_bounds__(kThreads, (MinBlocksPerSm<QMAX, MT>())) LutGemmKernel(const LutGemmArgs a) {
+template <int QMAX, int MT, bool G16>
+__global__ void __launch_bounds__(kThreads, (MinBlocksPerSm<QMAX, MT>()))
+    LutGemmKernel(const LutGemmArgs a) {
   constexpr int TW = kTileRowWords / MT;  // words per K tile
   constexpr int kTileK = TW * kWordBits;
+  // Segments of a word with one group each: g = 16 splits a word into two halves of 2 bytes
+  // (2 tables), g >= 32 keeps it whole. A table indexes one byte, so it never straddles groups.
+  constexpr int kSegs = G16 ? 2 : 1;
+  constexpr int kSegBytes = kBytesPerWord / kSegs;
   __shared__ __align__(16) float tables[kTableFloats];  // [TW*4][256][MT]
   __shared__ __align__(16) float xs[kStageFloats];      // [MT][TW*32]
 
@@ -166,7 +198,7 @@ __global__ void __launch_bounds__(kThreads, (MinBlocksPerSm<QMAX, MT>())) LutGem
   }
 
   float acc[MT][kColsPerThread];
-  float al[QMAX][kColsPerThread];
+  float al[kColsPerThread][QMAX];
   float off[kColsPerThread];
 #pragma unroll
   for (int c = 0; c < kColsPerThread; ++c) {
@@ -174,7 +206,7 @@ __global__ void __launch_bounds__(kThreads, (MinBlocksPerSm<QMAX, MT>())) LutGem
 #pragma unroll
     for (int r = 0; r < MT; ++r) acc[r][c] = 0.f;
 #pragma unroll
-    for (int i = 0; i < QMAX; ++i) al[i][c] = 0.f;
+    for (int i = 0; i < QMAX; ++i) al[c][i] = 0.f;
   }
   int group = -1;
 
@@ -216,48 +248,48 @@ __global__ void __launch_bounds__(kThreads, (MinBlocksPerSm<QMAX, MT>())) LutGem
 #pragma unroll
         for (int i = 0; i < QMAX; ++i)
           if (i < q) words[i] = LoadBits(a, w, i, col0, vec);
-        const int grp = w / a.words_per_group;
-        if (grp != group) {  // alpha (and offset) once per group
-          group = grp;
-#pragma unroll
-          for (int c = 0; c < kColsPerThread; ++c) {
-            const int col = min(col0 + c, a.n - 1);  // ragged edge: a valid, unused column
-#pragma unroll
-            for (int i = 0; i < QMAX; ++i)
-              if (i < q)
-                al[i][c] = LoadAsFloat(a.alpha, (static_cast<int64_t>(grp) * a.q + i) * a.n + col,
-                                       a.a_type);
-            if (has_offset)
-              off[c] = LoadAsFloat(a.offset, static_cast<int64_t>(grp) * a.n + col, a.a_type);
-          }
-        }
         const float* tw = tables + (w - t0) * kBytesPerWord * kTableSize * MT;
-        if (has_offset) {  // offset * sum(x over the word's 32 k) = offset * sum_b T[b][255]
-          float xsum[MT];
 #pragma unroll
-          for (int r = 0; r < MT; ++r) xsum[r] = 0.f;
-#pragma unroll
-          for (int b = 0; b < kBytesPerWord; ++b)
-            AddRows<MT>(tw + (b * kTableSize + kTableSize - 1) * MT, xsum);
-#pragma unroll
-          for (int c = 0; c < kColsPerThread; ++c)
-#pragma unroll
-            for (int r = 0; r < MT; ++r) acc[r][c] = fmaf(off[c], xsum[r], acc[r][c]);
-        }
-#pragma unroll
-        for (int i = 0; i < QMAX; ++i) {
-          if (i < q) {
+        for (int h = 0; h < kSegs; ++h) {
+          const int grp = G16 ? 2 * w + h : w / a.words_per_group;
+          if (G16 || grp != group) {  // alpha (and offset) once per group
+            group = grp;
 #pragma unroll
             for (int c = 0; c < kColsPerThread; ++c) {
-              const uint32_t word = Lane(words[i], c);
-              float s[MT];
+              const int col = min(col0 + c, a.n - 1);  // ragged edge: a valid, unused column
+              LoadPlaneScales<QMAX>(a.alpha, a.a_type, a.uniform, q, grp, a.n, col, al[c]);
+              if (has_offset)
+                off[c] = LoadAsFloat(a.offset, static_cast<int64_t>(grp) * a.n + col, a.a_type);
+            }
+          }
+          const float* ts = tw + h * kSegBytes * kTableSize * MT;  // the segment's tables
+          if (has_offset) {  // offset * sum(x over the segment) = offset * sum_b T[b][255]
+            float xsum[MT];
 #pragma unroll
-              for (int r = 0; r < MT; ++r) s[r] = 0.f;
+            for (int r = 0; r < MT; ++r) xsum[r] = 0.f;
 #pragma unroll
-              for (int b = 0; b < kBytesPerWord; ++b)
-                AddRows<MT>(tw + (b * kTableSize + ((word >> (8 * b)) & 0xffu)) * MT, s);
+            for (int b = 0; b < kSegBytes; ++b)
+              AddRows<MT>(ts + (b * kTableSize + kTableSize - 1) * MT, xsum);
 #pragma unroll
-              for (int r = 0; r < MT; ++r) acc[r][c] = fmaf(al[i][c], s[r], acc[r][c]);
+            for (int c = 0; c < kColsPerThread; ++c)
+#pragma unroll
+              for (int r = 0; r < MT; ++r) acc[r][c] = fmaf(off[c], xsum[r], acc[r][c]);
+          }
+#pragma unroll
+          for (int i = 0; i < QMAX; ++i) {
+            if (i < q) {
+#pragma unroll
+              for (int c = 0; c < kColsPerThread; ++c) {
+                const uint32_t seg = Lane(words[i], c) >> (kWordBits / kSegs * h);
+                float s[MT];
+#pragma unroll
+                for (int r = 0; r < MT; ++r) s[r] = 0.f;
+#pragma unroll
+                for (int b = 0; b < kSegBytes; ++b)
+                  AddRows<MT>(ts + (b * kTableSize + ((seg >> (8 * b)) & 0xffu)) * MT, s);
+#pragma unroll
+                for (int r = 0; r < MT; ++r) acc[r][c] = fmaf(al[c][i], s[r], acc[r][c]);
+              }
             }
           }
         }
@@ -304,26 +336,28 @@ __global__ void __launch_bounds__(kDequantThreads) DequantKernel(const DequantAr
   const int n = blockIdx.x * kDequantThreads + threadIdx.x;
   const int kw = blockIdx.y;
   if (n < a.n) {
-    const int grp = kw / a.words_per_group;
-    const float off =
-        a.offset != nullptr ? LoadAsFloat(a.offset, static_cast<int64_t>(grp) * a.n + n, a.a_type)
-                            : 0.f;
-    float al[kMaxBits];
     uint32_t words[kMaxBits];
 #pragma unroll
-    for (int i = 0; i < kMaxBits; ++i) {
-      if (i < a.q) {
-        al[i] = LoadAsFloat(a.alpha, (static_cast<int64_t>(grp) * a.q + i) * a.n + n, a.a_type);
-        words[i] = a.bits[(static_cast<int64_t>(kw) * a.q + i) * a.n + n];
-      }
-    }
+    for (int i = 0; i < kMaxBits; ++i)
+      if (i < a.q) words[i] = a.bits[(static_cast<int64_t>(kw) * a.q + i) * a.n + n];
+    // g = 16: rows 0-15 of the word are group 2 kw, rows 16-31 group 2 kw + 1.
+    const int segs = a.group_size < kWordBits ? 2 : 1;
+    const int seg_rows = kWordBits / segs;
     const int t_end = min(kWordBits, a.k - kw * kWordBits);  // rows >= K are padding
-    for (int t = 0; t < t_end; ++t) {
-      float v = off;
+    for (int h = 0; h < segs; ++h) {
+      const int grp = segs == 2 ? 2 * kw + h : kw / a.words_per_group;
+      const float off = a.offset != nullptr
+                            ? LoadAsFloat(a.offset, static_cast<int64_t>(grp) * a.n + n, a.a_type)
+                            : 0.f;
+      float al[kMaxBits];
+      LoadPlaneScales<kMaxBits>(a.alpha, a.a_type, a.uniform, a.q, grp, a.n, n, al);
+      for (int t = h * seg_rows; t < min(t_end, (h + 1) * seg_rows); ++t) {
+        float v = off;
 #pragma unroll
-      for (int i = 0; i < kMaxBits; ++i)
-        if (i < a.q) v += (words[i] >> t) & 1u ? al[i] : -al[i];
-      StoreFromFloat(a.w, static_cast<int64_t>(kw * kWordBits + t) * a.n + n, a.w_type, v);
+        for (int i = 0; i < kMaxBits; ++i)
+          if (i < a.q) v += (words[i] >> t) & 1u ? al[i] : -al[i];
+        StoreFromFloat(a.w, static_cast<int64_t>(kw * kWordBits + t) * a.n + n, a.w_type, v);
+      }
     }
   }
 }

@@ -1,4 +1,4 @@
-// Host launch glue for the LUT-GEMM CUDA kernels: the dispatch from run-time (q, M) to template
+// Host launch glue for the LUT-GEMM CUDA kernels: the dispatch from run-time (q, M, g) to template
 // instantiations and the launches, following a LutPlan (lut_gemm_plan.h). Included by lut_gemm_cuda.cu (nvcc)
 // and by the CPU emulation driver tests/cuda_emu/emu_driver.cc, where LUTGEMM_LAUNCH runs the
 // grid on fibers instead of `<<<...>>>`.
@@ -17,22 +17,31 @@
 
 namespace lutgemm::cuda {
 
-template <int QMAX>
+template <int QMAX, bool G16>
 inline void LaunchLutRows(const LutGemmArgs& a, const LutPlan& p, cudaStream_t stream) {
   const dim3 grid(p.col_blocks, p.splits, p.row_blocks), block(kThreads);
   switch (p.rows_per_block) {
     case 1:
-      LUTGEMM_LAUNCH((LutGemmKernel<QMAX, 1>), grid, block, stream, a);
+      LUTGEMM_LAUNCH((LutGemmKernel<QMAX, 1, G16>), grid, block, stream, a);
       break;
     case 2:
-      LUTGEMM_LAUNCH((LutGemmKernel<QMAX, 2>), grid, block, stream, a);
+      LUTGEMM_LAUNCH((LutGemmKernel<QMAX, 2, G16>), grid, block, stream, a);
       break;
     case 4:
-      LUTGEMM_LAUNCH((LutGemmKernel<QMAX, 4>), grid, block, stream, a);
+      LUTGEMM_LAUNCH((LutGemmKernel<QMAX, 4, G16>), grid, block, stream, a);
       break;
     default:
-      LUTGEMM_LAUNCH((LutGemmKernel<QMAX, 8>), grid, block, stream, a);
+      LUTGEMM_LAUNCH((LutGemmKernel<QMAX, 8, G16>), grid, block, stream, a);
       break;
+  }
+}
+
+template <int QMAX>
+inline void LaunchLutGroups(const LutGemmArgs& a, const LutPlan& p, cudaStream_t stream) {
+  if (a.group_size == kHalfWordGroup) {
+    LaunchLutRows<QMAX, true>(a, p, stream);
+  } else {
+    LaunchLutRows<QMAX, false>(a, p, stream);
   }
 }
 
@@ -41,11 +50,11 @@ inline void LaunchLutRows(const LutGemmArgs& a, const LutPlan& p, cudaStream_t s
 inline void LaunchLutGemm(LutGemmArgs a, const LutPlan& p, cudaStream_t stream) {
   a.words_per_split = p.words_per_split;
   switch (a.q) {
-    case 1: LaunchLutRows<1>(a, p, stream); break;
-    case 2: LaunchLutRows<2>(a, p, stream); break;
-    case 3: LaunchLutRows<3>(a, p, stream); break;
-    case 4: LaunchLutRows<4>(a, p, stream); break;
-    default: LaunchLutRows<kMaxBits>(a, p, stream); break;
+    case 1: LaunchLutGroups<1>(a, p, stream); break;
+    case 2: LaunchLutGroups<2>(a, p, stream); break;
+    case 3: LaunchLutGroups<3>(a, p, stream); break;
+    case 4: LaunchLutGroups<4>(a, p, stream); break;
+    default: LaunchLutGroups<kMaxBits>(a, p, stream); break;
   }
   if (p.splits > 1) {
     const int64_t count = static_cast<int64_t>(a.m) * a.n;

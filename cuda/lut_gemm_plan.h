@@ -22,6 +22,8 @@ struct LutPlan {
 };
 
 // Sets splits (rounding the slice length up to whole K tiles); splits = 1 disables split-K.
+// Slices are whole words, so each starts on a group boundary for every g (g = 16 groups are
+// word halves; larger groups may span slices, and each block reloads its first group's scales).
 inline LutPlan WithSplits(LutPlan p, int64_t num_words, int splits) {
   const int tile = kTileRowWords / p.rows_per_block;
   int64_t per = (num_words + splits - 1) / splits;

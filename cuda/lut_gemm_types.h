@@ -25,23 +25,25 @@ constexpr int kDequantThreads = 256;
 struct LutGemmArgs {
   const void* x;          // [M, K], x_type
   const uint32_t* bits;   // [Kp/32, q, N]
-  const void* alpha;      // [G, q, N], a_type
+  const void* alpha;      // [G, q, N], or [G, 1, N] when uniform; a_type
   const void* offset;     // [G, N], a_type, or nullptr
   void* y;                // [M, N], x_type (written when num_splits == 1)
   float* partial;         // [S, M, N] float32 scratch (when num_splits > 1)
   int m, k, n, q;
   int num_words;          // Kp / 32
-  int words_per_group;    // g / 32
+  int group_size;         // g: 16 (two groups per word) or a multiple of 32
+  int words_per_group;    // g / 32 (g >= 32 only)
   int words_per_split;    // K slice per blockIdx.y, in words
+  int uniform;            // 1: alpha holds one scale per group, plane i's is alpha * 2^i
   int x_type, a_type;
 };
 
 struct DequantArgs {
   const uint32_t* bits;
-  const void* alpha;
+  const void* alpha;      // as in LutGemmArgs
   const void* offset;     // or nullptr
   void* w;                // [K, N], w_type
-  int k, n, q, num_words, words_per_group;
+  int k, n, q, num_words, group_size, words_per_group, uniform;
   int a_type, w_type;
 };
 

@@ -1,15 +1,21 @@
 """Decode with LUT-GEMM for any supported family (OPT, Llama 2/3, Mistral, Qwen2/2.5, Qwen3):
 float32 vs BCQ-quantized weights, side by side, or a decode-speed benchmark.
 
-A --model directory is a local Hugging Face checkpoint (config.json, *.safetensors, and
-tokenizer.json for text); nothing is ever downloaded. Without --model, --preset builds a model
-of a published shape with deterministic RANDOM weights (the text is then meaningless; the
-comparison gauges the quantizer and the kernels, not model quality)::
+--model is a local Hugging Face checkpoint directory (config.json, *.safetensors, and
+tokenizer.json for text) or a llama.cpp .gguf file (its quantized weights converted exactly to
+BCQ and run as they are, its tokenizer rebuilt from the file); nothing is ever downloaded.
+Without --model, --preset builds a model of a published shape with deterministic RANDOM
+weights (the text is then meaningless; the comparison gauges the quantizer and the kernels,
+not model quality)::
 
     python examples/decode.py --preset tiny --prompt "Hello"
     python examples/decode.py --model ~/models/Llama-3.2-1B --prompt "The capital of France is"
+    python examples/decode.py --model ~/models/tinyllama-1.1b-chat.Q4_K_M.gguf --prompt "Hi"
     python examples/decode.py --benchmark --preset tinyllama-1.1b --bits 3,4 --batch 1,4 \\
         --method rtn --membw /tmp/membw
+
+A .gguf model is already quantized: it is decoded (or benchmarked) once, as loaded, and
+--bits, --group-size and --method do not apply.
 
 --benchmark prints, per batch size, the median decode-step latency (ms per step; a step adds
 one token to every batch row) and tokens/s, the MiB
@@ -48,7 +54,7 @@ TINY = models.LlamaConfig(
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", help="local Hugging Face model directory")
+    src.add_argument("--model", help="local Hugging Face model directory or .gguf file")
     src.add_argument(
         "--preset",
         default="tiny",
@@ -58,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--group-size", type=int, default=128, help="quantization group (default 128)")
     p.add_argument("--method", default="alternating", choices=("greedy", "alternating", "rtn"))
     p.add_argument("--layout", default="auto", help="sign layout: auto, cpu, canonical")
+    p.add_argument("--scale-dtype", default="float32", choices=("float32", "float16"),
+                   help=".gguf: BCQ scale storage (float32 exact, float16 compact)")  # fmt: skip
     p.add_argument("--quantize-lm-head", action="store_true", help="also quantize the lm_head")
     p.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1)")
     p.add_argument("--prompt", action="append", help="prompt text (repeatable)")
@@ -91,6 +99,18 @@ def mib(n: int) -> str:
 
 def load(args):
     """``(config, params, tokenizer or None, description)`` from --model or --preset."""
+    if args.model and args.model.endswith(".gguf"):
+        t0 = time.perf_counter()
+        try:
+            config, params, tokenizer = models.load_gguf(
+                args.model, layout=args.layout, scale_dtype=np.dtype(args.scale_dtype)
+            )
+        except models.GGUFError as e:
+            sys.exit(f"error: {e}")
+        log(f"loaded {args.model} in {time.perf_counter() - t0:.1f} s: "
+            f"{mib(models.param_bytes(params))}")  # fmt: skip
+        args.bits = []  # already quantized: run it as loaded
+        return config, params, tokenizer, args.model
     if args.model:
         try:
             config, params = models.load_hf_checkpoint(args.model)
@@ -140,10 +160,16 @@ def run_membw(command: str | None) -> dict | None:
         return None
 
 
+def base_name(args) -> str:
+    """The name of the loaded weights in the output: a .gguf file's are already quantized."""
+    return "gguf" if args.model and args.model.endswith(".gguf") else "float32"
+
+
 def benchmark(args, config, params, description: str) -> None:
     model = models.from_config(config)
-    variants = [("float32", params)] + [(f"{b}-bit g{args.group_size}", quantize(args, params, b))
-                                         for b in args.bits]  # fmt: skip
+    variants = [(base_name(args), params)] + [
+        (f"{b}-bit g{args.group_size}", quantize(args, params, b)) for b in args.bits
+    ]
     bw = run_membw(args.membw)
     log(f"\n{description}: decode step latency, median of {args.bench_repeats} calls of "
         f"{args.bench_steps} steps, {jax.devices()[0].platform.upper()}, "
@@ -187,7 +213,7 @@ def decode(args, config, params, tokenizer, description: str) -> None:
         t0 = time.perf_counter()
         out = jax.block_until_ready(models.generate(model, p, ids, mask, **kw))
         ms = 1e3 * (time.perf_counter() - t0) / args.max_new_tokens
-        name = "float32" if bits is None else f"{bits}-bit"
+        name = base_name(args) if bits is None else f"{bits}-bit"
         tokens = np.asarray(out.tokens)
         if ref is None:
             ref, agree = tokens, ""

@@ -44,16 +44,15 @@ def pack_codes(codes: np.ndarray, num_bits: int, padded_k: int) -> np.ndarray:
     ``K <= k < Kp`` are zero (s = -1, the format's padding).
     """
     k, n = codes.shape
-    codes = np.asarray(codes).astype(np.uint32, copy=False)
-    planes = np.zeros((padded_k, num_bits, n), np.uint8)
+    # Packed along K as the contiguous axis ([N, Kp]): packbits runs over contiguous bytes and
+    # four little-endian bytes are one word (a packbits over a strided axis is ~5x slower).
+    rows = np.zeros((n, padded_k), np.uint8)
+    rows[:, :k] = np.asarray(codes).T
+    words = np.empty((padded_k // WORD_BITS, num_bits, n), np.uint32)
     for i in range(num_bits):
-        planes[:k, i] = (codes >> np.uint32(i)) & np.uint32(1)
-    # packbits along the 32 rows of each word, least significant bit first: [Kp/32, 4, q, N].
-    packed = np.packbits(
-        planes.reshape(padded_k // WORD_BITS, WORD_BITS, num_bits, n), axis=1, bitorder="little"
-    )
-    shifts = np.arange(0, WORD_BITS, 8, dtype=np.uint32)[None, :, None, None]
-    return np.bitwise_or.reduce(packed.astype(np.uint32) << shifts, axis=1)
+        plane = np.packbits((rows >> np.uint8(i)) & np.uint8(1), axis=-1, bitorder="little")
+        words[:, i, :] = plane.view("<u4").T
+    return words
 
 
 def uniform_scales(step: Any, bias: Any, num_bits: int) -> tuple[Any, Any]:

@@ -27,7 +27,7 @@ awk '
   /Used [0-9]+ registers/ { match($0, /Used [0-9]+ registers/); regs = substr($0, RSTART + 5, RLENGTH - 15);
                             smem = 0; if (match($0, /[0-9]+ bytes smem/)) smem = substr($0, RSTART, RLENGTH - 11);
                             printf "%-8s %-60s regs %3d  smem %6d B  stack %3d B  spill %d B\n", arch, fn, regs, smem, stack, spill }
-' "$tmp/ptxas.txt" | sed -e 's/_ZN7lutgemm4cuda13LutGemmKernelILi\([0-9]\)ELi\([0-9]\)EEEvNS0_11LutGemmArgsE/LutGemmKernel<QMAX=\1, MT=\2>/' \
+' "$tmp/ptxas.txt" | sed -e 's/_ZN7lutgemm4cuda13LutGemmKernelILi\([0-9]\)ELi\([0-9]\)ELb\([01]\)EEEvNS0_11LutGemmArgsE/LutGemmKernel<QMAX=\1, MT=\2, G16=\3>/' \
   -e 's/_ZN7lutgemm4cuda19LutGemmReduceKernelEPKfPvlii/LutGemmReduceKernel/' \
   -e 's/_ZN7lutgemm4cuda13DequantKernelENS0_11DequantArgsE/DequantKernel/' | sort
 spills=$(grep -c "[1-9][0-9]* bytes spill" "$tmp/ptxas.txt" || true)
@@ -41,7 +41,7 @@ for a in "${archs[@]}"; do
                    fn = $3; l128 = 0; lother = 0; s128 = 0; local = 0 }
     /LDG\.E\.128/ { l128++ } /LDG/ && !/LDG\.E\.128/ { lother++ } /LDS\.128/ { s128++ } /LDL|STL/ { local++ }
     END { printf "%-6s %-34s LDG.128 %3d  LDG(other) %3d  LDS.128 %3d  LDL/STL %d\n", arch, fn, l128, lother, s128, local }
-  ' "$tmp/sass_${a}.txt" | sed -e 's/_ZN7lutgemm4cuda13LutGemmKernelILi\([0-9]\)ELi\([0-9]\)EEEvNS0_11LutGemmArgsE/LutGemmKernel<\1,\2>/' \
+  ' "$tmp/sass_${a}.txt" | sed -e 's/_ZN7lutgemm4cuda13LutGemmKernelILi\([0-9]\)ELi\([0-9]\)ELb\([01]\)EEEvNS0_11LutGemmArgsE/LutGemmKernel<\1,\2,\3>/' \
     -e 's/_ZN7lutgemm4cuda19LutGemmReduceKernelEPKfPvlii/LutGemmReduceKernel/' \
     -e 's/_ZN7lutgemm4cuda13DequantKernelENS0_11DequantArgsE/DequantKernel/' | sort
 done

@@ -2,8 +2,10 @@
 
 The unchanged kernel source, its launch glue and the FFI handler's validation are compiled with
 g++ into a shared library (ctypes C ABI in tests/cuda_emu/emu_driver.cc); each thread block runs
-as 128 fibers with a real __syncthreads barrier. Results are compared with a float64 numpy
-reference built from the unpacked signs (independent of the code under test).
+as 128 fibers with a real __syncthreads barrier. Results are compared with the float64 reference
+of `lutgemm_jax.testing` (`random_weight`'s ``W_hat``, built with numpy from the signs it drew:
+independent of the code under test). Every group size (16, multiples of 32, one per column) and
+both scale forms (``alpha [G, q, N]`` and uniform ``[G, 1, N]``) run through the same checks.
 
 Tolerance: the kernel accumulates in float32 (tables of 8 signed activations, lookups, alpha
 FMAs, split-K partial sums): its error is bounded by a small multiple of
@@ -30,14 +32,13 @@ import numpy as np
 import pytest
 
 from lutgemm_jax import lowering
-from lutgemm_jax.testing import dense_float64, pack_words
+from lutgemm_jax.testing import random_weight
 
 ROOT = Path(__file__).resolve().parents[1]
 EMU = ROOT / "tests" / "cuda_emu"
 KERNEL = ROOT / "cuda" / "lut_gemm_kernel.cuh"
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
-# XLA FFI data type codes (xla/ffi/api/c_api.h).
 # XLA FFI data type codes (xla/ffi/api/c_api.h).
 FFI_CODE = {
     "float32": 11,
@@ -79,9 +80,9 @@ def _compile(out_dir: Path, extra: list[str]) -> Path:
 def _bind(lib_path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(lib_path))
     p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    lib.emu_lut_gemm.argtypes = [p, i, p, p, i, p, p, i64, i64, i64, i64, i64, i, i, p, p, i]
+    lib.emu_lut_gemm.argtypes = [p, i, p, p, i, p, p, i64, i64, i64, i64, i64, i, i, i, p, p, i]
     lib.emu_lut_gemm.restype = i
-    lib.emu_dequant.argtypes = [p, p, i, p, p, i, i64, i64, i64, i64, p, i]
+    lib.emu_dequant.argtypes = [p, p, i, p, p, i, i64, i64, i64, i64, i, p, i]
     lib.emu_dequant.restype = i
     lib.emu_validate.argtypes = [i, p, p, p, i64, i64, i64, i64, p, i]
     lib.emu_validate.restype = i
@@ -98,29 +99,31 @@ def emu(tmp_path_factory):
 # ---- problem generation and the float64 reference -------------------------------------------
 
 
-def _group(k: int, g: int) -> int:
-    return -(-k // 32) * 32 if g == PER_COLUMN else g
-
-
-def make_problem(rng, m, k, n, q, g, has_offset, x_dtype, a_dtype):
-    g = _group(k, g)
-    kp = -(-k // g) * g
-    groups = kp // g
-    signs = np.zeros((kp, q, n), bool)
-    signs[:k] = rng.random((k, q, n)) < 0.5
-    bits = pack_words(signs)
-    alpha = rng.uniform(0.1, 1.0, (groups, q, n)).astype(DTYPES[a_dtype])
-    offset = rng.normal(size=(groups, n)).astype(DTYPES[a_dtype]) if has_offset else None
+def make_problem(rng, m, k, n, q, g, has_offset, x_dtype, a_dtype, uniform=False):
+    """Random x ``[m, k]`` and weight (`random_weight`: random signs, alpha from U(0.1, 1), offset
+    from N(0, 1); uniform: alpha ``[G, 1, N]``) as numpy arrays, with the weight's float64
+    ``W_hat`` (``w64``). ``g = PER_COLUMN``: one group per column."""
+    w, w64 = random_weight(
+        rng, k, n, q, g, has_offset, DTYPES[a_dtype], layout="canonical", uniform=uniform
+    )
+    assert w.uniform == (uniform or q == 1)
     x = rng.normal(size=(m, k)).astype(DTYPES[x_dtype])
-    return dict(x=x, bits=bits, alpha=alpha, offset=offset, signs=signs, m=m, k=k, n=n, q=q, g=g)
-
-
-def dense64(p):
-    return dense_float64(p["signs"][: p["k"]], p["alpha"], p["offset"], p["g"])
+    return dict(
+        x=x,
+        bits=np.ascontiguousarray(np.asarray(w.bits)),
+        alpha=np.ascontiguousarray(np.asarray(w.alpha)),
+        offset=np.ascontiguousarray(np.asarray(w.offset)) if has_offset else None,
+        w64=w64,
+        m=m,
+        k=k,
+        n=n,
+        q=q,
+        g=w.group_size,
+    )
 
 
 def reference(p):
-    w = dense64(p)
+    w = p["w64"]
     x64 = p["x"].astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         return x64 @ w, np.abs(x64) @ np.abs(w)
@@ -137,6 +140,11 @@ def tolerance(ref, scale, dtype):
 
 def _ptr(a):
     return None if a is None else a.ctypes.data
+
+
+def _uniform(p) -> int:
+    """1 when alpha stores one scale per group (``[G, 1, N]``; for q = 1 both forms agree)."""
+    return int(p["alpha"].shape[1] == 1)
 
 
 def run_lut(lib, p, splits=0, num_sms=132):
@@ -157,6 +165,7 @@ def run_lut(lib, p, splits=0, num_sms=132):
         p["n"],
         p["q"],
         p["g"],
+        _uniform(p),
         splits,
         num_sms,
         ctypes.byref(used),
@@ -203,24 +212,31 @@ def test_zero_rows(emu):
 
 # ---- the kernel matrix -------------------------------------------------------------------------
 
-GROUPS = [32, 64, 128, PER_COLUMN]
+GROUPS = [16, 32, 64, 128, PER_COLUMN]
 N_CYCLE = [1, 3, 67, 64, 516, 5]
-K_CYCLE = [100, 45, 161, 300, 33, 250]
+K_CYCLE = [100, 45, 161, 300, 33, 250, 16]
 DT_CYCLE = list(itertools.product(DTYPES, DTYPES))
+
+
+def _case_id(case) -> str:
+    q, g, has_offset, uniform = case[1]
+    return f"q{q}-g{g}-{'off' if has_offset else 'nooff'}{'-uniform' if uniform else ''}"
 
 
 @pytest.mark.parametrize(
     "case",
-    list(enumerate(itertools.product(range(1, 9), GROUPS, [True, False]))),
-    ids=lambda c: f"q{c[1][0]}-g{c[1][1]}-{'off' if c[1][2] else 'nooff'}",
+    list(enumerate(itertools.product(range(1, 9), GROUPS, [True, False], [False, True]))),
+    ids=_case_id,
 )
 def test_lut_matrix(emu, case):
-    """q = 1..8 x g in {32, 64, 128, per-column} x offset, rotating N, K, M and dtypes."""
-    idx, (q, g, has_offset) = case
+    """q = 1..8 x g in {16, 32, 64, 128, per-column} x offset x uniform scales, rotating N (odd
+    and even, one and several column tiles), ragged K, M = 1..8, dtypes and K slices."""
+    idx, (q, g, has_offset, uniform) = case
     n, k = N_CYCLE[idx % len(N_CYCLE)], K_CYCLE[(idx // 2) % len(K_CYCLE)]
     m = 1 + idx % 8
     x_dtype, a_dtype = DT_CYCLE[idx % len(DT_CYCLE)]
-    p = make_problem(np.random.default_rng(idx), m, k, n, q, g, has_offset, x_dtype, a_dtype)
+    rng = np.random.default_rng(idx)
+    p = make_problem(rng, m, k, n, q, g, has_offset, x_dtype, a_dtype, uniform)
     check_lut(emu, p, splits=1 + idx % 3)
 
 
@@ -230,17 +246,34 @@ def test_lut_dtypes(emu, x_dtype, a_dtype):
     check_lut(emu, p)
 
 
+@pytest.mark.parametrize("g,uniform", [(32, False), (16, False), (16, True)])
 @pytest.mark.parametrize("m", range(1, 10))
-def test_lut_rows(emu, m):
+def test_lut_rows(emu, m, g, uniform):
     """M = 1..8 (one row tile of 1, 2, 4 or 8 rows) and 9 (two row tiles)."""
-    p = make_problem(np.random.default_rng(m), m, 96, 130, 4, 32, m % 2 == 0, "float32", "float32")
+    rng = np.random.default_rng(m)
+    p = make_problem(rng, m, 96, 130, 4, g, m % 2 == 0, "float32", "float32", uniform)
     check_lut(emu, p, splits=2)
 
 
-@pytest.mark.parametrize("q", [3, 6])
-def test_split_k_planned(emu, q):
+@pytest.mark.parametrize("uniform", [False, True])
+@pytest.mark.parametrize("m,splits", [(1, 2), (1, 4), (3, 3), (3, 7), (3, 16), (8, 5), (8, 32)])
+def test_split_k_slices_g16(emu, m, splits, uniform):
+    """g = 16 under every slicing of K the plan can make: slices are whole K tiles (8 / MT
+    words), so each starts on a word and thus on a group boundary; both halves of every word
+    keep their own scales whichever slice reads them."""
+    rng = np.random.default_rng(100 * m + splits)
+    p = make_problem(rng, m, 1000, 70, 3, 16, True, "float32", "bfloat16", uniform)
+    used = check_lut(emu, p, splits=splits)
+    assert 1 < used <= splits
+
+
+@pytest.mark.parametrize(
+    "q,g,uniform", [(3, 128, False), (6, 128, False), (4, 16, True), (6, 16, False)]
+)
+def test_split_k_planned(emu, q, g, uniform):
     """The real launch plan with few SMs splits K; the reduction is deterministic."""
-    p = make_problem(np.random.default_rng(q), 1, 1000, 64, q, 128, True, "bfloat16", "float32")
+    rng = np.random.default_rng(q)
+    p = make_problem(rng, 1, 1000, 64, q, g, True, "bfloat16", "float32", uniform)
     used = check_lut(emu, p, num_sms=8)
     assert used > 1
     y1, _ = run_lut(emu, p, num_sms=8)
@@ -248,15 +281,18 @@ def test_split_k_planned(emu, q):
     assert y1.tobytes() == y2.tobytes()
 
 
-def test_multiple_column_blocks(emu):
+@pytest.mark.parametrize("g,uniform", [(64, False), (16, True)])
+def test_multiple_column_blocks(emu, g, uniform):
     """N > 512: several column tiles, vector loads, ragged last tile."""
-    p = make_problem(np.random.default_rng(3), 3, 64, 1100, 2, 64, True, "float16", "bfloat16")
+    rng = np.random.default_rng(3)
+    p = make_problem(rng, 3, 64, 1100, 2, g, True, "float16", "bfloat16", uniform)
     check_lut(emu, p)
 
 
-def test_nonfinite_inputs_propagate(emu):
+@pytest.mark.parametrize("g,uniform", [(32, False), (16, False), (16, True)])
+def test_nonfinite_inputs_propagate(emu, g, uniform):
     rng = np.random.default_rng(11)
-    p = make_problem(rng, 4, 100, 67, 3, 32, True, "float32", "float32")
+    p = make_problem(rng, 4, 100, 67, 3, g, True, "float32", "float32", uniform)
     p["x"][1, 5] = np.nan
     p["x"][2, 99] = np.inf
     y, _ = run_lut(emu, p, splits=2)
@@ -310,6 +346,7 @@ def run_dequant(lib, p, w_dtype):
         p["n"],
         p["q"],
         p["g"],
+        _uniform(p),
         msg,
         len(msg),
     )
@@ -318,19 +355,20 @@ def run_dequant(lib, p, w_dtype):
 
 
 @pytest.mark.parametrize(
-    "q,g,has_offset,w_dtype,a_dtype",
-    [
-        (1, 32, False, "float32", "float32"),
-        (3, 64, True, "bfloat16", "float32"),
-        (4, PER_COLUMN, True, "float16", "bfloat16"),
-        (7, 128, False, "float32", "float16"),
-        (8, 32, True, "bfloat16", "bfloat16"),
-    ],
+    "case",
+    list(enumerate(itertools.product(range(1, 9), [16, 32, 128, PER_COLUMN], [False, True]))),
+    ids=lambda c: f"q{c[1][0]}-g{c[1][1]}{'-uniform' if c[1][2] else ''}",
 )
-def test_dequant(emu, q, g, has_offset, w_dtype, a_dtype):
-    p = make_problem(np.random.default_rng(q), 1, 77, 261, q, g, has_offset, "float32", a_dtype)
+def test_dequant(emu, case):
+    """The large-M path's dequantization kernel: q = 1..8 x g x scale form, rotating the offset,
+    the output and alpha dtypes, and ragged K (whole, half and no last group for g = 16)."""
+    idx, (q, g, uniform) = case
+    w_dtype, a_dtype = DT_CYCLE[idx % len(DT_CYCLE)]
+    k = [77, 48, 40, 96][idx % 4]
+    rng = np.random.default_rng(idx)
+    p = make_problem(rng, 1, k, 261, q, g, idx % 3 != 0, "float32", a_dtype, uniform)
     w = run_dequant(emu, p, w_dtype).astype(np.float64)
-    ref = dense64(p)
+    ref = p["w64"]
     tol = 1e-6 * np.abs(ref).max() * q + {"float32": 0, "bfloat16": 2**-8, "float16": 2**-11}[
         w_dtype
     ] * np.abs(ref)
@@ -387,6 +425,14 @@ LUT_BAD = {
     "q = 0": (GOOD, (K, N, 0, G), "num_bits"),
     "q = 9": (GOOD, (K, N, 9, G), "num_bits"),
     "g = 48": (GOOD, (K, N, Q, 48), "group_size"),
+    "g = 8": (GOOD, (K, N, Q, 8), "group_size"),
+    "g = 16 with the g = 32 alpha": (GOOD, (K, N, Q, 16), "alpha has shape"),
+    "alpha with 2 of 3 planes": (_replace(2, ("float32", (4, 2, N))), ATTRS, "alpha has shape"),
+    "uniform alpha, offset groups": (
+        [*_replace(2, ("float32", (4, 1, N)))[:3], ("float32", (3, N)), *GOOD[4:]],
+        ATTRS,
+        "offset has shape",
+    ),
     "K = 0": (GOOD, (0, N, Q, G), "K (in_features)"),
     "workspace dtype": (_replace(5, ("bfloat16", (0,))), ATTRS, "workspace has shape"),
     "workspace rank": (_replace(5, ("float32", (2, 60))), ATTRS, "workspace has shape"),
@@ -404,6 +450,13 @@ def test_validation_accepts_good(emu):
     assert validate(emu, 0, three_slices, ATTRS) == (0, "")
     dq = [*GOOD[:4], ("bfloat16", (K, N)), GOOD[5]]
     assert validate(emu, 1, dq, ATTRS) == (0, "")
+    # Uniform scales ([G, 1, N]) and g = 16 (Kp = 128: 4 words, 8 groups), on both handlers.
+    uniform = _replace(2, ("float32", (4, 1, N)))
+    g16 = [GOOD[0], GOOD[1], ("float32", (8, Q, N)), ("float32", (8, N)), *GOOD[4:]]
+    g16_uniform = [*g16[:2], ("float32", (8, 1, N)), *g16[3:]]
+    for ops, attrs in [(uniform, ATTRS), (g16, (K, N, Q, 16)), (g16_uniform, (K, N, Q, 16))]:
+        assert validate(emu, 0, ops, attrs) == (0, "")
+        assert validate(emu, 1, [*ops[:4], ("bfloat16", (K, N)), ops[5]], attrs) == (0, "")
 
 
 @pytest.mark.parametrize("name", list(LUT_BAD))
@@ -445,15 +498,15 @@ def test_kernel_line_coverage(tmp_path):
     lib.emu_gcov_dump.argtypes = []
     rng = np.random.default_rng(0)
     dts = list(DTYPES)
-    for i, (q, mt) in enumerate(itertools.product(range(1, 9), [1, 2, 4, 8])):
+    for i, (q, mt, g) in enumerate(itertools.product(range(1, 9), [1, 2, 4, 8], [16, 32])):
         n = [3, 64, 67, 600][i % 4]
-        p = make_problem(
-            rng, mt, 70, n, q, [32, 64][i % 2], i % 2 == 0, dts[i % 3], dts[(i // 3) % 3]
-        )
+        x_dtype, a_dtype = dts[i % 3], dts[(i // 3) % 3]
+        p = make_problem(rng, mt, 70, n, q, g, i % 2 == 0, x_dtype, a_dtype, i % 4 < 2)
         check_lut(lib, p, splits=1 + i % 2)
-    for w_dtype, a_dtype in zip(dts, dts[1:] + dts[:1], strict=True):
-        p = make_problem(rng, 1, 40, 300, 5, 32, w_dtype != "float32", "float32", a_dtype)
-        run_dequant(lib, p, w_dtype)
+    for i, (w_dtype, a_dtype) in enumerate(zip(dts, dts[1:] + dts[:1], strict=True)):
+        for g, uniform in [(32, False), (16, True)]:
+            p = make_problem(rng, 1, 40, 300, 5, g, i != 0, "float32", a_dtype, uniform)
+            run_dequant(lib, p, w_dtype)
     lib.emu_gcov_dump()
     subprocess.run(
         ["gcov", "--json-format", *map(str, tmp_path.glob("*.gcda"))],

@@ -163,7 +163,32 @@ LUT_CASES = {
     "q attr smaller than planes": (_with(num_bits=Q - 1), "bits has shape"),
     "q attr larger than planes": (_with(num_bits=Q + 1), "bits has shape"),
     "g attr 64 for 32-row groups": (_with(group_size=64), "has shape"),
-    "g attr 16": (_with(group_size=16), "group_size"),
+    "g attr 16 for 32-row groups": (_with(group_size=16), "alpha has shape"),
+    # g = 16 (two groups per sign word; Kp rounds up to 32, not 16) and uniform alpha [G, 1, N]
+    "g = 16, alpha groups of K / 16 rounded to 16": (
+        _with(group_size=16, in_features=80, x=_zeros((2, 80)), alpha=_zeros((5, Q, N))),
+        "alpha has shape",
+    ),
+    "g = 16, bits of K / 16 half words": (
+        _with(
+            group_size=16,
+            in_features=80,
+            x=_zeros((2, 80)),
+            alpha=_zeros((6, Q, N)),
+            bits=_zeros((5, Q, N), np.uint32),
+        ),
+        "bits has shape",
+    ),
+    "g = 16, offset of 32-row groups": (
+        _with(group_size=16, alpha=_zeros((6, Q, N))),
+        "offset has shape",
+    ),
+    "alpha neither q planes nor 1": (_with(alpha=lambda a: a[:, :2]), "alpha has shape"),
+    "uniform alpha one group short": (_with(alpha=lambda a: a[:-1, :1]), "alpha has shape"),
+    "uniform alpha, offset of another dtype": (
+        _with(alpha=lambda a: a[:, :1].astype(np.float16)),
+        "offset must have alpha's dtype",
+    ),
     "g attr 0": (_with(group_size=0), "group_size"),
     "g attr 33": (_with(group_size=33), "group_size"),
     # negative and huge attributes (incl. int64 overflow of K + g - 1)
@@ -252,6 +277,24 @@ def test_good_calls_succeed():
             y = call(_with(mode=mode, path=path, layout=layout)())
             assert y.shape == (2, 3, N) and np.isfinite(y).all()
     call(_with(offset=_zeros((0, N)))())
+    # g = 16 (K = 80: Kp = 96, six groups, the last of padding rows only) and uniform scales.
+    formats = [
+        _with(group_size=16, alpha=_zeros((6, Q, N)), offset=_zeros((6, N))),
+        _with(alpha=lambda a: a[:, :1]),
+        _with(
+            group_size=16,
+            in_features=80,
+            x=_zeros((2, 3, 80)),
+            alpha=_zeros((6, 1, N)),
+            offset=_zeros((0, N)),
+        ),
+    ]
+    for build in formats:
+        for mode, path in kernels:
+            c = build()
+            c["attrs"].update(mode=mode, path=path)
+            y = call(c)
+            assert y.shape == (2, 3, N) and np.isfinite(y).all()
     for lead in [(0,), (2, 0), (0, 5)]:
         for mode, path in kernels:
             out = ((*lead, N), np.float32)

@@ -92,6 +92,59 @@ EMU_CASES = {
     "workspace float16": (_ops(workspace=("float16", (0,))), (EK, EN, EQ, EG), "workspace has"),
     "workspace rank 0": (_ops(workspace=("float32", ())), (EK, EN, EQ, EG), "workspace has"),
     "alpha float64": (_ops(alpha=("float64", (4, EQ, EN))), (EK, EN, EQ, EG), "alpha must be"),
+    "alpha with q + 1 planes": (
+        _ops(alpha=("float32", (4, EQ + 1, EN))),
+        (EK, EN, EQ, EG),
+        "alpha has shape",
+    ),
+    "uniform alpha with 2**62 groups": (
+        _ops(alpha=("float32", (HUGE, 1, EN))),
+        (EK, EN, EQ, EG),
+        "alpha has shape",
+    ),
+    # g = 16: Kp is K rounded up to whole 32-bit words (K = 40: Kp = 64, 2 words, 4 groups), not
+    # to whole groups (48: 3 groups), so operands sized for Kp = 48 must be refused.
+    "g = 16, alpha for Kp = 48": (
+        _ops(
+            x=("bfloat16", (2, 5, 40)),
+            bits=("uint32", (2, EQ, EN)),
+            alpha=("float32", (3, EQ, EN)),
+            offset=("float32", (0, EN)),
+        ),
+        (40, EN, EQ, 16),
+        "alpha has shape",
+    ),
+    "g = 16, uniform alpha and offset for Kp = 48": (
+        _ops(
+            x=("bfloat16", (2, 5, 40)),
+            bits=("uint32", (2, EQ, EN)),
+            alpha=("float32", (4, 1, EN)),
+            offset=("float32", (3, EN)),
+        ),
+        (40, EN, EQ, 16),
+        "offset has shape",
+    ),
+    "g = 16, one bits word for K = 40": (
+        _ops(
+            x=("bfloat16", (2, 5, 40)),
+            bits=("uint32", (1, EQ, EN)),
+            alpha=("float32", (4, EQ, EN)),
+            offset=("float32", (0, EN)),
+        ),
+        (40, EN, EQ, 16),
+        "bits has shape",
+    ),
+    "g = 16, K = 2**40 with matching uniform operands (int indices)": (
+        _ops(
+            x=("bfloat16", (1, 2**40)),
+            bits=("uint32", (2**35, EQ, EN)),
+            alpha=("float32", (2**36, 1, EN)),
+            offset=("float32", (0, EN)),
+            y=("bfloat16", (1, EN)),
+        ),
+        (2**40, EN, EQ, 16),
+        "too large for the CUDA kernels",
+    ),
     "x int8": (_ops(x=("int8", (2, 5, EK))), (EK, EN, EQ, EG), "x must be"),
 }
 

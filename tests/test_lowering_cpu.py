@@ -16,9 +16,15 @@ Tolerances (max |y - y64| over max |y64|, y64 = float64 x @ W_hat from the unpac
   float32 sums of <= 32 lookups per scale block, then FMAs into a float32 accumulator; the dense
   path: float32 FMAs over K).
 * fast: the stated worst-case bound, per output element,
-      |y_fast - y_exact| <= sum_{scale blocks b} (S/4) * (s_b / 2) * sum_i |alpha[grp(b), i, n]|
-  with s_b = max_{chunks c in b} sum_{j<4} |x[4c+j]| / 127 (each int8 table entry is rounded by
-  at most half a step, S/4 lookups per plane per block), plus the exact-mode tolerance.
+      |y_fast - y_exact| <= sum_{chunks c} (s_b(c) / 2) * sum_i |alpha_i[grp(c), n]|
+  over the Kp/4 chunks c of 4 activations, with s_b = max_{chunks c' in b} sum_{j<4} |x[4c'+j]|
+  / 127 the table step of c's scale block b (S activations: the largest of 128/96/64/32
+  dividing g; 32, one sign word, for g = 16), and alpha_i the plane scales (alpha * 2^i for a
+  uniform weight): each chunk is looked up once per plane and its int8 entry is off by at most
+  half a step. For g >= 32 this is sum_b (S/4) (s_b/2) sum_i |alpha_i[grp(b), n]|. Uniform
+  weights in fast mode combine the integer plane sums exactly (sum_i 2^i acc_i, below 2^21) and
+  scale once, so the table rounding is the only error beyond float32 rounding and the same bound
+  holds. Plus the exact-mode tolerance.
 * bfloat16 / float16 outputs are rounded once: + 2^-8 / 2^-10 of max |y| (a half ulp at the
   largest element, with margin for rounding of the intermediate result).
 """
@@ -50,6 +56,12 @@ EXACT_TOL = 1e-5
 
 
 LAYOUTS = ("canonical", "cpu")  # FFI attribute layout = index
+
+# Weight formats (the format contract, lutgemm_jax/format.py): per-plane scales with the test's
+# own group size ("bcq"), 16-row groups (two per sign word), uniform scales (alpha [G, 1, N],
+# plane i scaled by 2^i), and both. Each selects its own kernel specialisation.
+FORMATS = {"bcq": (False, False), "g16": (True, False), "uniform": (False, True)}
+FORMATS["g16-uniform"] = (True, True)
 
 
 def test_cpu_layout_words_moves_bytes_as_specified():
@@ -105,18 +117,30 @@ def _kernel_jit(x, w, kernel, layout="canonical"):
     return _kernel_call(x, w, kernel)
 
 
+def scale_block(g):
+    """Activations per fast-mode table scale (see the module docstring)."""
+    return next((c for c in (128, 96, 64, 32) if g % c == 0), 32)
+
+
+def plane_scales(w):
+    """alpha_i [G, q, N] in float64: the stored scales, or alpha * 2^i for a uniform weight."""
+    alpha = np.asarray(w.alpha.astype(jnp.float32), np.float64)
+    if alpha.shape[1] != w.num_bits:
+        alpha = alpha * 2.0 ** np.arange(w.num_bits)[:, None]
+    return alpha
+
+
 def fast_bound(x, w):
     """Per-element worst-case |y_fast - y_exact| (see the module docstring), [..., N]."""
     k, g = w.in_features, w.group_size
     kp = padded_in_features(k, g)
-    s = next(c for c in (128, 96, 64, 32) if g % c == 0)
+    s = scale_block(g)
     x2 = np.asarray(jnp.asarray(x).astype(jnp.float32), np.float64).reshape(-1, k)
     x2 = np.pad(x2, ((0, 0), (0, kp - k)))
     chunk_abs = np.abs(x2).reshape(x2.shape[0], kp // s, s // 4, 4).sum(-1)  # [M, B, S/4]
-    step = chunk_abs.max(-1) / 127.0  # [M, B]
-    alpha = np.abs(np.asarray(w.alpha.astype(jnp.float32), np.float64)).sum(1)  # [G, N]
-    alpha_b = np.repeat(alpha, g // s, axis=0)  # [B, N]
-    bound = (s / 4) * (step / 2) @ alpha_b
+    step = np.repeat(chunk_abs.max(-1) / 127.0, s // 4, axis=1)  # [M, Kp/4]: each chunk's step
+    alpha = np.repeat(np.abs(plane_scales(w)).sum(1), g // 4, axis=0)  # [Kp/4, N]
+    bound = (step / 2) @ alpha
     return bound.reshape(*np.shape(x)[:-1], w.out_features)
 
 
@@ -135,30 +159,52 @@ def check(y, x, w, w64, mode, dtype=jnp.float32):
 
 
 def _case(
-    seed, k, n, q, g, has_offset=True, batch=(3,), dtype=jnp.float32, alpha_dtype=jnp.float32
+    seed,
+    k,
+    n,
+    q,
+    g,
+    has_offset=True,
+    batch=(3,),
+    dtype=jnp.float32,
+    alpha_dtype=jnp.float32,
+    fmt="bcq",
 ):
+    """Random activations [*batch, K] and weight; ``fmt`` (`FORMATS`) may replace g by 16 and
+    make the scales uniform."""
+    half, uniform = FORMATS[fmt]
     rng = np.random.default_rng(seed)
-    w, w64 = random_weight(rng, k, n, q, g, has_offset, alpha_dtype)
+    g = 16 if half else g
+    w, w64 = random_weight(rng, k, n, q, g, has_offset, alpha_dtype, uniform=uniform)
     x = jnp.asarray(rng.normal(size=(*batch, k)), dtype)
     return x, w, w64
 
 
+@pytest.fixture(params=list(FORMATS))
+def fmt(request):
+    return request.param
+
+
 @pytest.mark.parametrize("mode", ALL_PATHS)
-@pytest.mark.parametrize("g", [32, 64, 128, None])
-def test_all_q_groups_offsets(isa, layout, mode, g):
+@pytest.mark.parametrize("g", [16, 32, 64, 128, None])
+@pytest.mark.parametrize("uniform", [False, True], ids=["bcq", "uniform"])
+def test_all_q_groups_offsets(isa, layout, mode, g, uniform):
     # K not a multiple of 32 (or of g), odd N, N not a multiple of the 32/16-column vector block
-    # (N = 53: a 16-column exact-mode vector block past the last whole 32-column block).
+    # (N = 53: a 16-column exact-mode vector block past the last whole 32-column block). g = 16
+    # with K = 100: 7 groups of real rows, the 7th partial, and an 8th of padding only.
     for q in range(1, 9):
         for (k, n), has_offset in [((100, 53), q % 2 == 0), ((257, 70), q % 2 == 1)]:
-            x, w, w64 = _case(q * 1000 + k, k, n, q, g, has_offset, batch=(3,))
+            fmt = "uniform" if uniform else "bcq"
+            x, w, w64 = _case(q * 1000 + k, k, n, q, g, has_offset, batch=(3,), fmt=fmt)
+            assert w.uniform == (uniform or q == 1)
             check(_kernel_jit(x, w, mode, layout), x, w, w64, mode)
 
 
 @pytest.mark.parametrize("mode", ALL_PATHS)
 @pytest.mark.parametrize("batch", [(), (1,), (2, 3), (9,), (17,)])
-def test_batch_and_leading_dims(isa, layout, mode, batch):
+def test_batch_and_leading_dims(isa, layout, mode, batch, fmt):
     # 9 and 17 rows: blocks of 4 rows plus remainders, and column tiling for M > 4.
-    x, w, w64 = _case(5, 300, 129, 3, 128, True, batch=batch)
+    x, w, w64 = _case(5, 300, 129, 3, 128, True, batch=batch, fmt=fmt)
     y = _kernel_jit(x, w, mode, layout)
     assert y.shape == (*batch, 129)
     check(y, x, w, w64, mode)
@@ -167,24 +213,26 @@ def test_batch_and_leading_dims(isa, layout, mode, batch):
 @pytest.mark.parametrize("mode", ALL_PATHS)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("alpha_dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
-def test_dtypes(isa, layout, mode, dtype, alpha_dtype):
-    x, w, w64 = _case(7, 200, 67, 4, 64, True, batch=(2,), dtype=dtype, alpha_dtype=alpha_dtype)
+@pytest.mark.parametrize("fmt", ["bcq", "g16", "uniform"])
+def test_dtypes(isa, layout, mode, dtype, alpha_dtype, fmt):
+    x, w, w64 = _case(7, 200, 67, 4, 64, True, (2,), dtype, alpha_dtype, fmt)
     y = _kernel_jit(x, w, mode, layout)
     assert y.dtype == dtype
     check(y, x, w, w64, mode, dtype)
 
 
-def test_per_column_group_long_k(isa, layout):
+@pytest.mark.parametrize("fmt", ["bcq", "uniform"])
+def test_per_column_group_long_k(isa, layout, fmt):
     # g = K rounded up to 32: 12 scale blocks of 96 share one alpha per column.
-    x, w, w64 = _case(3, 1150, 45, 2, None, True, batch=(2,))
+    x, w, w64 = _case(3, 1150, 45, 2, None, True, batch=(2,), fmt=fmt)
     assert w.group_size == resolve_group_size(1150, None) == 1152
     for mode in ALL_PATHS:
         check(_kernel_jit(x, w, mode, layout), x, w, w64, mode)
 
 
 @pytest.mark.parametrize("mode", ALL_PATHS)
-def test_nan_inf_propagate_to_their_rows_only(isa, layout, mode):
-    x, w, w64 = _case(9, 256, 70, 3, 128, True, batch=(5,))
+def test_nan_inf_propagate_to_their_rows_only(isa, layout, mode, fmt):
+    x, w, w64 = _case(9, 256, 70, 3, 128, True, batch=(5,), fmt=fmt)
     x = x.at[1, 17].set(jnp.nan).at[3, 200].set(jnp.inf)
     y = np.asarray(_kernel_jit(x, w, mode, layout))
     assert np.all(np.isnan(y[1]))
@@ -194,11 +242,12 @@ def test_nan_inf_propagate_to_their_rows_only(isa, layout, mode):
     check(y[good], x[jnp.array(good)], w, w64, mode)
 
 
-def test_modes_and_paths_agree(monkeypatch):
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_modes_and_paths_agree(monkeypatch, fmt):
     # Exact: portable and AVX2 agree to float32 rounding; fast: identical int8 tables and exact
     # integer sums, so they differ only by float32 rounding of the epilogue. The two sign layouts
     # feed the same sums in the same order: bitwise equal on each path.
-    x, w, _ = _case(4, 512, 96, 3, 128, True, batch=(4,))
+    x, w, _ = _case(4, 512, 96, 3, 128, True, batch=(4,), fmt=fmt)
     for mode in ALL_PATHS:
         ys = []
         for isa_name in ISAS:
@@ -210,9 +259,9 @@ def test_modes_and_paths_agree(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ALL_PATHS)
-def test_deterministic_across_thread_counts(isa, layout, mode, monkeypatch):
+def test_deterministic_across_thread_counts(isa, layout, mode, fmt, monkeypatch):
     # 1100 columns: 1..5 column chunks depending on the thread count; results must be bitwise equal.
-    x, w, _ = _case(6, 96, 1100, 3, 32, True, batch=(6,))
+    x, w, _ = _case(6, 96, 1100, 3, 32, True, batch=(6,), fmt=fmt)
     outs = []
     for threads in ("1", "2", "3", "5"):
         monkeypatch.setenv("LUTGEMM_CPU_THREADS", threads)
@@ -232,13 +281,16 @@ def test_tall_skinny_split_k(isa, layout, mode, monkeypatch):
     # spans both slices. Against float64, and bitwise equal for 1, 2, 3 and 5 threads.
     # The activations make fast mode's int8 tables exact (`_int8_exact_activations`), so both
     # modes are held to float32 rounding: a lost or doubled slice cannot hide in the fast bound.
+    # g = 16 (two groups and offsets per 32-activation block) and uniform scales split the same way.
     cases = [
-        (40000, 33, 4, 128, (1,), jnp.float32),  # 661 KB: 5 slices
-        (30000, 100, 2, 64, (6,), jnp.bfloat16),  # 750 KB: 5 slices
-        (262161, 1, 8, None, (2,), jnp.float32),  # 262 KB: 2 slices, S = 96
+        (40000, 33, 4, 128, (1,), jnp.float32, "bcq"),  # 661 KB: 5 slices
+        (30000, 100, 2, 64, (6,), jnp.bfloat16, "bcq"),  # 750 KB: 5 slices
+        (262161, 1, 8, None, (2,), jnp.float32, "bcq"),  # 262 KB: 2 slices, S = 96
+        (40000, 33, 4, 16, (3,), jnp.float32, "g16-uniform"),  # 661 KB: 5 slices, S = 32
+        (30000, 100, 3, 64, (2,), jnp.float16, "uniform"),  # 1.1 MB: 8 slices
     ]
-    for k, n, q, g, batch, dtype in cases:
-        _, w, w64 = _case(k + n, k, n, q, g, True, batch=batch)
+    for k, n, q, g, batch, dtype, fmt in cases:
+        _, w, w64 = _case(k + n, k, n, q, g, True, batch=batch, fmt=fmt)
         x = _int8_exact_activations(np.random.default_rng(k), batch, k, w.group_size, dtype)
         outs = []
         for threads in ("1", "2", "3", "5"):
@@ -253,12 +305,31 @@ def _int8_exact_activations(rng, batch, k, g, dtype=jnp.float32):
     """Integer activations whose fast-mode tables are exact: every chunk of 4 has sum |x| <= 124
     except the first chunk of each scale block, [127, 0, 0, 0], so each block's table step
     (max chunk sum / 127) is 1 and every table entry an integer in [-127, 127]."""
-    s = next(c for c in (128, 96, 64, 32) if g % c == 0)
+    s = scale_block(g)
     x = rng.integers(-31, 32, size=(*batch, k)).astype(np.float32)
     x[..., ::s] = 127.0
     for j in (1, 2, 3):
         x[..., j::s] = 0.0
     return jnp.asarray(x, dtype)  # integers <= 127: exact in bfloat16 and float16
+
+
+@pytest.mark.parametrize("mode", ["exact", "dense"])
+@pytest.mark.parametrize("alpha_dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_uniform_equals_its_expanded_weight(isa, layout, mode, alpha_dtype):
+    # Exact and dense modes scale plane i of a uniform weight by alpha * 2^i, a float32 product
+    # by a power of two (exact): bitwise the result of the same weight with those q scales stored
+    # (alpha [G, q, N]; exact in every alpha dtype, as alpha <= 1 and 2^i <= 128).
+    for g, q, batch in [(16, 3, (1,)), (64, 4, (3,)), (128, 8, (6,))]:
+        x, w, _ = _case(
+            g + q, 300, 70, q, g, True, batch=batch, alpha_dtype=alpha_dtype, fmt="uniform"
+        )
+        scales = np.asarray(w.alpha.astype(jnp.float32)) * 2.0 ** np.arange(q)[:, None]
+        expanded = dataclasses.replace(w, alpha=jnp.asarray(scales, alpha_dtype))
+        assert w.uniform and not expanded.uniform
+        np.testing.assert_array_equal(
+            np.asarray(_kernel_jit(x, w, mode, layout)),
+            np.asarray(_kernel_jit(x, expanded, mode, layout)),
+        )
 
 
 def test_deterministic_with_one_or_all_cpus():
@@ -331,6 +402,8 @@ def test_op_default_mode_and_bad_mode():
         "x_k",
         "num_bits",
         "group_size",
+        "group_size_16",
+        "alpha_planes",
         "layout",
         "mode",
         "mode_dense",
@@ -353,6 +426,10 @@ def test_bad_operands_raise(case):
         attrs["num_bits"] = np.int64(9)
     elif case == "group_size":
         attrs["group_size"] = np.int64(48)
+    elif case == "group_size_16":  # a g = 16 weight has twice the groups of this g = 32 alpha
+        attrs["group_size"] = np.int64(16)
+    elif case == "alpha_planes":  # neither q planes nor uniform (1)
+        alpha = alpha[:, :2]
     elif case == "layout":
         attrs["layout"] = np.int64(2)
     elif case == "mode":

@@ -101,6 +101,46 @@ def test_lut_path_split_k_workspace(m, k, n, splits):
     assert f"-> (tensor<{m}x{n}xbf16>, tensor<{splits * m * n}xf32>)" in text
 
 
+@pytest.mark.parametrize("rows", [1, 8, 9])
+@pytest.mark.parametrize("g,uniform", [(16, False), (16, True), (64, True)])
+def test_group16_and_uniform_operands(rows, g, uniform):
+    """g = 16 (Kp = K rounded up to 32: 2 groups per word) and uniform scales reach both handlers
+    as they are: attribute group_size = g, alpha [G, 1, N] for uniform weights (the handlers read
+    the form from alpha's shape; there is no attribute for it)."""
+    w = random_packed_weight(
+        np.random.default_rng(1), 300, 24, 4, g, True, jnp.float16, uniform=uniform
+    )
+    groups = 320 // g
+    text = lower_cuda(jnp.zeros((rows, 300), jnp.bfloat16), w)
+    target = (
+        _native.CUDA_TARGET if rows <= lowering.CUDA_LUT_MAX_ROWS else _native.CUDA_DEQUANT_TARGET
+    )
+    assert custom_calls(text) == [target]
+    assert attributes(text, target)["group_size"] == g
+    line = next(ln for ln in text.splitlines() if f"@{target}(" in ln)
+    assert "tensor<10x4x24xui32>" in line
+    assert f"tensor<{groups}x{1 if uniform else 4}x24xf16>" in line
+    assert f"tensor<{groups}x24xf16>" in line
+
+
+def test_group16_split_k_workspace():
+    """The split-K rule depends on words, not groups: g = 16 gets the same workspace as g = 128."""
+    k, n = 4096, 4096
+    w = BCQWeight(
+        jax.ShapeDtypeStruct((k // 32, 4, n), jnp.uint32),
+        jax.ShapeDtypeStruct((k // 16, 1, n), jnp.float32),
+        None,
+        k,
+        n,
+        4,
+        16,
+    )
+    splits = lowering.cuda_splits(1, n, k // 32)
+    assert splits > 1
+    text = lower_cuda(jax.ShapeDtypeStruct((1, k), jnp.bfloat16), w)
+    assert f"-> (tensor<1x{n}xbf16>, tensor<{splits * n}xf32>)" in text
+
+
 @pytest.mark.parametrize("has_offset", [True, False])
 def test_lut_path_offset_operand(has_offset):
     w = make_weight(k=64, n=5, q=6, g=32, has_offset=has_offset, dtype=jnp.float32)

@@ -10,12 +10,16 @@ The rules (also in SECURITY.md), for ``y = x @ W_hat`` with x ``[M, K]``:
 * Scales: a NaN or +-Inf in ``alpha[grp, i, n]`` or ``offset[grp, n]`` makes column n
   non-finite in every row (each row's output for column n multiplies every group's scales, even
   when the activations there are zero: 0 * Inf = NaN); other columns are unaffected.
+* A group of padding rows only (g = 16 with K % 32 in 1..16: the high half of the last sign
+  word) is never read: non-finite scales or offsets there change nothing.
 * Zero activations give exactly zero outputs (the fast path's int8 scale is 0 there, not 0/0).
 
 Checked on the native CPU kernel's three paths (through the public op), the pure-jnp lowering and
-the CUDA LUT kernel under the emulation. tests/test_lowering_cpu.py and tests/test_ops.py hold the
-basic native NaN-row cases; the quantizer's degenerate inputs are in tests/test_quantize.py and
-tests/test_properties.py.
+the CUDA LUT kernel under the emulation, for per-plane scales with g = 32 and per-column groups;
+the native paths and the pure-jnp lowering also for g = 16 (two groups per sign word) with
+uniform scales (alpha [G, 1, N], plane i scaled by 2^i) and for uniform per-column weights.
+tests/test_lowering_cpu.py and tests/test_ops.py hold the basic native NaN-row cases; the
+quantizer's degenerate inputs are in tests/test_quantize.py and tests/test_properties.py.
 """
 
 from __future__ import annotations
@@ -33,6 +37,18 @@ from lutgemm_jax.testing import random_weight
 
 IMPLEMENTATIONS = ["exact", "fast", "dense", "jnp", "emulation"]
 K, N = 77, 45  # K: 2 words + a partial one (13 rows), 9 chunks of 8 + 5 rows
+# Weight kinds: name -> (group size, offset, uniform scales).
+WEIGHTS = {
+    "g32-offset": (32, True, False),
+    "percol-nooffset": (None, False, False),
+    "g16-uniform-offset": (16, True, True),
+    "percol-uniform-nooffset": (None, False, True),
+}
+# (implementation, weight kind) pairs: the uniform and g = 16 kinds on the native kernel's paths
+# and the pure-jnp lowering.
+CASES = [(impl, kind) for kind in list(WEIGHTS)[:2] for impl in IMPLEMENTATIONS] + [
+    (impl, kind) for kind in list(WEIGHTS)[2:] for impl in IMPLEMENTATIONS[:4]
+]
 
 
 def run(impl, x, w):
@@ -55,10 +71,9 @@ def run(impl, x, w):
         lowering.CPU_CROSSOVER.update(saved)
 
 
-@pytest.fixture(params=[(32, True), (None, False)], ids=["g32-offset", "percol-nooffset"])
-def weight(request):
-    g, has_offset = request.param
-    return random_weight(np.random.default_rng(5), K, N, 3, g, has_offset)
+def weight_of(kind):
+    g, has_offset, uniform = WEIGHTS[kind]
+    return random_weight(np.random.default_rng(5), K, N, 3, g, has_offset, uniform=uniform)
 
 
 # (row, column k, value) per row; rows 0, 5 and 9 stay clean.
@@ -76,9 +91,9 @@ ROW_PATTERNS = [
 ]
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_non_finite_activations_reach_exactly_their_rows(impl, weight):
-    w, w64 = weight
+@pytest.mark.parametrize("impl,kind", CASES)
+def test_non_finite_activations_reach_exactly_their_rows(impl, kind):
+    w, w64 = weight_of(kind)
     x = np.random.default_rng(6).normal(size=(len(ROW_PATTERNS), K)).astype(np.float32)
     for row in ROW_PATTERNS:
         for m, k, v in row:
@@ -94,16 +109,18 @@ def test_non_finite_activations_reach_exactly_their_rows(impl, weight):
     props.assert_close(y[~bad_rows], x[~bad_rows], w64, "float32", extra)
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("impl,kind", [c for c in CASES if WEIGHTS[c[1]][1]])
 @pytest.mark.parametrize("where", ["alpha NaN", "alpha Inf", "offset NaN", "offset -Inf"])
-def test_non_finite_scales_reach_exactly_their_columns(impl, where):
-    w, _ = random_weight(np.random.default_rng(7), K, N, 3, 32, True)
+def test_non_finite_scales_reach_exactly_their_columns(impl, kind, where):
+    g, _, uniform = WEIGHTS[kind]
+    w, _ = random_weight(np.random.default_rng(7), K, N, 3, g, True, uniform=uniform)
     alpha, offset = np.array(w.alpha), np.array(w.offset)
     value = {"NaN": np.nan, "Inf": np.inf, "-Inf": -np.inf}[where.split()[1]]
+    last = (K - 1) // g if g else 0  # the last group with real rows
     if where.startswith("alpha"):
-        alpha[1, 2, 7] = value
+        alpha[1, -1, 7] = value  # g = 16: group 1, the high half of the first word
     else:
-        offset[2, 7] = value  # the last group: 13 real rows, 19 padding rows
+        offset[last, 7] = value  # g = 32: 13 real rows, 19 padding rows; g = 16: 13 and 3
     w = lj.BCQWeight(
         bits=w.bits,
         alpha=jnp.asarray(alpha),
@@ -111,7 +128,7 @@ def test_non_finite_scales_reach_exactly_their_columns(impl, where):
         in_features=K,
         out_features=N,
         num_bits=3,
-        group_size=32,
+        group_size=g,
     )
     x = np.random.default_rng(8).normal(size=(4, K)).astype(np.float32)
     x[3] = 0.0  # zero activations still meet the non-finite scale: 0 * Inf = NaN
@@ -120,19 +137,39 @@ def test_non_finite_scales_reach_exactly_their_columns(impl, where):
     assert np.isfinite(np.delete(y, 7, axis=1)).all()
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_zero_activations_give_exact_zeros(impl, weight):
-    w, _ = weight
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS[:4])
+def test_padding_only_group_is_never_read(impl):
+    # g = 16, K = 77: groups 0-4 hold rows 0..76, group 5 (rows 80..95) is padding only.
+    w, w64 = weight_of("g16-uniform-offset")
+    assert w.num_groups == 6
+    alpha, offset = np.array(w.alpha), np.array(w.offset)
+    alpha[5], offset[5] = np.nan, np.inf
+    poisoned = lj.BCQWeight(
+        bits=w.bits,
+        alpha=jnp.asarray(alpha),
+        offset=jnp.asarray(offset),
+        in_features=K,
+        out_features=N,
+        num_bits=3,
+        group_size=16,
+    )
+    x = np.random.default_rng(10).normal(size=(3, K)).astype(np.float32)
+    np.testing.assert_array_equal(run(impl, x, poisoned), run(impl, x, w))
+
+
+@pytest.mark.parametrize("impl,kind", CASES)
+def test_zero_activations_give_exact_zeros(impl, kind):
+    w, _ = weight_of(kind)
     x = np.zeros((3, K), np.float32)
     x[1, ::2] = -0.0
     y = run(impl, x, w)
     assert (y == 0).all(), y[y != 0][:5]
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_tiny_and_huge_finite_activations_stay_finite(impl, weight):
+@pytest.mark.parametrize("impl,kind", CASES)
+def test_tiny_and_huge_finite_activations_stay_finite(impl, kind):
     """Subnormal and large (but not overflowing) activations: finite, and accurate."""
-    w, w64 = weight
+    w, w64 = weight_of(kind)
     rng = np.random.default_rng(9)
     tiny = np.float32(np.finfo(np.float32).smallest_subnormal)
     x = np.stack(

@@ -1,7 +1,8 @@
 """Property-based tests (hypothesis): packed weight -> ``lut_gemm`` agrees with float64.
 
 Over random shapes (K 1..300, N 1..70, zero to three batch dims, including empty ones), q 1..8,
-g in {32, 64, 128, per-column}, offset on/off, activation and alpha dtypes in {float32,
+g in {32, 64, 128, per-column} (and 16, and uniform scales alpha [G, 1, N], for the native
+kernel and the pure-jnp lowering), offset on/off, activation and alpha dtypes in {float32,
 bfloat16, float16}, sign patterns and activation scales, four implementations are checked
 against ``x64 @ W64`` (lutgemm_jax/testing.py: the dense matrix built in float64 from the unpacked
 signs, independent of the code under test):
@@ -87,14 +88,14 @@ def environ(**values):
 
 
 @st.composite
-def problems(draw, max_rows: int | None = None, import_formats: bool = True):
-    """A random packed weight, its float64 twin, and activations: a dict. ``import_formats``:
-    also draw group size 16 and uniform scales (``alpha [G, 1, N]``)."""
+def problems(draw, max_rows: int | None = None, all_formats: bool = False):
+    """A random packed weight, its float64 twin, and activations: a dict. ``all_formats``: g may
+    also be 16 (two groups per sign word) and the scales uniform (alpha [G, 1, N])."""
     k = draw(st.integers(1, 300))
     n = draw(st.integers(1, 70))
     q = draw(st.integers(1, 8))
-    g = draw(st.sampled_from(([16] if import_formats else []) + [32, 64, 128, None]))
-    uniform = import_formats and draw(st.booleans())
+    g = draw(st.sampled_from([16, 32, 64, 128, None] if all_formats else [32, 64, 128, None]))
+    uniform = all_formats and draw(st.booleans())
     has_offset = draw(st.booleans())
     x_dtype = draw(st.sampled_from(list(DTYPES)))
     a_dtype = draw(st.sampled_from(list(DTYPES)))
@@ -166,7 +167,7 @@ def assert_close(y, x, w64, x_dtype, extra=0.0):
 
 @settings(max_examples=examples(2.4))
 @given(
-    p=problems(),
+    p=problems(all_formats=True),
     path=st.sampled_from(["exact", "fast", "dense"]),
     isa=st.sampled_from(cpu_tests.ISAS),
     threads=st.sampled_from([None, "1", "2", "3"]),
@@ -194,7 +195,7 @@ def test_native_op_matches_float64(p, path, isa, threads):
 
 
 @settings(max_examples=examples(1.2))
-@given(p=problems())
+@given(p=problems(all_formats=True))
 def test_reference_lowering_matches_float64(p):
     w = p["w"]
     offset = offset_operand(w.offset, w.alpha)
@@ -245,10 +246,7 @@ def emulation_problem(p):
 
 
 @settings(max_examples=examples(2.4))
-@given(
-    p=problems(max_rows=lowering.CUDA_LUT_MAX_ROWS, import_formats=False),
-    splits=st.sampled_from([0, 1, 2, 3]),
-)
+@given(p=problems(max_rows=lowering.CUDA_LUT_MAX_ROWS), splits=st.sampled_from([0, 1, 2, 3]))
 def test_emulation_lut_kernel_matches_float64(emu, p, splits):
     """The CUDA LUT path (M <= 8 rows), with the planned split-K (0) or a forced one."""
     e = emulation_problem(p)
@@ -261,7 +259,7 @@ def test_emulation_lut_kernel_matches_float64(emu, p, splits):
 
 
 @settings(max_examples=examples(0.8))
-@given(p=problems(max_rows=1, import_formats=False), w_dtype=st.sampled_from(list(DTYPES)))
+@given(p=problems(max_rows=1), w_dtype=st.sampled_from(list(DTYPES)))
 def test_emulation_dequant_kernel_matches_float64(emu, p, w_dtype):
     """The CUDA large-M path's dequantization kernel: W_hat in float32/bfloat16/float16."""
     e = emulation_problem(p)

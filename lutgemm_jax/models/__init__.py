@@ -7,7 +7,8 @@ Llama 2/3/3.1/3.2, Mistral, Qwen2/2.5, Qwen3). Shared machinery, one module per 
 ``hf_config`` (config.json, RoPE settings), ``hf_checkpoint`` (safetensors in/out, the
 `HFCheckpointError`), ``tokenizer``, ``kv_cache``, ``sampling``, ``generation``, ``perplexity``,
 ``decode_bench``, ``quantize_decoder``, ``tensor_parallel``; ``registry`` dispatches on
-``model_type``.
+``model_type``. ``gguf`` (with ``gguf_quants``, ``gguf_tokenizer``) loads llama.cpp files
+(`load_gguf`), quantized tensors converted exactly to BCQ.
 
 Typical use::
 
@@ -20,6 +21,7 @@ Typical use::
 from lutgemm_jax.models import llama, opt
 from lutgemm_jax.models.decode_bench import benchmark_decode, bytes_read_per_token, param_bytes
 from lutgemm_jax.models.generation import Generation, forward, forward_jit, generate, pad_batch
+from lutgemm_jax.models.gguf import GGUFError, UnsupportedTensorTypeError, load_gguf
 from lutgemm_jax.models.hf_checkpoint import HFCheckpointError, MissingTensorError
 from lutgemm_jax.models.llama import Llama, LlamaConfig
 from lutgemm_jax.models.opt import OPT, OPTConfig
@@ -48,6 +50,7 @@ __all__ = [
     "MODEL_TYPES",
     "OPT",
     "ByteTokenizer",
+    "GGUFError",
     "Generation",
     "HFCheckpointError",
     "Llama",
@@ -55,6 +58,7 @@ __all__ = [
     "MissingTensorError",
     "OPTConfig",
     "Sampling",
+    "UnsupportedTensorTypeError",
     "benchmark_decode",
     "bytes_read_per_token",
     "config_from_dict",
@@ -65,6 +69,7 @@ __all__ = [
     "generate",
     "init_params",
     "llama",
+    "load_gguf",
     "load_hf_checkpoint",
     "load_tokenizer",
     "opt",

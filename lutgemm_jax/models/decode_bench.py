@@ -42,11 +42,12 @@ def benchmark_decode(
     repeats: int = 5,
     warmup: int = 1,
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict:
     """Per-token greedy decode latency: the median over ``repeats`` of one jitted ``steps``-step
     `decode` scan (KV cache of ``prompt_len + steps`` slots, prefilled beforehand), divided by
-    ``steps``. Returns seconds per token (``median``, ``min``), ``tokens_per_s`` (batch * 1 /
-    median) and ``compile_s`` (first call)."""
+    ``steps``. Returns seconds per token (``median``, ``min``, ``max``, and ``times``: each
+    timed call's, in order), ``tokens_per_s`` (batch * 1 / median) and ``compile_s`` (first
+    call)."""
     rng = jax.random.PRNGKey(seed)
     ids = jax.random.randint(rng, (batch, prompt_len), 4, model.config.vocab_size, jnp.int32)
     mask = jnp.ones_like(ids)
@@ -72,7 +73,14 @@ def benchmark_decode(
         jax.block_until_ready(run(model, params, state))
         times.append((time.perf_counter() - t0) / steps)
     med = statistics.median(times)
-    return {"median": med, "min": min(times), "tokens_per_s": batch / med, "compile_s": compile_s}
+    return {
+        "median": med,
+        "min": min(times),
+        "max": max(times),
+        "times": times,
+        "tokens_per_s": batch / med,
+        "compile_s": compile_s,
+    }
 
 
 __all__ = ["benchmark_decode", "bytes_read_per_token", "param_bytes"]

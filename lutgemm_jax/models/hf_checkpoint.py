@@ -144,6 +144,45 @@ def read_safetensors(files: list[str]) -> tuple[dict[str, np.ndarray], dict[str,
     return state, source
 
 
+class LazySafetensors(Mapping):
+    """The tensors of ``files`` as a read-only mapping that reads one tensor per lookup.
+
+    The files stay memory-mapped by safetensors; only the tensor asked for is copied out, so a
+    converter that handles one tensor at a time holds about one tensor beyond its result.
+    ``source`` maps each name to its file. Headers are checked up front (truncation is reported
+    by the first tensor it cuts off); a missing name raises `MissingTensorError`.
+    """
+
+    def __init__(self, files: list[str]):
+        from safetensors import safe_open
+
+        self.source: dict[str, str] = {}
+        self._handles: dict[str, Any] = {}
+        for file in files:
+            _check_safetensors_header(file)
+            try:
+                handle = safe_open(file, framework="np")
+            except Exception as e:  # the library's own error types vary by version
+                raise HFCheckpointError(f"{file}: not a readable safetensors file: {e}") from e
+            self._handles[file] = handle
+            self.source.update(dict.fromkeys(handle.keys(), file))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        file = self.source.get(name)
+        if file is None:
+            raise MissingTensorError(f"the checkpoint has no tensor {name!r}")
+        try:
+            return self._handles[file].get_tensor(name)
+        except Exception as e:
+            raise HFCheckpointError(f"{file}: cannot read tensor {name!r}: {e}") from e
+
+    def __iter__(self):
+        return iter(self.source)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
 def _set(tree: dict, path: tuple[str, ...], value) -> None:
     for p in path[:-1]:
         tree = tree.setdefault(p, {})
@@ -264,6 +303,7 @@ def write_checkpoint(
 
 __all__ = [
     "HFCheckpointError",
+    "LazySafetensors",
     "MissingTensorError",
     "NameMap",
     "params_from_state",

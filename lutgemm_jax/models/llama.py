@@ -24,6 +24,8 @@ Parameter tree (``params`` collection)::
     norm/scale                                    [hidden]
     lm_head/kernel                                [hidden, vocab]  (untied models, or untied
                                                                     to quantize the head)
+    .../{q,k,v,o,gate,up}_proj/input_perm         int32 [in]  (act-order GPTQ imports only:
+                                                  the Linear reads x[..., input_perm])
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from lutgemm_jax.models import kv_cache
 from lutgemm_jax.models.family import Family, random_params
 from lutgemm_jax.models.hf_checkpoint import NameMap
 from lutgemm_jax.models.hf_config import rope_parameters
+from lutgemm_jax.models.prequantized import INPUT_PERM
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -139,8 +142,9 @@ class LlamaConfig:
 
         Raises:
           ValueError: a ``model_type`` or a feature this implementation does not compute
-            (other rope types, partial rotary factors, per-layer sliding windows, pre-quantized
-            weights, other activations), naming the key."""
+            (other rope types, partial rotary factors, per-layer sliding windows, other
+            activations), naming the key. A ``quantization_config`` is checked by the loader
+            (`lutgemm_jax.models.prequantized`), not here."""
         mt = d.get("model_type")
         if mt not in MODEL_TYPES:
             raise ValueError(f"model_type {mt!r} is not a Llama-family type {MODEL_TYPES}")
@@ -246,12 +250,6 @@ def _check_unsupported(d: dict[str, Any]) -> None:
     if d.get("model_type") != "mistral" and any(t != "full_attention" for t in layer_types):
         kinds = sorted(set(layer_types))
         raise ValueError(f"layer_types {kinds}: only full_attention is supported")
-    if d.get("quantization_config"):
-        method = d["quantization_config"].get("quant_method", "?")
-        raise ValueError(
-            f"quantization_config (quant_method {method!r}): pre-quantized checkpoints are not "
-            "read by this loader; load the float checkpoint and use quantize_model"
-        )
     act = d.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise ValueError(f"hidden_act {act!r} is not supported (only 'silu')")
@@ -348,6 +346,18 @@ class RMSNorm(nn.Module):
         return y.astype(self.dtype) * scale.astype(self.dtype)
 
 
+def linear(parent: nn.Module, features: int, name: str, bias: bool, dtype: Any):
+    """The ``nn.Dense`` child ``name`` of ``parent``, preceded by the gather
+    ``x[..., input_perm]`` when the params hold an ``input_perm`` for it (an act-order GPTQ
+    Linear whose rows were permuted to make its groups contiguous;
+    `lutgemm_jax.models.prequantized`)."""
+    layer = nn.Dense(features, use_bias=bias, dtype=dtype, name=name)
+    perm = parent.variables.get("params", {}).get(name, {}).get(INPUT_PERM)
+    if perm is None:
+        return layer
+    return lambda x: layer(jnp.take(x, perm, axis=-1))
+
+
 class LlamaAttention(nn.Module):
     config: LlamaConfig
     dtype: Any = jnp.float32
@@ -359,7 +369,7 @@ class LlamaAttention(nn.Module):
         heads, kv_heads, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
 
         def dense(features, name, bias):
-            return nn.Dense(features, use_bias=bias, dtype=self.dtype, name=name)
+            return linear(self, features, name, bias, self.dtype)
 
         q = dense(heads * hd, "q_proj", c.has_qkv_bias)(x).reshape(b, t, heads, hd)
         k = dense(kv_heads * hd, "k_proj", c.has_qkv_bias)(x).reshape(b, t, kv_heads, hd)
@@ -386,7 +396,7 @@ class LlamaMLP(nn.Module):
         c = self.config
 
         def dense(features, name):
-            return nn.Dense(features, use_bias=c.mlp_bias, dtype=self.dtype, name=name)
+            return linear(self, features, name, c.mlp_bias, self.dtype)
 
         gate = dense(c.intermediate_size, "gate_proj")(x)
         up = dense(c.intermediate_size, "up_proj")(x)
@@ -447,7 +457,7 @@ class Llama(nn.Module):
                 new_cache.append(layer_cache)
         h = RMSNorm(c.rms_norm_eps, self.dtype, name="norm")(h)
         if not c.tie_word_embeddings or "lm_head" in self.variables.get("params", {}):
-            logits = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, name="lm_head")(h)
+            logits = linear(self, c.vocab_size, "lm_head", False, self.dtype)(h)
         else:
             logits = embed.attend(h)
         return logits.astype(jnp.float32), new_cache

@@ -9,7 +9,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from lutgemm_jax.models import hf_checkpoint, llama, opt
+from lutgemm_jax.models import hf_checkpoint, llama, opt, prequantized
 from lutgemm_jax.models.family import Family, param_shapes
 from lutgemm_jax.models.hf_checkpoint import HFCheckpointError
 from lutgemm_jax.models.hf_config import config_path, read_config_json
@@ -47,6 +47,7 @@ def read_config(path: str | os.PathLike, model_types: tuple[str, ...] = MODEL_TY
     """
     d = read_config_json(path)
     file = config_path(path)
+    prequantized.quantization_scheme(d, path)  # refuses what cannot be imported
     mt = d.get("model_type")
     if mt not in model_types:
         raise HFCheckpointError(
@@ -69,7 +70,12 @@ def init_params(config: Any, seed: int = 0, *, dtype=jnp.float32) -> dict:
 
 
 def load_hf_checkpoint(
-    path: str | os.PathLike, dtype=jnp.float32, *, model_types: tuple[str, ...] = MODEL_TYPES
+    path: str | os.PathLike,
+    dtype=jnp.float32,
+    *,
+    model_types: tuple[str, ...] = MODEL_TYPES,
+    scale_dtype=jnp.float32,
+    layout: str = "auto",
 ) -> tuple[Any, dict]:
     """Reads a local Hugging Face checkpoint directory: ``(config, params)``.
 
@@ -77,11 +83,19 @@ def load_hf_checkpoint(
     ``*.safetensors`` (one file, or shards listed in ``model.safetensors.index.json``).
     fp16/bf16 weights are converted to ``dtype``. No network access, no pickles.
 
+    A GPTQ or AWQ checkpoint (a ``quantization_config`` in config.json, or AutoGPTQ's /
+    AutoAWQ's side file) is recognised by itself: its quantized Linears become exact uniform
+    `BCQWeight` kernels with alpha/offset in ``scale_dtype`` (float32 exact; float16 compact,
+    exact for symmetric GPTQ only) and sign layout ``layout``; act-order Linears get an
+    ``input_perm`` (`lutgemm_jax.models.prequantized`). Tensors are read one at a time.
+
     Raises:
       HFCheckpointError: anything wrong with the directory, naming the file and the tensor or
         config key: no directory, no or bad config.json, unsupported model_type or feature, no
         safetensors (PyTorch pickles get a conversion recipe), a truncated or corrupt file, a
-        missing tensor (`MissingTensorError`) or one of the wrong shape.
+        missing tensor (`MissingTensorError`) or one of the wrong shape; for GPTQ / AWQ also
+        a quantization method, packing or setting that has no exact import, packed tensors of
+        the wrong shape or dtype, corrupt v1 zero points, or act-order the family cannot gather.
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -89,15 +103,32 @@ def load_hf_checkpoint(
     config = read_config(path, model_types)
     family = family_of(config)
     files = hf_checkpoint.safetensors_files(path)
-    state, source = hf_checkpoint.read_safetensors(files)
     shapes = param_shapes(family.model_cls(config))
+    where = files[0] if len(files) == 1 else path
+    scheme = prequantized.quantization_scheme(read_config_json(path), path)
+    if scheme is not None:
+        state = hf_checkpoint.LazySafetensors(files)
+        params = prequantized.quantized_params(
+            state,
+            family.hf_names(config),
+            shapes,
+            scheme,
+            family=family.name,
+            dtype=dtype,
+            scale_dtype=scale_dtype,
+            layout=layout,
+            source=state.source,
+            where=where,
+        )
+        return config, params
+    state, source = hf_checkpoint.read_safetensors(files)
     params = hf_checkpoint.params_from_state(
         state,
         family.hf_names(config),
         shapes,
         dtype=dtype,
         source=source,
-        where=files[0] if len(files) == 1 else path,
+        where=where,
     )
     return config, params
 

@@ -39,21 +39,23 @@ XLA_FFI_Buffer MakeBuffer(int dtype, int rank, int64_t* dims, void* data) {
 extern "C" {
 
 // Runs the LUT kernel (through the handler's validation and the real launch plan) for
-// x [m, k] -> y [m, n]. The split-K workspace holds `splits` slices when splits >= 2, none when
-// splits == 1, and SplitsFor(num_sms) slices (what the lowering asks for) when splits == 0.
+// x [m, k] -> y [m, n]; alpha is [G, q, N], or [G, 1, N] when `uniform`. The split-K workspace
+// holds `splits` slices when splits >= 2, none when splits == 1, and SplitsFor(num_sms) slices
+// (what the lowering asks for) when splits == 0.
 // Returns 0, or -1 with a message, or -2 when a barrier was divergent.
 // *splits_used receives the plan's number of K slices.
 int emu_lut_gemm(const void* x, int x_dtype, const uint32_t* bits, const void* alpha,
                  int a_dtype, const void* offset, void* y, int64_t m, int64_t k, int64_t n,
-                 int64_t q, int64_t g, int splits, int num_sms, int* splits_used, char* msg,
-                 int msg_cap) {
-  const int64_t kp = (k + g - 1) / g * g, groups = kp / g;
-  if (splits == 0) splits = SplitsFor(m, n, kp / 32, num_sms);
+                 int64_t q, int64_t g, int uniform, int splits, int num_sms, int* splits_used,
+                 char* msg, int msg_cap) {
+  const lutgemm::BcqShape shape{k, n, q, g, offset != nullptr, uniform != 0};
+  const int64_t groups = shape.num_groups();
+  if (splits == 0) splits = SplitsFor(m, n, shape.num_words(), num_sms);
   // The workspace is poisoned so that an unwritten partial shows up as NaN.
   std::vector<float> workspace(splits >= 2 ? static_cast<size_t>(splits) * m * n : 0,
                                std::numeric_limits<float>::quiet_NaN());
-  int64_t xd[2] = {m, k}, bd[3] = {kp / 32, q, n}, ad[3] = {groups, q, n};
-  int64_t od[2] = {offset ? groups : 0, n}, yd[2] = {m, n};
+  int64_t xd[2] = {m, k}, bd[3] = {shape.num_words(), q, n};
+  int64_t ad[3] = {groups, shape.alpha_planes(), n}, od[2] = {offset ? groups : 0, n}, yd[2] = {m, n};
   int64_t wd[1] = {static_cast<int64_t>(workspace.size())};
   XLA_FFI_Buffer xb = MakeBuffer(x_dtype, 2, xd, const_cast<void*>(x));
   XLA_FFI_Buffer bb = MakeBuffer(XLA_FFI_DataType_U32, 3, bd, const_cast<uint32_t*>(bits));
@@ -78,11 +80,14 @@ int emu_lut_gemm(const void* x, int x_dtype, const uint32_t* bits, const void* a
   return cuda_emu::Runner().divergent != divergent_before ? -2 : 0;
 }
 
-// Dequantizes to w [k, n] of w_dtype.
+// Dequantizes to w [k, n] of w_dtype (alpha as for emu_lut_gemm).
 int emu_dequant(const uint32_t* bits, const void* alpha, int a_dtype, const void* offset, void* w,
-                int w_dtype, int64_t k, int64_t n, int64_t q, int64_t g, char* msg, int msg_cap) {
-  const int64_t kp = (k + g - 1) / g * g, groups = kp / g;
-  int64_t bd[3] = {kp / 32, q, n}, ad[3] = {groups, q, n}, od[2] = {offset ? groups : 0, n};
+                int w_dtype, int64_t k, int64_t n, int64_t q, int64_t g, int uniform, char* msg,
+                int msg_cap) {
+  const lutgemm::BcqShape shape{k, n, q, g, offset != nullptr, uniform != 0};
+  const int64_t groups = shape.num_groups();
+  int64_t bd[3] = {shape.num_words(), q, n}, ad[3] = {groups, shape.alpha_planes(), n};
+  int64_t od[2] = {offset ? groups : 0, n};
   int64_t wd[2] = {k, n};
   XLA_FFI_Buffer bb = MakeBuffer(XLA_FFI_DataType_U32, 3, bd, const_cast<uint32_t*>(bits));
   XLA_FFI_Buffer ab = MakeBuffer(a_dtype, 3, ad, const_cast<void*>(alpha));
