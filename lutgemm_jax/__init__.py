@@ -5,13 +5,15 @@ computed at small batch with lookup tables over the packed sign bits (large batc
 tiles and use a dense GEMM; see `lutgemm_jax.lowering`).
 
 Public API:
-  BCQWeight            the packed ``[K, N]`` weight (a pytree)
+  BCQWeight            the packed ``[K, N]`` weight (a pytree); per-plane scales
+                       ``alpha [G, q, N]`` or uniform ones ``[G, 1, N]`` (``BCQWeight.uniform``)
   BCQConfig            what to quantize to and how (bits, groups, method, scales, layout)
-  BCQConfig            the quantization config (bits, group size, method, layout, ...)
   quantize             dense ``W: [K, N]`` -> BCQWeight (greedy, alternating, rtn; with
                        ``calibration=`` inputs, minimising the layer-output error)
   Calibration          accumulated layer inputs ``H = X^T X`` for calibrated quantization
   dequantize           BCQWeight -> dense ``[K, N]``
+  from_uniform_codes   integer codes ``W = D*c + B`` (RTN, GGUF, GPTQ, AWQ) -> the exact,
+                       uniform BCQWeight
   LAYOUTS              sign-word layouts of ``BCQWeight.bits``: "canonical", "cpu"
   to_layout            every BCQWeight in a pytree (params, nnx.State) -> a layout, e.g.
                        ``to_layout(params, "canonical")`` once before moving CPU-quantized
@@ -47,6 +49,7 @@ from lutgemm_jax.format import (
 )
 from lutgemm_jax.ops import lut_gemm
 from lutgemm_jax.quantize import quantize
+from lutgemm_jax.uniform import from_uniform_codes
 
 __all__ = [
     "BCQConfig",
@@ -58,6 +61,7 @@ __all__ = [
     "checkpoint",
     "dequantize",
     "export_disabled_checks",
+    "from_uniform_codes",
     "linen",
     "lut_gemm",
     "nnx",

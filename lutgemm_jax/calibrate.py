@@ -22,8 +22,9 @@ that matters is ``tr(D^T H D)``, ``D = W - W_hat``. `quantize_calibrated` does t
    ``(P_n^T Hd P_n) a_n = P_n^T Hd w_n``. Sign planes that coincide make the system singular:
    a ridge of ``1e-6 * trace / m`` keeps the Cholesky solve finite, and a column keeps its
    refitted scales only if they are finite and lower its output error. For ``method="rtn"``
-   the grid stays uniform: the unknowns per group are the step ``s`` (``alpha_i = s 2^(i-1)``)
-   and the offset.
+   the grid stays uniform: the unknowns per group are the uniform scale ``alpha`` (plane ``i``
+   scaled by ``alpha 2^i``, `lutgemm_jax.format.expand_alpha`) and the offset, and the result
+   is stored uniform (``alpha: [G, 1, N]``).
 
 Act-order (``act_order=True``): rows are processed in descending ``diag(H)`` order *within* each
 group (groups stay contiguous, so the stored format and `lut_gemm` are unchanged); the rows with
@@ -49,7 +50,13 @@ from jax import lax
 
 from lutgemm_jax.calibration import Calibration, as_calibration
 from lutgemm_jax.config import BCQConfig
-from lutgemm_jax.format import BCQWeight, pack_signs, padded_in_features, resolve_group_size
+from lutgemm_jax.format import (
+    BCQWeight,
+    expand_alpha,
+    pack_signs,
+    padded_in_features,
+    resolve_group_size,
+)
 from lutgemm_jax.quantize import assemble, chunk_width, fit_groups
 
 CHUNK_FLOATS = 1 << 26
@@ -90,8 +97,8 @@ def quantize_calibrated(
       progress: show a tqdm bar over column chunks.
 
     Returns:
-      A `BCQWeight` (bits ``[Kp/32, q, N]``, alpha ``[G, q, N]``, offset ``[G, N]`` or ``None``)
-      in ``config.resolve_layout()``.
+      A `BCQWeight` (bits ``[Kp/32, q, N]``, alpha ``[G, q, N]`` or, for ``method="rtn"``,
+      uniform ``[G, 1, N]``, offset ``[G, N]`` or ``None``) in ``config.resolve_layout()``.
 
     Raises:
       TypeError / ValueError naming the argument: non-2-D or non-finite ``W``; a
@@ -232,13 +239,14 @@ _STATICS = ("g", "q", "method", "rounds", "fit_offset", "clip_search")
 
 
 def _block_rows(g: int) -> int:
-    """Rows per lazy-update block: the largest of 128, 64, 32 dividing ``g``."""
-    return next(b for b in (128, 64, 32) if g % b == 0)
+    """Rows per lazy-update block: the largest of 128, 64, 32, 16 dividing ``g``."""
+    return next(b for b in (128, 64, 32, 16) if g % b == 0)
 
 
 def _fit_group(wg, vg, *, q, method, rounds, fit_offset, clip_search):
     """The data-free codebook of one group: ``wg [g, C]``, ``vg bool [g]`` ->
-    ``(alpha [q, C], offset [C])``, by the same fit as `lutgemm_jax.quantize`."""
+    ``(alpha [p, C], offset [C])`` (``p`` = 1, the uniform scale, for RTN; else q), by the same
+    fit as `lutgemm_jax.quantize`."""
     valid = vg[None, :, None]
     w = jnp.where(valid, wg[None], 0.0)  # [1, g, C]
     count = jnp.sum(valid).astype(jnp.float32).reshape(1, 1, 1)
@@ -250,18 +258,19 @@ def _fit_group(wg, vg, *, q, method, rounds, fit_offset, clip_search):
 
 
 def _codewords(alpha, offset, q):
-    """``[2^q, C]``: codeword ``p`` is ``offset + sum_i (2 bit_i(p) - 1) alpha_i``."""
+    """``[2^q, C]``: codeword ``p`` is ``offset + sum_i (2 bit_i(p) - 1) alpha_i`` for stored
+    scales ``alpha [p, C]`` (``[1, C]``: uniform)."""
     p = jnp.arange(1 << q)
     signs = ((p[:, None] >> jnp.arange(q)) & 1).astype(jnp.float32) * 2.0 - 1.0  # [2^q, q]
-    return offset[None] + signs @ alpha
+    return offset[None] + signs @ expand_alpha(alpha, q)
 
 
 @functools.partial(jax.jit, static_argnames=_STATICS)
 def _error_feedback(w, u, valid, *, g, q, method, rounds, fit_offset, clip_search):
     """GPTQ over rows of ``w: [Kp, C]`` (in processing order) with ``u = chol(Hd^-1)`` upper.
 
-    Returns ``(code uint8 [Kp, C], alpha f32 [G, q, C], offset f32 [G, C])``; bit ``i`` of a
-    code is 1 where ``s_i = +1``.
+    Returns ``(code uint8 [Kp, C], alpha f32 [G, p, C], offset f32 [G, C])`` (``p`` = 1 for
+    RTN's uniform scale, else q); bit ``i`` of a code is 1 where ``s_i = +1``.
     """
     kp, c = w.shape
     b = _block_rows(g)
@@ -312,7 +321,7 @@ def _error_feedback(w, u, valid, *, g, q, method, rounds, fit_offset, clip_searc
     state = (
         w,
         jnp.zeros((kp, c), jnp.uint8),
-        jnp.zeros((groups, q, c), jnp.float32),
+        jnp.zeros((groups, 1 if method == "rtn" else q, c), jnp.float32),
         jnp.zeros((groups, c), jnp.float32),
         jnp.zeros((1 << q, c), jnp.float32),
     )
@@ -326,8 +335,8 @@ def _error_feedback(w, u, valid, *, g, q, method, rounds, fit_offset, clip_searc
 def _basis(code, valid, q, method, fit_offset):
     """``P: [Kp, p, C]``, the columns multiplying each group's unknowns (0 on padding)."""
     signs = [((code >> i) & 1).astype(jnp.float32) * 2.0 - 1.0 for i in range(q)]
-    if method == "rtn":
-        cols = [sum(s * 2.0 ** (i - 1) for i, s in enumerate(signs)), jnp.ones_like(signs[0])]
+    if method == "rtn":  # the uniform scale multiplies sum_i 2^i s_i
+        cols = [sum(s * 2.0**i for i, s in enumerate(signs)), jnp.ones_like(signs[0])]
     else:
         cols = signs + ([jnp.ones_like(signs[0])] if fit_offset else [])
     return jnp.stack(cols, axis=1) * valid[:, None, None]
@@ -336,15 +345,15 @@ def _basis(code, valid, q, method, fit_offset):
 def _params(alpha, offset, method, fit_offset):
     """The unknowns ``[G, p, C]`` of the current scales."""
     if method == "rtn":
-        return jnp.stack([2.0 * alpha[:, 0], offset], axis=1)
+        return jnp.stack([alpha[:, 0], offset], axis=1)
     return jnp.concatenate([alpha, offset[:, None]], axis=1) if fit_offset else alpha
 
 
 def _unparams(x, q, method, fit_offset):
-    """Inverse of `_params`: ``[G, p, C] -> (alpha [G, q, C], offset [G, C])``."""
+    """Inverse of `_params`: ``[G, p, C] -> (alpha [G, q, C] (RTN: uniform [G, 1, C]),
+    offset [G, C])``."""
     if method == "rtn":
-        alpha = x[:, :1] * (2.0 ** (jnp.arange(q, dtype=jnp.float32) - 1))[None, :, None]
-        return alpha, x[:, 1]
+        return x[:, :1], x[:, 1]
     offset = x[:, q] if fit_offset else jnp.zeros_like(x[:, 0])
     return x[:, :q], offset
 

@@ -7,11 +7,15 @@ Every leaf of the tree becomes one tensor named by its ``/``-joined key path; a 
 leaf becomes up to three tensors, ``<path>/bits``, ``<path>/alpha`` and ``<path>/offset``. The
 header's string-to-string ``__metadata__`` holds:
 
-* ``format`` = ``"lutgemm_jax.checkpoint"`` and ``format_version`` (`FORMAT_VERSION`);
+* ``format`` = ``"lutgemm_jax.checkpoint"`` and ``format_version``: 1, or 2 when the file holds
+  a weight that readers of version 1 cannot represent (group size 16 or uniform scales), so that
+  an older lutgemm_jax refuses it by version instead of by shape;
 * ``lutgemm_jax.tree``: JSON ``{"entries": [...], "sha256": {tensor: hex digest}}`` with one
   entry per leaf: ``{"path": [keys], "kind": "array", "tensor": name}`` or
   ``{"path": [...], "kind": "bcq", "K", "N", "q", "g", "has_offset", "dtype", "layout",
-  "tensors": {"bits": name, "alpha": name, "offset": name}}`` (keys are JSON strings or ints);
+  "uniform", "tensors": {"bits": name, "alpha": name, "offset": name}}`` (keys are JSON strings
+  or ints; ``uniform``: alpha is ``[G, 1, N]``, one scale per group, see
+  `lutgemm_jax.format`; entries written before it existed are per-plane);
 * ``lutgemm_jax.user``: JSON of the caller's ``metadata`` (str -> str);
 * ``lutgemm_jax.header_sha256``: SHA-256 of the rest of the header (`_header_digest`: its JSON
   with sorted keys and no whitespace), so that a corrupted header is detected like corrupted
@@ -64,13 +68,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from lutgemm_jax.flax_common import variable_value
-from lutgemm_jax.format import BCQWeight, convert_bits
+from lutgemm_jax.format import HALF_WORD_GROUP, BCQWeight, convert_bits
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "load", "read_metadata", "save"]
 
 FORMAT = "lutgemm_jax.checkpoint"
-FORMAT_VERSION = 1
-"""Version written by `save`; `load` reads versions up to this one."""
+FORMAT_VERSION = 2
+"""The newest version: `load` reads versions up to this one. `save` writes the oldest version
+that describes the tree: 2 only for group size 16 or uniform scales (`_file_version`)."""
 
 _DTYPES = {
     "F64": np.dtype(np.float64),
@@ -220,6 +225,7 @@ def _write_leaves(
                     "has_offset": value.has_offset,
                     "dtype": str(jnp.dtype(value.dtype)),
                     "layout": value.layout,
+                    "uniform": _per_group_scale(value),
                     "tensors": names,
                 }
             )
@@ -245,7 +251,7 @@ def _write_leaves(
     }
     header["__metadata__"] = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(_file_version(leaves)),
         "lutgemm_jax.tree": json.dumps({"entries": entries, "sha256": digests}),
         "lutgemm_jax.user": json.dumps(dict(metadata or {})),
     }
@@ -253,6 +259,21 @@ def _write_leaves(
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
     _atomic_write(os.fspath(path), [struct.pack("<Q", len(blob)), blob, *tensors.values()])
+
+
+def _per_group_scale(w: BCQWeight) -> bool:
+    """Whether ``w`` stores uniform scales that a per-plane reader could not take (``q > 1``;
+    for ``q = 1`` both forms are the same array)."""
+    return w.uniform and w.num_bits > 1
+
+
+def _file_version(leaves: list[tuple[list[str | int], Any]]) -> int:
+    """1 unless a weight has group size 16 or uniform scales (version 2)."""
+    new = any(
+        isinstance(v, BCQWeight) and (v.group_size == HALF_WORD_GROUP or _per_group_scale(v))
+        for _, v in leaves
+    )
+    return 2 if new else 1
 
 
 # ---- saving from several processes -----------------------------------------------------------
@@ -591,6 +612,11 @@ def _entry_value(path: str, entry: Any, arrays: dict[str, np.ndarray]) -> Any:
         raise CheckpointError(
             f"{path}: {name}: alpha is {w.dtype}, the header says {entry['dtype']}"
         )
+    if entry.get("uniform", False) != _per_group_scale(w):
+        raise CheckpointError(
+            f"{path}: {name}: alpha has shape {list(w.alpha.shape)}, the header says "
+            f"uniform={entry.get('uniform', False)}"
+        )
     return dataclasses.replace(w, bits=convert_bits(w.bits, "canonical", w.layout))
 
 
@@ -614,8 +640,8 @@ def _describe(x: Any) -> str:
     if isinstance(x, BCQWeight):
         return (
             f"BCQWeight(K={x.in_features}, N={x.out_features}, q={x.num_bits}, g={x.group_size}, "
-            f"offset={x.has_offset}, dtype={jnp.dtype(x.dtype)}, batch={x.batch_shape}, "
-            f"layout={x.layout})"
+            f"offset={x.has_offset}, uniform={x.uniform}, dtype={jnp.dtype(x.dtype)}, "
+            f"batch={x.batch_shape}, layout={x.layout})"
         )
     return f"{jnp.dtype(x.dtype)}{list(x.shape)}"
 

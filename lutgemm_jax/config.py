@@ -16,7 +16,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lutgemm_jax.format import LAYOUTS, MAX_BITS, PER_COLUMN, WORD_BITS, is_float_dtype
+from lutgemm_jax.format import (
+    HALF_WORD_GROUP,
+    LAYOUTS,
+    MAX_BITS,
+    PER_COLUMN,
+    WORD_BITS,
+    is_float_dtype,
+    is_group_size,
+)
 
 METHODS = ("greedy", "alternating", "rtn")
 """Fitting methods (see `lutgemm_jax.quantize` for the math of each)."""
@@ -58,8 +66,9 @@ class BCQConfig:
     bits: int = 3
     """``q``, the number of bit-planes (binary codes) per weight, 1..8."""
     group_size: int | None = 128
-    """``g``, consecutive rows of K that share scales: a positive multiple of 32, or ``None``
-    (equivalently `PER_COLUMN`, -1) for one group spanning all of K per output column."""
+    """``g``, consecutive rows of K that share scales: 16 (two groups per 32-bit sign word, the
+    sub-blocks of GGUF's K-quants), a positive multiple of 32, or ``None`` (equivalently
+    `PER_COLUMN`, -1) for one group spanning all of K per output column."""
     alpha_dtype: Any = None
     """Storage dtype of the scales ``alpha`` and the offset: float32, bfloat16 or float16
     (LUT-GEMM's own format; stored as a ``numpy.dtype``), or ``None`` (the default): the dtype
@@ -82,7 +91,16 @@ class BCQConfig:
     # ---- the fit -----------------------------------------------------------------------------
     method: str = "alternating"
     """``"greedy"``, ``"alternating"`` (greedy, then alternating least-squares rounds) or
-    ``"rtn"`` (uniform round-to-nearest, stored exactly as BCQ with an offset)."""
+    ``"rtn"`` (uniform round-to-nearest, stored exactly as BCQ with an offset).
+
+    The method also fixes the stored form of the scales: greedy and alternating fit ``q``
+    independent plane scales (``alpha: [G, q, N]``); ``"rtn"`` weights are always *uniform*
+    (``alpha: [G, 1, N]``, plane ``i`` scaled by ``alpha * 2**i``, `lutgemm_jax.uniform`),
+    because the ``q`` plane scales of a uniform grid are fixed by one. There is no switch: the
+    per-plane form of the same weight holds exactly the same values (`BCQWeight.plane_alpha`)
+    in ``q`` times the bytes, and every kernel reads both. With ``alpha_dtype`` float16 a
+    uniform scale costs 16 bits per group (e.g. q = 4, g = 32: 5 bits per weight with the
+    offset, against 6.5 with per-plane float16 scales)."""
     rounds: int = 15
     """Alternating rounds after the greedy start (only ``method="alternating"``)."""
     fit_offset: bool = False
@@ -97,19 +115,10 @@ class BCQConfig:
         if not 1 <= self.bits <= MAX_BITS:
             raise ValueError(f"BCQConfig: bits must be in 1..{MAX_BITS}, got {self.bits}")
         g = self.group_size
-        if (
-            g is not None
-            and g != PER_COLUMN
-            and (
-                isinstance(g, bool)
-                or not isinstance(g, (int, np.integer))
-                or g <= 0
-                or g % WORD_BITS
-            )
-        ):
+        if g is not None and g != PER_COLUMN and not is_group_size(g):
             raise ValueError(
-                f"BCQConfig: group_size must be a positive multiple of {WORD_BITS}, None or "
-                f"PER_COLUMN (-1), got {g!r}"
+                f"BCQConfig: group_size must be {HALF_WORD_GROUP} or a positive multiple of "
+                f"{WORD_BITS}, None or PER_COLUMN (-1), got {g!r}"
             )
         if g == PER_COLUMN:
             object.__setattr__(self, "group_size", None)
@@ -146,6 +155,12 @@ class BCQConfig:
     def has_offset(self) -> bool:
         """Whether weights quantized with this config carry an offset."""
         return self.method == "rtn" or self.fit_offset
+
+    @property
+    def uniform(self) -> bool:
+        """Whether weights quantized with this config store one scale per group (``alpha:
+        [G, 1, N]``; ``method="rtn"``, see `method`)."""
+        return self.method == "rtn"
 
     def resolve_layout(self, *, partitioned: bool = False) -> str:
         """The concrete sign layout: `layout`, with ``"auto"`` decided by the default backend.

@@ -122,16 +122,20 @@ def layer_config(
     ``init_method`` (``None``: ``config.method``) must be one of `INIT_METHODS`. ``has_offset``
     (`UNSET`: ``config.has_offset``) is the kernel's format; for greedy / alternating it is the
     fit's ``fit_offset``, ``"rtn"`` requires it. The returned config's ``method`` is the fit
-    that init runs (``"zeros"`` runs none).
+    that init runs; ``"zeros"`` runs none and gives the shapes of ``config.method``'s weights
+    (``"rtn"``: uniform scales ``[G, 1, N]``, `BCQConfig.uniform`).
     """
     config = BCQConfig.make(config, **fields)
     method = config.method if init_method is None else init_method
     if method not in INIT_METHODS:
         raise ValueError(f"init_method must be one of {INIT_METHODS}, got {method!r}")
     offset = config.has_offset if has_offset is UNSET else bool(has_offset)
-    if method == "rtn" and not offset:
-        raise ValueError("init_method='rtn' always fits an offset: set has_offset=True")
-    fit = "greedy" if method == "zeros" else method
+    fit = config.method if method == "zeros" else method
+    if fit == "rtn" and not offset:
+        raise ValueError(
+            f"{'method' if method == 'zeros' else 'init_method'}='rtn' always has an offset "
+            "(uniform weights): set has_offset=True"
+        )
     fitted = config.replace(
         method=fit,
         fit_offset=offset and fit != "rtn",
@@ -153,8 +157,9 @@ def init_bcq_weight(
     ``param_dtype``, quantized with ``config`` (from `layer_config`).
 
     ``init_method="zeros"`` skips sampling and quantizing and returns all-zero arrays of the
-    right shapes. The caller lays the result out (`convert_layout`) once it knows whether the
-    layer is partitioned; ``kernel_init`` must return a plain array (the caller unboxes).
+    shapes ``config`` gives (uniform ``alpha [G, 1, N]`` when ``config.uniform``). The caller
+    lays the result out (`convert_layout`) once it knows whether the layer is partitioned;
+    ``kernel_init`` must return a plain array (the caller unboxes).
     """
     k, n = shape
     config = config.replace(alpha_dtype=config.resolve_alpha_dtype(param_dtype), layout="canonical")
@@ -164,7 +169,7 @@ def init_bcq_weight(
     kp = padded_in_features(k, g)
     return BCQWeight(
         bits=jnp.zeros((kp // WORD_BITS, config.bits, n), jnp.uint32),
-        alpha=jnp.zeros((kp // g, config.bits, n), config.alpha_dtype),
+        alpha=jnp.zeros((kp // g, 1 if config.uniform else config.bits, n), config.alpha_dtype),
         offset=jnp.zeros((kp // g, n), config.alpha_dtype) if config.has_offset else None,
         in_features=k,
         out_features=n,
@@ -255,7 +260,7 @@ def variable_value(variable: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class LayerSummary:
-    """One converted layer: its path, dense shape and storage before / after."""
+    """One converted layer: its path, dense shape, format and storage before / after."""
 
     path: str
     in_features: int
@@ -264,6 +269,9 @@ class LayerSummary:
     group_size: int
     bytes_before: int
     bytes_after: int
+    uniform: bool = False
+    bits_per_weight: float = 0.0
+    """Stored bits per weight of the packed kernel (`BCQWeight.bits_per_weight`)."""
 
     @property
     def compression_ratio(self) -> float:
@@ -309,7 +317,7 @@ class ConversionSummary:
         return self.total_bytes_before / self.total_bytes_after if self.total_bytes_after else 1.0
 
     def __str__(self) -> str:
-        rows = [("layer", "K x N", "q", "g", "dense", "packed", "ratio")]
+        rows = [("layer", "K x N", "q", "g", "scales", "dense", "packed", "bits/w", "ratio")]
         for s in self.layers:
             rows.append(
                 (
@@ -317,8 +325,10 @@ class ConversionSummary:
                     f"{s.in_features} x {s.out_features}",
                     str(s.num_bits),
                     str(s.group_size),
+                    "uniform" if s.uniform and s.num_bits > 1 else "planes",
                     format_nbytes(s.bytes_before),
                     format_nbytes(s.bytes_after),
+                    f"{s.bits_per_weight:.2f}",
                     f"{s.compression_ratio:.2f}x",
                 )
             )
@@ -345,6 +355,8 @@ def layer_summary(path: str, dense: jax.Array, packed: BCQWeight) -> LayerSummar
         group_size=packed.group_size,
         bytes_before=array_nbytes(dense),
         bytes_after=packed.nbytes(),
+        uniform=packed.uniform,
+        bits_per_weight=packed.bits_per_weight(),
     )
 
 

@@ -237,6 +237,13 @@ class BCQWeight:
         leaves = [self.bits, self.alpha] + ([self.offset] if self.has_offset else [])
         return sum(array_nbytes(a) for a in leaves)
 
+    def bits_per_weight(self) -> float:
+        """Stored bits per weight of the logical ``[K, N]`` matrix (of every matrix of a
+        stack): ``8 * nbytes / (K * N)``, padding, scales and offsets included. For example
+        q = 4, g = 32 with one float16 scale and offset per group (uniform) is 5.0."""
+        weights = int(np.prod(self.batch_shape)) * self.in_features * self.out_features
+        return 8 * self.nbytes() / weights
+
     def dequantize(self, dtype=jnp.float32) -> jax.Array:
         """Returns the dense ``[K, N]`` weight (``[..., K, N]`` for stacked weights)."""
         return dequantize(self, dtype)
@@ -467,7 +474,8 @@ def dequantize(w: BCQWeight, dtype=jnp.float32) -> jax.Array:
     bits = canonical_bits(w)
     *lead, kw, q, n = bits.shape
     signs = sign_planes(bits).astype(jnp.float32) * 2.0 - 1.0  # [..., Kp/32, 32, q, N]
-    alpha = w.plane_alpha().astype(jnp.float32)  # [..., G, q, N]
+    # Uniform scales expand in float32: exact, and finite for every stored float16 scale.
+    alpha = expand_alpha(w.alpha.astype(jnp.float32), q)  # [..., G, q, N]
     offset = w.offset.astype(jnp.float32) if w.has_offset else None
     if w.group_size < WORD_BITS:
         # Two groups per word: split each word's 32 rows into its halves.

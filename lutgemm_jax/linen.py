@@ -99,9 +99,10 @@ class LutDense(nn.Module):
 
     ``y = lut_gemm(x, kernel) + (x @ lora_a) @ lora_b * scale + bias`` for ``x: [..., K]``,
     ``y: [..., features]``. Params: ``'kernel'`` (a `BCQWeight` for ``[K, features]``: bits
-    ``[Kp/32, q, features]``, alpha ``[Kp/g, q, features]``), ``'bias'`` ``[features]`` (when
-    ``use_bias``), and with ``lora_rank = r > 0`` ``'lora_a'`` ``[K, r]`` and ``'lora_b'``
-    ``[r, features]`` (zero-initialised, so the layer starts out equal to its quantized base).
+    ``[Kp/32, q, features]``, alpha ``[Kp/g, q, features]``, uniform ``[Kp/g, 1, features]`` for
+    ``method="rtn"``), ``'bias'`` ``[features]`` (when ``use_bias``), and with
+    ``lora_rank = r > 0`` ``'lora_a'`` ``[K, r]`` and ``'lora_b'`` ``[r, features]``
+    (zero-initialised, so the layer starts out equal to its quantized base).
     ``scale = lora_alpha / lora_rank`` (1 when ``lora_alpha`` is ``None``).
 
     Attributes:

@@ -44,7 +44,8 @@ def jnp_lowering(x, bits, alpha, offset, **params) -> jax.Array:
 
     Args:
       x: ``[..., K]``; bits ``[Kp/32, q, N]`` in either layout (``params["layout"]``); alpha
-        ``[G, q, N]``; offset ``[G, N]`` or ``[0, N]`` for none.
+        ``[G, q, N]`` or uniform ``[G, 1, N]`` (expanded to plane scales inside the fused
+        dequantization); offset ``[G, N]`` or ``[0, N]`` for none.
       params: `lutgemm_jax.ops.weight_params` (and ``mode``, ignored).
 
     Returns:

@@ -235,7 +235,8 @@ class LutLinear(nnx.Module):
 
     Attributes (after construction):
       kernel: `QuantizedWeight` holding a `BCQWeight` for ``[in_features, out_features]``
-        (bits ``[Kp/32, q, out_features]``, alpha ``[Kp/g, q, out_features]``).
+        (bits ``[Kp/32, q, out_features]``, alpha ``[Kp/g, q, out_features]``, uniform
+        ``[Kp/g, 1, out_features]`` for ``method="rtn"``).
       bias: `nnx.Param` ``[out_features]``, or ``None``.
       lora_a, lora_b: `nnx.Param` ``[in_features, r]`` and ``[r, out_features]`` (``lora_b``
         zero-initialised), or ``None`` when ``lora_rank == 0``.

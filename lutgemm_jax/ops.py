@@ -97,8 +97,9 @@ def _shard_view(w: BCQWeight) -> BCQWeight:
     """The weight of the shard that ``w``'s arrays hold, e.g. inside ``shard_map``.
 
     There the arrays are one device's block ``[K/s, N/t]`` while the static metadata still
-    describes the whole matrix; a K block must be whole groups, and an N block of a ``"cpu"``
-    layout weight whole 32-column blocks. Unsharded weights pass through.
+    describes the whole matrix; a K block must be whole groups and whole sign words (pairs of
+    groups for g = 16), and an N block of a ``"cpu"`` layout weight whole 32-column blocks.
+    Unsharded weights pass through.
     """
     resolve_group_size(w.in_features, w.group_size)  # metadata errors first
     if w.alpha.ndim != 3:  # stacked weights: validate() reports them
@@ -108,10 +109,12 @@ def _shard_view(w: BCQWeight) -> BCQWeight:
         return w
     k = w.in_features
     if groups != w.num_groups:
-        if w.num_groups % groups or w.in_features % w.group_size:
+        per_unit = max(1, WORD_BITS // w.group_size)  # groups per K unit: 2 for g = 16
+        if w.num_groups % groups or groups % per_unit or w.in_features != w.padded_in_features:
             raise ValueError(
-                f"lut_gemm: w.alpha has {groups} groups, not a block of whole groups of the "
-                f"{w.num_groups} groups of K = {w.in_features} (g = {w.group_size})"
+                f"lut_gemm: w.alpha has {groups} groups, not a block of whole groups and whole "
+                f"32-bit sign words of the {w.num_groups} groups of K = {w.in_features} "
+                f"(g = {w.group_size})"
             )
         k = groups * w.group_size
     if 0 < n < w.out_features:  # N split into out_features / n shards
@@ -299,7 +302,8 @@ def _transpose(ct, x, bits, alpha, offset, **params):
 
 
 def _scale_cotangents(x, bits, ct, alpha_aval, offset_aval, params):
-    """Cotangents of alpha ``[G, q, N]`` and offset ``[G, N]`` of ``y = x @ W_hat``."""
+    """Cotangents of alpha ``[G, q, N]`` (uniform: ``[G, 1, N]``) and offset ``[G, N]`` of
+    ``y = x @ W_hat``."""
     k, n, g = params["in_features"], params["out_features"], params["group_size"]
     kp = bits.shape[0] * WORD_BITS
     x2 = jnp.pad(x.reshape(-1, k).astype(jnp.float32), ((0, 0), (0, kp - k)))
@@ -308,6 +312,10 @@ def _scale_cotangents(x, bits, ct, alpha_aval, offset_aval, params):
     outer = jnp.matmul(x2.T, ct2, precision=jax.lax.Precision.HIGHEST).reshape(kp // g, g, n)
     planes = sign_planes(convert_bits(bits, params["layout"], "canonical"))
     signs = planes.reshape(kp // g, g, *bits.shape[1:]).astype(jnp.float32) * 2.0 - 1.0
+    if alpha_aval.shape[-2] != signs.shape[-2]:
+        # Uniform: plane i's scale is alpha * 2^i, so alpha multiplies sum_i 2^i s_i.
+        powers = 2.0 ** jnp.arange(signs.shape[-2], dtype=jnp.float32)
+        signs = jnp.sum(signs * powers[:, None], axis=-2, keepdims=True)
     ct_alpha = jnp.einsum("gkn,gkqn->gqn", outer, signs, precision=jax.lax.Precision.HIGHEST)
     ct_offset = jnp.sum(outer, axis=1)
     if offset_aval.shape[0] == 0:

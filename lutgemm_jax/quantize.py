@@ -1,7 +1,8 @@
 """Quantizers: dense ``W: [K, N]`` -> packed `BCQWeight` (see `lutgemm_jax.format`).
 
 Every method works per group: ``g`` consecutive rows of one output column (``G = Kp / g``
-groups per column, ``Kp`` = K rounded up to a multiple of ``g``) get their own scales, and the
+groups per column, ``Kp`` = K rounded up to a multiple of ``max(g, 32)``; ``g`` is 16 or a
+multiple of 32, see `lutgemm_jax.format`) get their own scales, and the
 result is ``W_hat[k, n] = sum_{i<q} alpha[k // g, i, n] * s_i[k, n] (+ offset[k // g, n])``
 with ``s_i = +-1``.
 
@@ -28,9 +29,11 @@ with ``s_i = +-1``.
         s * (c - z) = sum_i (s * 2^(i-1)) * s_i + (s * (2^q - 1) / 2 - s * z)
 
     so the uniform grid is stored *exactly* as BCQ with ``alpha_i = s * 2^(i-1)``,
-    ``s_i = 2 * bit_i(c) - 1`` and ``offset = s * (2^q - 1) / 2 - s * z`` (= ``lo + s (2^q-1)/2``).
-    The zero point is real-valued (the offset is a float anyway), which is exact for constant
-    groups; an integer zero point would convert by the same identity. RTN always has an offset.
+    ``s_i = 2 * bit_i(c) - 1`` and ``offset = s * (2^q - 1) / 2 - s * z`` (= ``lo + s (2^q-1)/2``),
+    by the conversion of `lutgemm_jax.uniform` (`uniform_scales`), and in its *uniform* form:
+    ``alpha: [G, 1, N] = s / 2``, one scale per group (`lutgemm_jax.format`). The zero point is
+    real-valued (the offset is a float anyway), which is exact for constant groups; an integer
+    zero point would convert by the same identity. RTN always has an offset.
 
 ``fit_offset=True`` (greedy and alternating) subtracts the group mean first and stores it as the
 offset; alternating then re-fits it jointly with ``alpha`` (a column of ones in the least
@@ -39,7 +42,8 @@ squares) and includes it in the codewords.
 Numerics: the fit runs in float32 on each (group, column) scaled by a power of two so that its
 largest magnitude lies in ``[0.5, 1)`` (exact, and safe for 1e30 or 1e-30 weights); rows past
 K are masked out of every mean, least-squares system and error, and get sign bit 0. Scales that
-do not fit the alpha dtype saturate to its largest finite value.
+do not fit the alpha dtype saturate to its largest finite value (a uniform scale to that value
+over ``2^(q-1)``, so that every plane scale ``alpha * 2^i`` stays finite).
 
 The format, method and fit options are the fields of `lutgemm_jax.config.BCQConfig`.
 Work is chunked over output columns by one jitted function per configuration (the last chunk is
@@ -58,6 +62,7 @@ from jax import lax
 
 from lutgemm_jax.config import UNSET, BCQConfig
 from lutgemm_jax.format import BCQWeight, pack_signs, padded_in_features, resolve_group_size
+from lutgemm_jax.uniform import uniform_scales
 
 CLIP_RATIOS = tuple(1.0 - 0.025 * i for i in range(20))
 """Clipping ratios (1.0 down to 0.525) tried per group by RTN with ``clip_search=True``."""
@@ -99,8 +104,9 @@ def quantize(
         weights (peak memory a few hundred MB).
 
     Returns:
-      A `BCQWeight` with bits ``[Kp/32, q, N]``, alpha ``[G, q, N]`` and offset ``[G, N]``
-      (``None`` for greedy/alternating without ``fit_offset``), in the resolved layout.
+      A `BCQWeight` with bits ``[Kp/32, q, N]``, alpha ``[G, q, N]`` (``[G, 1, N]``, uniform,
+      for ``method="rtn"``) and offset ``[G, N]`` (``None`` for greedy/alternating without
+      ``fit_offset``), in the resolved layout.
 
     Raises:
       TypeError / ValueError: naming the argument, for a bad argument or a non-finite ``W``
@@ -132,12 +138,14 @@ def assemble(
     parts: list, k: int, g: int, config: BCQConfig, alpha_dtype: Any, layout: str
 ) -> BCQWeight:
     """The `BCQWeight` of column chunks ``parts``: one ``(bits [Kp/32, q, n_i], alpha
-    [G, q, n_i], offset [G, n_i])`` per chunk, in column order, scales saturated to
-    ``alpha_dtype``, validated and in ``layout``."""
+    [G, p, n_i], offset [G, n_i])`` per chunk (``p`` = 1 for uniform scales, else q), in column
+    order, scales saturated to ``alpha_dtype``, validated and in ``layout``."""
     bits, alpha, offset = (jnp.concatenate(p, axis=-1) for p in zip(*parts, strict=True))
+    # A uniform scale saturates below the largest finite value by its top plane's factor.
+    headroom = 2.0 ** (config.bits - 1) if alpha.shape[-2] == 1 else 1.0
     w = BCQWeight(
         bits=bits,
-        alpha=_saturate(alpha, alpha_dtype),
+        alpha=_saturate(alpha, alpha_dtype, headroom),
         offset=_saturate(offset, alpha_dtype) if config.has_offset else None,
         in_features=k,
         out_features=bits.shape[-1],
@@ -245,7 +253,8 @@ def _quantize_chunk(w, k, *, g, q, method, rounds, fit_offset, clip_search, hist
     """One column chunk. ``w``: float32 ``[Kp, C]``; rows ``>= k`` (an int32 scalar, traced so
     that matrices with the same ``Kp`` share a compilation) are padding.
 
-    Returns ``(bits uint32 [Kp/32, q, C], alpha f32 [G, q, C], offset f32 [G, C])``, or with
+    Returns ``(bits uint32 [Kp/32, q, C], alpha f32 [G, p, C], offset f32 [G, C])`` (``p`` = 1
+    for RTN's uniform scale, else q), or with
     ``history`` the float32 ``[rounds + 1]`` squared error after greedy and each round.
     """
     kp, c = w.shape
@@ -259,7 +268,7 @@ def _quantize_chunk(w, k, *, g, q, method, rounds, fit_offset, clip_search, hist
     )  # fmt: skip
     if history:
         return errs
-    alpha = jnp.stack([a[:, 0, :] for a in alpha], axis=1)  # [G, q, C]
+    alpha = jnp.stack([a[:, 0, :] for a in alpha], axis=1)  # [G, q, C]; RTN: [G, 1, C]
     offset = offset[:, 0, :]  # [G, C]
     # Padded rows get bit 0. The barrier materialises the codes once (XLA would otherwise fuse
     # the whole fit into the packing reduction, ~4x slower); one plane at a time packs fastest.
@@ -274,10 +283,14 @@ def fit_groups(w, valid, count, *, q, method, rounds, fit_offset, clip_search):
 
     Each (group, column) is scaled by an exact power of two so that its largest magnitude lies
     in ``[0.5, 1)``, fitted, and scaled back. Returns ``(alpha, offset, code, errs)``: the
-    ``q`` scales as ``[G, 1, C]`` arrays, the offset ``[G, 1, C]``, the codes int ``[G, g, C]``
+    ``q`` plane scales as ``[G, 1, C]`` arrays (RTN: one, the uniform scale; plane ``i``'s is
+    ``alpha * 2**i``), the offset ``[G, 1, C]``, the codes int ``[G, g, C]``
     (bit ``i`` set: ``s_i = +1``) and, for alternating, the float32 ``[rounds + 1]`` squared error
     after greedy and each round (else ``None``).
     """
+    # With g = 16 a group can hold only padding (K % 32 in 1..16): it fits to all-zero scales,
+    # as a group of zeros would, instead of dividing by its zero row count.
+    count = jnp.maximum(count, 1.0)
     _, exp = jnp.frexp(_group_reduce(jnp.max, jnp.abs(w)))  # [G, 1, C]
     wn = _times_pow2(w, -exp)
     errs = None
@@ -315,8 +328,9 @@ def _pow2(e):
     return lax.bitcast_convert_type((jnp.clip(e, -126, 127) + 127) << 23, jnp.float32)
 
 
-def _saturate(x, dtype):
-    big = float(jnp.finfo(dtype).max)
+def _saturate(x, dtype, headroom=1.0):
+    """``x`` in ``dtype``, clipped to its largest finite magnitude divided by ``headroom``."""
+    big = float(jnp.finfo(dtype).max) / headroom
     return jnp.clip(x, -big, big).astype(dtype)
 
 
@@ -463,11 +477,14 @@ def _nearest_codeword(wn, vmask, q, alpha, offset):
 def _rtn(wn, valid, q, clip_search):
     """Uniform asymmetric RTN of normalised groups, as BCQ (see the module docstring).
 
-    Returns ``(alpha: list of q [G, 1, C], offset [G, 1, C], code uint8 [G, g, C])``.
+    Returns ``(alpha: [the uniform scale [G, 1, C]], offset [G, 1, C], code uint8 [G, g, C])``:
+    plane ``i``'s scale is ``alpha * 2**i``.
     """
     levels = float((1 << q) - 1)
     hi0 = _group_reduce(jnp.max, jnp.where(valid, wn, -jnp.inf))
     lo0 = _group_reduce(jnp.min, jnp.where(valid, wn, jnp.inf))
+    empty = ~jnp.isfinite(hi0)  # a group of padding only (g = 16): the grid of a zero group
+    hi0, lo0 = jnp.where(empty, 0.0, hi0), jnp.where(empty, 0.0, lo0)
 
     def fit(ratio):
         lo, hi = lo0 * ratio, hi0 * ratio
@@ -490,6 +507,5 @@ def _rtn(wn, valid, q, clip_search):
         init = (best, jnp.full(lo0.shape, jnp.inf, jnp.float32))
         (best, _), _ = lax.scan(try_ratio, init, jnp.asarray(CLIP_RATIOS, jnp.float32))
     scale, lo, c = best
-    alpha = [scale * 2.0 ** (i - 1) for i in range(q)]
-    offset = lo + scale * (levels / 2)
-    return alpha, offset, c.astype(jnp.uint8)
+    alpha, offset = uniform_scales(scale, lo, q)
+    return [alpha], offset, c.astype(jnp.uint8)

@@ -7,7 +7,12 @@ the factors of every operand::
     x: [... , (G gk)]   bits: [(G gw), q, n]   alpha: [G, q, n]   offset: [G, n]   ->  y: [..., n]
 
 ``G`` (groups along K) is a reduction factor, ``gk = g`` and ``gw = g / 32``, so a sharding of K
-always hands each device whole quantization groups. Three placements follow, and combine:
+always hands each device whole quantization groups. With ``g = 16`` two groups share a sign
+word, so the unit of K is the word: ``x: [..., (G gk)]`` with ``gk = 32``, ``bits: [G, q, n]``,
+``alpha: [(G gp), q, n]`` and ``offset: [(G gp), n]`` with ``gp = 2`` replicated: a K sharding
+hands each device whole pairs of groups. A uniform ``alpha`` (``[G, 1, n]``, one scale per
+group, `lutgemm_jax.format`) names its plane axis ``p`` instead of ``q`` and splits like any
+alpha. Three placements follow, and combine:
 
 * column-parallel (Megatron's q/k/v/fc1): bits/alpha/offset sharded along N; each device
   computes its columns of y; no collective on the weights.
@@ -65,6 +70,11 @@ def _spec(shape) -> tuple:
     return spec + (None,) * (len(shape.shape) - len(spec))
 
 
+def _k_units(k: int, g: int) -> int:
+    """The pieces K splits into: groups (g >= 32) or sign words, i.e. group pairs (g = 16)."""
+    return padded_in_features(k, g) // max(g, WORD_BITS)
+
+
 def _placement(mesh, arg_shapes, params):
     """Chooses (batch axes, K axes, N axes) from the operands' shardings.
 
@@ -82,19 +92,20 @@ def _placement(mesh, arg_shapes, params):
         None if (b in used or (isinstance(b, tuple) and used & set(b))) else b for b in batch
     )
     if k_axes is not None:
-        if params["in_features"] % params["group_size"]:
+        k, g = params["in_features"], params["group_size"]
+        if k != padded_in_features(k, g):
             raise ValueError(
                 f"lut_gemm: row-parallel sharding over mesh axes {k_axes!r} needs K to be a "
-                f"whole number of groups, got K = {params['in_features']}, "
-                f"g = {params['group_size']}"
+                f"whole number of groups and of 32-bit sign words, got K = {k}, g = {g}"
             )
-        groups = arg_shapes[2].shape[0]
+        units = _k_units(k, g)
         shards = _axis_size(mesh, k_axes)
-        if groups % shards:
+        if units % shards:
+            what = f"{units} groups" if g >= WORD_BITS else f"{units} sign words (group pairs)"
             raise ValueError(
                 f"lut_gemm: row-parallel sharding over mesh axes {k_axes!r} ({shards} shards) "
-                f"would split a quantization group: K = {params['in_features']} has {groups} "
-                f"groups of g = {params['group_size']}; use a mesh axis size dividing {groups}"
+                f"would split a quantization group or sign word: K = {k} has {what} of "
+                f"g = {g}; use a mesh axis size dividing {units}"
             )
     if n_axes is not None:
         check_layout_split(
@@ -144,13 +155,16 @@ def _partial_sum(y, axes):
 
 
 @functools.cache
-def partitioned(kernel, params: tuple[tuple[str, int | str], ...], has_offset: bool):
+def partitioned(
+    kernel, params: tuple[tuple[str, int | str], ...], has_offset: bool, uniform: bool = False
+):
     """Returns ``f(x, bits, alpha[, offset]) -> y``, partitioned by custom_partitioning.
 
     Args:
       kernel: ``kernel(x, bits, alpha, offset, **params) -> y`` for one device's arrays.
       params: the primitive's static parameters as a tuple of (name, value) pairs.
       has_offset: whether an offset operand is passed.
+      uniform: whether alpha is uniform (``[G, 1, N]``) with ``q > 1`` planes.
     """
     params = dict(params)
     g = params["group_size"]
@@ -183,30 +197,44 @@ def partitioned(kernel, params: tuple[tuple[str, int | str], ...], has_offset: b
 
         return mesh, lower, result_sharding, arg_shardings
 
-    # Shardy rejects size-1 factors inside a compound dimension, so single-group weights
-    # (G = 1) and one-word groups (g = 32) spell their K dimensions without them.
-    groups = padded_in_features(params["in_features"], g) // g
-    words = g // WORD_BITS
-    x_k, bits_k, factor_sizes = "(G gk)", "(G gw)", {"gk": g, "gw": words}
-    if words == 1:
-        bits_k, factor_sizes = "G", {"gk": g}
-    if groups == 1:  # one group: K cannot be split
-        bits_k, factor_sizes = "w", {}
-    if params["in_features"] % g or groups == 1:
-        # Padded K: x's K is not a whole number of groups, so K cannot be split.
-        x_k = "k"
-        factor_sizes.pop("gk", None)
-    operands = [f"... {x_k}", f"{bits_k} q n", "G q n"] + (["G n"] if has_offset else [])
-    replicated = tuple(f for f in ("k", "w") if f in (x_k, bits_k))
     call.def_partition(
         partition,
         infer_sharding_from_operands=infer,
-        sharding_rule=", ".join(operands) + " -> ... n",
-        reduction_factors=("G",),
-        need_replication_factors=replicated,
-        **factor_sizes,
+        **_sharding_rule(params["in_features"], g, has_offset, uniform),
     )
     return call
+
+
+def _sharding_rule(k: int, g: int, has_offset: bool, uniform: bool) -> dict:
+    """The Shardy sharding rule of one call (see the module docstring) as `def_partition`
+    keyword arguments.
+
+    K splits into units of ``max(g, 32)`` rows (factor ``G``: a group, or a word of two
+    groups for g = 16). Shardy rejects size-1 factors inside a compound dimension, so one-word
+    units (g = 32) and single-unit weights spell their K dimensions without them; a padded K
+    (not a whole number of units) cannot be split.
+    """
+    unit = max(g, WORD_BITS)
+    units = _k_units(k, g)
+    words, groups = unit // WORD_BITS, unit // g  # per unit
+    x_k = "(G gk)"
+    bits_k = "(G gw)" if words > 1 else "G"
+    alpha_k = "(G gp)" if groups > 1 else "G"
+    sizes = {"gk": unit, "gw": words, "gp": groups}
+    if units == 1:  # one unit: K cannot be split
+        bits_k, alpha_k = "w", "a" if groups > 1 else "G"
+    if k != padded_in_features(k, g) or units == 1:
+        x_k = "k"
+    used = {f for dim in (x_k, bits_k, alpha_k) for f in dim.strip("()").split()}
+    plane = "p" if uniform else "q"
+    operands = [f"... {x_k}", f"{bits_k} q n", f"{alpha_k} {plane} n"]
+    operands += [f"{alpha_k} n"] if has_offset else []
+    return dict(
+        sharding_rule=", ".join(operands) + " -> ... n",
+        reduction_factors=("G",) if "G" in used else (),
+        need_replication_factors=tuple(f for f in ("k", "w", "a", "gp") if f in used),
+        **{name: size for name, size in sizes.items() if name in used},
+    )
 
 
 # ---- lut_gemm_p's lowering ------------------------------------------------------------------
@@ -235,7 +263,8 @@ def _partitioned_lowering(ctx, x, bits, alpha, offset, **params):
         kernel = functools.partial(lut_gemm_kernel_p.bind, **params)
         return mlir.lower_fun(kernel, multiple_results=False)(ctx, x, bits, alpha, offset)
     has_offset = ctx.avals_in[3].shape[0] > 0
-    call = partitioned(lut_gemm_kernel_p.bind, tuple(sorted(params.items())), has_offset)
+    uniform = ctx.avals_in[2].shape[-2] != params["num_bits"]
+    call = partitioned(lut_gemm_kernel_p.bind, tuple(sorted(params.items())), has_offset, uniform)
 
     def fn(x, bits, alpha, offset):
         return call(x, bits, alpha, offset) if has_offset else call(x, bits, alpha)

@@ -30,6 +30,7 @@ from lutgemm_jax.format import (
     WORD_BITS,
     BCQWeight,
     convert_bits,
+    expand_alpha,
     is_float_dtype,
     padded_in_features,
     resolve_group_size,
@@ -52,6 +53,17 @@ def pack_codes(codes: np.ndarray, num_bits: int, padded_k: int) -> np.ndarray:
         plane = np.packbits((rows >> np.uint8(i)) & np.uint8(1), axis=-1, bitorder="little")
         words[:, i, :] = plane.view("<u4").T
     return words
+
+
+def uniform_scales(step: Any, bias: Any, num_bits: int) -> tuple[Any, Any]:
+    """The stored scale and offset of the uniform grid ``W = step * c + bias``, ``c`` in
+    ``[0, 2**num_bits)``: ``(alpha = step / 2, offset = step * (2**q - 1) / 2 + bias)``.
+
+    Plane ``i``'s scale is then ``alpha * 2**i`` (`lutgemm_jax.format.expand_alpha`). Plain
+    arithmetic on numpy or jax arrays of any matching shapes, in their precision (the one rule
+    shared by `from_uniform_codes` and the RTN quantizer).
+    """
+    return step / 2, step * ((2**num_bits - 1) / 2) + bias
 
 
 def _group_rows(name: str, array: Any, groups: int, padded_groups: int, n: int) -> np.ndarray:
@@ -123,10 +135,10 @@ def from_uniform_codes(
     d = _group_rows("scale", scale, groups, padded_groups, n)
     b = np.zeros_like(d) if bias is None else _group_rows("bias", bias, groups, padded_groups, n)
 
-    alpha = (d / 2)[:, None, :]  # [G, 1, N]: plane i's scale is (D/2) * 2**i
+    alpha, offset = uniform_scales(d, b, num_bits)
+    alpha = alpha[:, None, :]  # [G, 1, N]: plane i's scale is (D/2) * 2**i
     if not uniform:
-        alpha = alpha * 2.0 ** np.arange(num_bits)[:, None]
-    offset = d * ((2**num_bits - 1) / 2) + b
+        alpha = expand_alpha(alpha, num_bits)
     bits = convert_bits(pack_codes(codes, num_bits, kp), "canonical", layout)
     np_dtype = jnp.dtype(dtype)
     w = BCQWeight(

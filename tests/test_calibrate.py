@@ -115,10 +115,10 @@ def test_hessian_accumulated_over_batches_equals_concatenation():
 
 
 @pytest.mark.parametrize("q", [1, 2, 3, 4])
-@pytest.mark.parametrize("group_size", [32, 128, None])
+@pytest.mark.parametrize("group_size", [16, 32, 128, None])
 def test_valid_weight_matches_format_and_lut_gemm(q, group_size):
-    """Ragged K (200: not a multiple of 32 or 128), odd N; both code paths of the refit (BCQ
-    with offset, RTN)."""
+    """Ragged K (200: not a multiple of 32 or 128; with g = 16 the last group is all padding),
+    odd N; both code paths of the refit (BCQ with offset, RTN: uniform scales)."""
     rng = np.random.default_rng(q * 7 + (group_size or 0))
     k, n = 200, 37
     x = correlated_inputs(rng, 300, k, spread=1.0)
@@ -128,6 +128,7 @@ def test_valid_weight_matches_format_and_lut_gemm(q, group_size):
     qw = quantize_calibrated(w, x, config, act_order=q % 2 == 0)
     assert qw.shape == (k, n) and qw.num_bits == q
     assert qw.has_offset == config.has_offset
+    assert qw.alpha.shape[1] == (1 if method == "rtn" else q)
     dense = weight_float64(qw)
     assert np.isfinite(dense).all()
     np.testing.assert_allclose(np.asarray(lj.dequantize(qw), np.float64), dense, rtol=0, atol=1e-5)

@@ -3,6 +3,7 @@ interoperability (the safetensors library reads the files; orbax checkpoints BCQ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -91,6 +92,7 @@ def test_header_describes_every_bcq_weight(saved):
         "bfloat16",
     )
     assert entries["params/Dense_0/kernel"]["has_offset"] is False
+    assert not any(e.get("uniform") for e in entries.values())  # per-plane scales: version 1
 
 
 def test_safetensors_library_reads_the_file(saved):
@@ -214,8 +216,8 @@ def rewrite_metadata(path, **changes) -> None:
 
 def test_wrong_version_and_foreign_files(saved, tmp_path):
     path, _ = saved
-    rewrite_metadata(path, format_version="2")
-    with pytest.raises(CheckpointError, match="version 2 is not supported"):
+    rewrite_metadata(path, format_version="3")
+    with pytest.raises(CheckpointError, match=r"version 3 is not supported.*versions 1\.\.2"):
         load(path)
     rewrite_metadata(path, format_version="1", format="something-else")
     with pytest.raises(CheckpointError, match="not a lutgemm_jax checkpoint"):
@@ -319,3 +321,80 @@ def test_orbax_checkpoints_a_bcq_tree(tmp_path):
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
         restored = ckptr.restore(tmp_path / "orbax", abstract)
     assert_trees_identical(restored, tree)
+
+
+# ---- group size 16 and uniform scales (format version 2) ------------------------------------
+
+
+def new_format_tree(seed: int = 3) -> dict:
+    rng = np.random.default_rng(seed)
+    g16, _ = random_weight(rng, 77, 40, 3, group_size=16)
+    uniform, _ = random_weight(rng, 96, 33, 4, group_size=32, uniform=True)
+    both = [random_weight(rng, 48, 64, 2, 16, alpha_dtype=jnp.float16, uniform=True)[0]]
+    both.append(random_weight(rng, 48, 64, 2, 16, alpha_dtype=jnp.float16, uniform=True)[0])
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), *both).to_layout("cpu")
+    return {"g16": g16, "uniform": uniform, "scan": stacked, "bias": jnp.ones(3)}
+
+
+def _entries(path) -> tuple[dict, dict]:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    meta = json.loads(raw[8 : 8 + n])["__metadata__"]
+    tree = json.loads(meta["lutgemm_jax.tree"])
+    return meta, {"/".join(map(str, e["path"])): e for e in tree["entries"]}
+
+
+def test_group_size_16_and_uniform_round_trip_as_version_2(tmp_path):
+    tree = new_format_tree()
+    path = tmp_path / "v2.safetensors"
+    save(path, tree)
+    meta, entries = _entries(path)
+    assert meta["format_version"] == "2"  # version-1 readers refuse it by version
+    assert entries["g16"]["g"] == 16 and entries["g16"]["uniform"] is False
+    assert entries["uniform"]["uniform"] is True and entries["scan"]["uniform"] is True
+    assert_trees_identical(load(path, like=tree), tree)
+    plain = load(path)
+    assert plain["uniform"].alpha.shape == (3, 1, 33) and plain["uniform"].uniform
+    assert plain["scan"].layout == "cpu" and plain["scan"].batch_shape == (2,)
+    assert plain["g16"].group_size == 16 and plain["g16"].alpha.shape == (6, 3, 40)
+    for name in ("g16", "uniform"):
+        np.testing.assert_array_equal(plain[name].dequantize(), tree[name].dequantize())
+
+
+@pytest.mark.parametrize("name", ["g16", "uniform"])
+def test_one_new_format_weight_makes_the_file_version_2(tmp_path, name):
+    path = tmp_path / "one.safetensors"
+    save(path, {"w": new_format_tree()[name], "old": linen_tree()["params"]["Dense_0"]})
+    assert _entries(path)[0]["format_version"] == "2"
+    q1, _ = random_weight(np.random.default_rng(0), 64, 8, 1, 32, uniform=True)
+    save(path, {"q1": q1})  # q = 1: the uniform and per-plane forms are the same array
+    meta, entries = _entries(path)
+    assert meta["format_version"] == "1" and entries["q1"]["uniform"] is False
+    assert_trees_identical(load(path, like={"q1": q1}), {"q1": q1})
+
+
+def test_uniform_and_per_plane_weights_do_not_mix_up(tmp_path):
+    tree = new_format_tree()
+    path = tmp_path / "v2.safetensors"
+    save(path, tree)
+    planes = dict(
+        tree, uniform=dataclasses.replace(tree["uniform"], alpha=tree["uniform"].plane_alpha())
+    )
+    with pytest.raises(
+        CheckpointError, match=r"uniform: checkpoint holds .*uniform=True.*expected .*uniform=False"
+    ):
+        load(path, like=planes)
+    # A header whose uniform flag contradicts alpha's shape is corrupted.
+    _rewrite_entries(path, lambda e: e.update(uniform=False) if e["path"] == ["uniform"] else None)
+    with pytest.raises(
+        CheckpointError,
+        match=r"uniform: alpha has shape \[3, 1, 33\], the header says uniform=False",
+    ):
+        load(path)
+
+
+def test_version_1_files_without_uniform_entries_still_load(saved):
+    """Files written before uniform scales existed have no ``uniform`` entries: per-plane."""
+    path, tree = saved
+    _rewrite_entries(path, lambda e: e.pop("uniform", None))
+    assert_trees_identical(load(path, like=tree), tree)

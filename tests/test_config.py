@@ -20,6 +20,9 @@ def test_defaults():
     assert (c.alpha_dtype, c.layout, c.fit_offset, c.clip_search) == (None, "auto", False, False)
     assert not c.has_offset
     assert BCQConfig(method="rtn").has_offset and BCQConfig(fit_offset=True).has_offset
+    # rtn weights store one scale per group; the other methods one per plane
+    assert BCQConfig(method="rtn").uniform
+    assert not BCQConfig().uniform and not BCQConfig(method="greedy").uniform
     assert METHODS == ("greedy", "alternating", "rtn")
 
 
@@ -30,9 +33,13 @@ def test_defaults():
         (dict(bits=9), ValueError, r"bits must be in 1\.\.8"),
         (dict(bits=3.0), TypeError, "bits must be an int"),
         (dict(bits=True), TypeError, "bits must be an int"),
-        (dict(group_size=48), ValueError, "group_size must be a positive multiple of 32"),
+        (dict(group_size=48), ValueError, "group_size must be 16 or a positive multiple of 32"),
+        (dict(group_size=8), ValueError, "group_size must be 16 or a positive multiple of 32"),
         (dict(group_size=0), ValueError, "group_size"),
         (dict(group_size=-32), ValueError, "group_size"),
+        (dict(group_size=-16), ValueError, "group_size"),
+        (dict(group_size=16.0), ValueError, "group_size"),
+        (dict(group_size=True), ValueError, "group_size"),
         (dict(alpha_dtype=jnp.int8), TypeError, "alpha_dtype must be float32, bfloat16"),
         (dict(alpha_dtype="not a dtype"), TypeError, "alpha_dtype 'not a dtype' is not a dtype"),
         (dict(layout="gpu"), ValueError, r"layout must be one of .*'gpu'"),
@@ -50,6 +57,7 @@ def test_bad_fields_raise_naming_the_field(fields, exc, match):
 def test_values_are_normalised():
     assert BCQConfig(group_size=PER_COLUMN).group_size is None
     assert BCQConfig(group_size=np.int64(64)).group_size == 64
+    assert BCQConfig(group_size=16).group_size == BCQConfig(group_size=np.int32(16)).group_size
     c = BCQConfig(alpha_dtype="bfloat16")
     assert c.alpha_dtype == jnp.dtype(jnp.bfloat16) and isinstance(c.alpha_dtype, np.dtype)
     assert BCQConfig(method="rtn", clip_search=True).clip_search
@@ -140,3 +148,14 @@ def test_one_config_gives_the_same_weight_everywhere():
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
     assert quantize(W, config=config, bits=3).num_bits == 3  # keywords override the config
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_group_size_16_config_quantizes_in_half_word_groups(method):
+    """group_size=16 is a valid config for every method: 16-row groups (two per sign word),
+    rtn with one scale per group."""
+    W = np.random.default_rng(2).normal(size=(80, 24)).astype(np.float32)
+    config = BCQConfig(bits=2, group_size=16, method=method, layout="canonical")
+    w = quantize(W, config=config)
+    assert (w.group_size, w.padded_in_features, w.num_groups) == (16, 96, 6)
+    assert w.alpha.shape == (6, 1 if method == "rtn" else 2, 24) and w.uniform == config.uniform

@@ -110,6 +110,16 @@ def test_layer_config_rules():
     assert (config.method, config.fit_offset) == ("greedy", True)
     config, method = layer_config(None, init_method="zeros", has_offset=UNSET)
     assert method == "zeros" and not config.has_offset
+    # zeros: the shapes of config.method's weights; rtn's are uniform, with an offset
+    config, method = layer_config(BCQConfig(method="rtn"), init_method="zeros", has_offset=UNSET)
+    assert method == "zeros" and config.uniform and config.has_offset
+    w = init_bcq_weight(
+        jax.random.key(0), (40, 24), kernel_init=None, param_dtype=jnp.float32, config=config,
+        init_method=method,
+    )  # fmt: skip
+    assert w.alpha.shape == (1, 1, 24) and w.offset.shape == (1, 24) and w.uniform
+    with pytest.raises(ValueError, match="method='rtn' always has an offset"):
+        layer_config(BCQConfig(method="rtn"), init_method="zeros", has_offset=False)
     with pytest.raises(ValueError, match="init_method must be one of"):
         layer_config(None, init_method="kmeans", has_offset=UNSET)
     with pytest.raises(ValueError, match="has_offset=True"):

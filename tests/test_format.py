@@ -112,3 +112,71 @@ def test_dequantize_matches_float64_and_pack_round_trips():
     assert signs.shape == (w.padded_in_features, 5, 37)
     assert not np.asarray(signs[257:]).any()  # padded rows carry bit 0
     np.testing.assert_array_equal(lj.pack_signs(signs), w.bits)
+
+
+# ---- group size 16 and uniform scales --------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [16, 40, 64, 77, 250])  # K % 32 in 1..16: a group of padding only
+@pytest.mark.parametrize("uniform", [False, True])
+@pytest.mark.parametrize("layout", lj.LAYOUTS)
+def test_group_size_16_and_uniform_dequantize_match_float64(k, uniform, layout):
+    """Two 16-row groups per sign word (bytes 0-1 and 2-3), and uniform scales (plane i scaled by
+    alpha * 2^i): dequantize against the float64 transcription of the format."""
+    rng = np.random.default_rng(k)
+    w, w64 = random_weight(rng, k, 45, 4, 16, True, layout=layout, uniform=uniform)
+    kp = -(-k // 32) * 32
+    assert (w.group_size, w.padded_in_features, w.num_groups) == (16, kp, kp // 16)
+    assert w.alpha.shape == (w.padded_in_features // 16, 1 if uniform else 4, 45)
+    assert w.uniform == uniform
+    # float32: at most 4 plane terms (<= 8 * alpha) and an offset per element
+    np.testing.assert_allclose(np.asarray(lj.dequantize(w), np.float64), w64, rtol=1e-6, atol=1e-6)
+    stacked = jax.tree.map(lambda a: jnp.stack([a, a]), w)
+    np.testing.assert_array_equal(lj.dequantize(stacked)[1], lj.dequantize(w))
+
+
+def test_uniform_is_read_from_alpha_and_expands_exactly():
+    rng = np.random.default_rng(1)
+    w, _ = random_weight(rng, 96, 8, 3, 32, uniform=True, alpha_dtype=jnp.float16)
+    assert w.uniform and w.expected_shapes()["alpha"] == (3, 1, 8)
+    planes = w.plane_alpha()
+    assert planes.shape == (3, 3, 8) and planes.dtype == jnp.float16
+    np.testing.assert_array_equal(
+        np.asarray(planes, np.float64),
+        np.asarray(w.alpha, np.float64) * np.array([1.0, 2.0, 4.0])[:, None],
+    )
+    per_plane = fmt.BCQWeight(w.bits, planes, w.offset, 96, 8, 3, 32)
+    assert not per_plane.uniform
+    np.testing.assert_array_equal(lj.dequantize(per_plane), lj.dequantize(w))
+    # q = 1: both forms are the same array
+    one, _ = random_weight(rng, 96, 8, 1, 32)
+    assert one.uniform and one.plane_alpha() is one.alpha
+
+
+def test_bits_per_weight_counts_signs_scales_offsets_and_padding():
+    rng = np.random.default_rng(2)
+    cases = [
+        # (K, q, g, uniform, alpha dtype, offset): bits per weight
+        ((128, 4, 32, True, jnp.float16, True), 4 + 16 / 32 + 16 / 32),
+        ((128, 4, 32, False, jnp.float16, True), 4 + 4 * 16 / 32 + 16 / 32),
+        ((128, 3, 16, True, jnp.float32, True), 3 + 32 / 16 + 32 / 16),
+        ((128, 3, 128, False, jnp.float32, False), 3 + 3 * 32 / 128),
+        ((48, 2, 16, True, jnp.float16, True), (2 + 16 / 16 + 16 / 16) * 64 / 48),  # Kp = 64
+    ]
+    for (k, q, g, uniform, dtype, offset), want in cases:
+        w, _ = random_weight(rng, k, 24, q, g, offset, dtype, uniform=uniform)
+        assert w.bits_per_weight() == pytest.approx(want), (k, q, g, uniform)
+        stacked = jax.tree.map(lambda a: jnp.stack([a, a, a]), w)
+        assert stacked.bits_per_weight() == pytest.approx(want)
+
+
+def test_group_size_16_metadata_is_validated():
+    rng = np.random.default_rng(3)
+    w, _ = random_weight(rng, 64, 8, 2, 16)  # 4 groups in 2 words
+    w.validate()
+    with pytest.raises(ValueError, match=r"BCQWeight.alpha has shape \(4, 2, 8\).*g=32"):
+        fmt.BCQWeight(w.bits, w.alpha, w.offset, 64, 8, 2, 32).validate()
+    with pytest.raises(ValueError, match="group_size must be 16 or a positive multiple of 32"):
+        fmt.BCQWeight(w.bits, w.alpha, w.offset, 64, 8, 2, 8).validate()
+    with pytest.raises(ValueError, match=r"BCQWeight.alpha has shape \(4, 3, 8\)"):
+        fmt.BCQWeight(w.bits, jnp.zeros((4, 3, 8)), w.offset, 64, 8, 2, 16).validate()

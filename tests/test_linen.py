@@ -103,6 +103,8 @@ def _init(model, shape, seed=0):
         (MLP(), (5, 64), dict(bits=3, group_size=32, rounds=3)),
         (MLP(), (2, 3, 64), dict(bits=4, group_size=64, method="rtn")),
         (Block(), (2, 6, 64), dict(FAST, fit_offset=True)),
+        (MLP(), (3, 64), dict(bits=4, group_size=16, method="rtn")),  # uniform, g = 16
+        (Block(), (2, 3, 64), dict(bits=3, group_size=16, rounds=3)),
     ],
 )
 def test_intercepted_model_matches_dequantized(model, shape, kwargs):
@@ -253,6 +255,37 @@ def test_lutdense_init_options():
         LutDense(16, init_method="rtn").init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="init_method"):
         LutDense(16, init_method="nope").init(jax.random.key(0), x)
+
+
+def test_group_size_16_and_uniform_rtn_layers():
+    """g = 16 with ragged K (72) and rtn's uniform scales: converted params, a zeros-initialised
+    LutDense of the same config (same tree and shapes, for loading), a fitted init, and the
+    summary's bits per weight."""
+    dense = nn.Dense(48)
+    params, x = _init(dense, (2, 5, 72))
+    config = lj.BCQConfig(bits=4, group_size=16, method="rtn")
+    qparams, summary = quantize_params(params, config, return_summary=True)
+    w = qparams["kernel"]
+    assert w.uniform and w.alpha.shape == (6, 1, 48) and w.offset.shape == (6, 48)
+    lut = LutDense(48, config=config, init_method="zeros", mode="exact")
+    init = lut.init(jax.random.key(0), x)["params"]
+    shapes = lambda t: jax.tree.map(jnp.shape, t)  # noqa: E731
+    assert shapes(init) == shapes(qparams)
+    y = lut.apply({"params": qparams}, x)
+    assert rel_err(y, dense.apply({"params": dequantize_params(qparams)}, x)) <= RTOL
+    fitted = LutDense(48, config=config).init(jax.random.key(1), x)["params"]["kernel"]
+    assert fitted.uniform and (fitted.group_size, fitted.num_groups) == (16, 6)
+    per_plane = LutDense(48, group_size=16, init_method="zeros").init(jax.random.key(0), x)
+    assert per_plane["params"]["kernel"].alpha.shape == (6, 3, 48)
+    layer = summary.layers[0]
+    # 4 sign bits, one float32 scale and offset per 16 rows; K padded from 72 to 96
+    assert layer.uniform and layer.bits_per_weight == pytest.approx((4 + 64 / 16) * 96 / 72)
+    assert layer.bits_per_weight == pytest.approx(w.bits_per_weight())
+    assert "uniform" in str(summary) and f"{layer.bits_per_weight:.2f}" in str(summary)
+    with pytest.raises(ValueError, match="method='rtn' always has an offset"):
+        LutDense(48, config=config, init_method="zeros", has_offset=False).init(
+            jax.random.key(0), x
+        )
 
 
 class LoraMLP(nn.Module):

@@ -284,6 +284,29 @@ def test_llama3_frequencies_cover_all_regimes():
     np.testing.assert_allclose(models.llama.inv_frequencies(config), inv, rtol=1e-6)
 
 
+def test_quantize_model_with_group_size_16_and_uniform_rtn(case):
+    """models.quantize_model(group_size=16, method="rtn"): every decoder Linear is a uniform
+    g = 16 weight (hidden 64, intermediate 96: K a multiple of 32), the summary reports its
+    bits per weight, and the model on the packed weights equals the model on their dequantized
+    copies (<= 1e-4 relative: float32 summation order only)."""
+    _, _, _, config, params, _ = case
+    model = models.from_config(config)
+    qparams, summary = models.quantize_model(
+        params, bits=4, group_size=16, method="rtn", alpha_dtype=jnp.float16, return_summary=True
+    )
+    is_bcq = lambda x: isinstance(x, BCQWeight)  # noqa: E731
+    linears = [x for x in jax.tree_util.tree_leaves(qparams, is_leaf=is_bcq) if is_bcq(x)]
+    assert len(linears) == 7 * config.num_hidden_layers
+    assert all(w.uniform and w.group_size == 16 and w.alpha.shape[1] == 1 for w in linears)
+    # 4 sign bits + a float16 scale and offset per 16 weights
+    assert all(s.bits_per_weight == 6.0 for s in summary.layers)
+    ids, mask = models.pad_batch(PROMPTS, 0)
+    got = np.asarray(models.forward(model, qparams, ids, mask))
+    dense = np.asarray(models.forward(model, dequantize_params(qparams), ids, mask))
+    real = mask.astype(bool)
+    assert rel_err(got[real], dense[real]) < REL
+
+
 def test_quantized_model_decodes_through_lut_gemm(case):
     """3-bit g32 BCQ (the default alternating fit): every decoder Linear becomes a BCQWeight
     and runs as the lut_gemm custom call.

@@ -92,6 +92,12 @@ def dequantized_twin(original: nnx.Module, converted: nnx.Module) -> nnx.Module:
     [
         (lambda: MLP(nnx.Rngs(0)), (5, 64), dict(bits=3, group_size=32, rounds=3, mode="exact")),
         (lambda: Block(64, 4, nnx.Rngs(0)), (2, 6, 64), dict(FAST, fit_offset=True, mode="exact")),
+        (
+            lambda: MLP(nnx.Rngs(0)),
+            (3, 64),
+            dict(bits=4, group_size=16, method="rtn", mode="exact"),
+        ),
+        (lambda: Block(64, 4, nnx.Rngs(0)), (2, 3, 64), dict(bits=2, group_size=16, mode="exact")),
     ],
 )
 def test_converted_model_matches_dequantized(make, shape, kwargs):
@@ -149,6 +155,34 @@ def test_lutlinear_init_and_variable_types():
     assert layer(jnp.ones((2, 3, 40))).shape == (2, 3, 24)
     with pytest.raises(ValueError, match="expected"):
         LutLinear(41, 24, kernel=w, rngs=nnx.Rngs(0))
+
+
+def test_group_size_16_and_uniform_rtn_layers():
+    """g = 16 with ragged K (72) and rtn's uniform scales: from_linear, a zeros-initialised
+    LutLinear of the same config takes the converted state (for loading), a fitted init, and
+    quantize_model's summary."""
+    linear = nnx.Linear(72, 40, kernel_init=np_init, rngs=nnx.Rngs(0))
+    config = lj.BCQConfig(bits=4, group_size=16, method="rtn", layout="canonical")
+    lut = LutLinear.from_linear(linear, config, mode="exact")
+    w = lut.kernel.get_value()
+    assert w.uniform and w.alpha.shape == (6, 1, 40) and w.group_size == 16
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 72)), jnp.float32)
+    twin = nnx.Linear(72, 40, rngs=nnx.Rngs(0))
+    twin.kernel = nnx.Param(w.dequantize())
+    twin.bias = nnx.Param(linear.bias[...])
+    assert rel_err(lut(x), twin(x)) <= RTOL
+    empty = LutLinear(72, 40, config=config, init_method="zeros", mode="exact", rngs=nnx.Rngs(1))
+    shapes = lambda m: jax.tree.map(jnp.shape, nnx.to_pure_dict(nnx.state(m)))  # noqa: E731
+    assert shapes(empty) == shapes(lut)
+    nnx.update(empty, nnx.state(lut))
+    np.testing.assert_array_equal(empty(x), lut(x))
+    fitted = LutLinear(72, 40, config=config, rngs=nnx.Rngs(2)).kernel.get_value()
+    assert fitted.uniform and fitted.num_groups == 6
+    model, summary = quantize_model(MLP(nnx.Rngs(0)), config, return_summary=True)
+    assert all(s.uniform and s.group_size == 16 for s in summary.layers)
+    # 4 sign bits + a float32 scale and offset per 16 rows: 8 bits per weight (K = 64, 96)
+    assert [s.bits_per_weight for s in summary.layers] == [8.0, 8.0, 8.0]
+    assert isinstance(model.head, LutLinear)
 
 
 def test_from_linear_keeps_bias_dtype_and_output():

@@ -307,7 +307,7 @@ def weights(draw):
 @given(
     W=weights(),
     bits=st.integers(1, 8),
-    g=st.sampled_from([32, 64, 128, None]),
+    g=st.sampled_from([16, 32, 64, 128, None]),
     method=st.sampled_from(["greedy", "alternating", "rtn"]),
     fit_offset=st.booleans(),
     alpha_dtype=st.sampled_from(list(DTYPES)),

@@ -1,8 +1,11 @@
-"""Tests for lutgemm_jax.quantize: error ordering, exact RTN -> BCQ, padding, degenerate inputs."""
+"""Tests for lutgemm_jax.quantize: error ordering, exact RTN -> BCQ (stored uniform), padding,
+group size 16, degenerate inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,7 @@ import pytest
 from lutgemm_jax.config import METHODS
 from lutgemm_jax.format import PER_COLUMN, pack_signs, unpack_signs
 from lutgemm_jax.quantize import quantize
+from lutgemm_jax.testing import weight_float64
 
 Q = sys.modules["lutgemm_jax.quantize"]  # the module (lutgemm_jax.quantize is the function)
 
@@ -35,12 +39,14 @@ def _rel(W, w):
 def _rtn_reference(W, q, g):
     """float64 numpy RTN: returns (codes [K, N], scale [G, N], lo [G, N], t = (w - lo) / s)."""
     k, n = W.shape
-    kp = -(-k // g) * g
+    kp = -(-k // max(g, 32)) * max(g, 32)
     groups = kp // g
     w = np.full((kp, n), np.nan)
     w[:k] = W
     w = w.reshape(groups, g, n)
-    lo, hi = np.nanmin(w, axis=1), np.nanmax(w, axis=1)
+    with warnings.catch_warnings():  # g = 16: a group of padding only has NaN scales here
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanmin(w, axis=1), np.nanmax(w, axis=1)
     scale = (hi - lo) / (2**q - 1)
     t = (w - lo[:, None]) / np.where(scale > 0, scale, 1.0)[:, None]
     codes = np.clip(np.round(t), 0, 2**q - 1)
@@ -89,16 +95,20 @@ def test_greedy_matches_definition():
         r = r - a[:, None] * s
 
 
-@pytest.mark.parametrize("q,g,k", [(1, 32, 96), (3, 64, 200), (4, None, 77), (8, 32, 64)])
+@pytest.mark.parametrize(
+    "q,g,k", [(1, 32, 96), (3, 64, 200), (4, None, 77), (8, 32, 64), (3, 16, 77), (4, 16, 40)]
+)
 def test_rtn_to_bcq_is_exact(q, g, k):
     W = _gauss(k, seed=q) * 3 + 1
     w = quantize(W, q, g, "rtn", layout="canonical")  # unpacks canonical bits
     assert w.has_offset
     codes, scale, lo, t = _rtn_reference(np.float64(W), q, w.group_size)
-    # alpha_i = s * 2^(i-1) exactly (powers of two times one scale)
-    alpha = np.asarray(w.alpha, np.float64)
+    # Uniform: one stored scale s / 2 per group; plane i's scale is s * 2^(i-1) exactly.
+    assert w.uniform and w.alpha.shape == (w.num_groups, 1, W.shape[1])
+    alpha = np.asarray(w.plane_alpha(), np.float64)
     np.testing.assert_array_equal(alpha, alpha[:, :1] * 2.0 ** np.arange(q)[:, None])
-    np.testing.assert_allclose(2 * alpha[:, 0], scale, rtol=2e-6)
+    real = -(-k // w.group_size)  # groups holding real rows (g = 16: the last may not)
+    np.testing.assert_allclose(2 * alpha[:real, 0], scale[:real], rtol=2e-6)
     # bits are the binary digits of the uniform code c
     signs = np.asarray(unpack_signs(w.bits))[:k]
     got_codes = np.sum(signs * (2 ** np.arange(q))[:, None], axis=1)
@@ -107,7 +117,7 @@ def test_rtn_to_bcq_is_exact(q, g, k):
     np.testing.assert_array_equal(got_codes[~near_tie], codes[~near_tie])
     # dequantize(BCQ) == s * (c - z) == s * c + lo, to float32 rounding
     group = np.arange(k) // w.group_size
-    uniform = np.asarray(w.alpha, np.float64)[group, 0] * 2 * got_codes + lo[group]
+    uniform = alpha[group, 0] * 2 * got_codes + lo[group]
     span = (scale * (2**q - 1))[group]
     np.testing.assert_allclose(
         np.asarray(w.dequantize(), np.float64), uniform, atol=1e-6 * span.max()
@@ -128,8 +138,8 @@ def test_error_falls_with_bits_and_smaller_groups(method):
     W = _gauss(seed=11)
     by_bits = [_rel(W, quantize(W, q, G, method)) for q in (2, 3, 4)]
     assert by_bits[0] > by_bits[1] > by_bits[2]
-    by_group = [_rel(W, quantize(W, 3, g, method)) for g in (None, G, 32)]
-    assert by_group[0] > by_group[1] > by_group[2]
+    by_group = [_rel(W, quantize(W, 3, g, method)) for g in (None, G, 32, 16)]
+    assert by_group[0] > by_group[1] > by_group[2] > by_group[3]
 
 
 def test_per_column_groups():
@@ -142,7 +152,16 @@ def test_per_column_groups():
 
 @pytest.mark.parametrize(
     "method,k,g",
-    [("greedy", 100, 64), ("alternating", 100, 64), ("rtn", 100, 64), ("alternating", 33, None)],
+    [
+        ("greedy", 100, 64),
+        ("alternating", 100, 64),
+        ("rtn", 100, 64),
+        ("alternating", 33, None),
+        ("greedy", 77, 16),
+        ("alternating", 77, 16),
+        ("rtn", 50, 16),
+        ("alternating", 40, 16),  # the last word's second group is all padding
+    ],
 )
 def test_ragged_k_padding_is_ignored(method, k, g):
     W = _gauss(k, 9, seed=k)
@@ -160,7 +179,11 @@ def test_ragged_k_padding_is_ignored(method, k, g):
     # The partial last group is fitted from its real rows only.
     last = (k - 1) // w.group_size * w.group_size
     tail = quantize(W[last:], 3, w.group_size, method, fit_offset=method != "rtn")
-    np.testing.assert_allclose(w.alpha[-1], tail.alpha[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(w.alpha[last // w.group_size], tail.alpha[0], rtol=1e-6, atol=1e-7)
+    # A group of padding only (g = 16, K % 32 in 1..16) has zero scales and offset.
+    empty = slice(last // w.group_size + 1, None)
+    assert not np.asarray(w.alpha[empty]).any()
+    assert not w.has_offset or not np.asarray(w.offset[empty]).any()
     np.testing.assert_array_equal(np.asarray(w.dequantize())[last:], np.asarray(tail.dequantize()))
 
 
@@ -258,7 +281,7 @@ def test_float64_beyond_float32_range_rejected():
         (dict(bits=0), ValueError, "bits must be in 1..8"),
         (dict(bits=9), ValueError, "bits must be in 1..8"),
         (dict(bits=2.0), TypeError, "bits must be an int"),
-        (dict(group_size=48), ValueError, "group_size must be a positive multiple of 32"),
+        (dict(group_size=48), ValueError, "group_size must be 16 or a positive multiple of 32"),
         (dict(group_size=0), ValueError, "group_size"),
         (dict(method="kmeans"), ValueError, "method must be one of"),
         (dict(rounds=-1), ValueError, "rounds"),
@@ -291,3 +314,83 @@ def test_alpha_dtype_is_honoured(alpha_dtype):
         assert w.alpha.dtype == w.offset.dtype == jnp.dtype(alpha_dtype)
         np.testing.assert_array_equal(w.bits, ref.bits)
         np.testing.assert_allclose(np.float32(w.alpha), ref.alpha, rtol=1e-2)
+
+
+# ---- group size 16 and uniform scales --------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", [16, 48, 77])
+def test_group_size_16_fits_every_group_alone(method, k):
+    """g = 16 (two groups per sign word), ragged K: the weight is the format's (dequantize equals
+    the float64 reading of the packed arrays), padded bits are 0, and each 16-row group is the
+    fit of those 16 rows quantized alone."""
+    W = _gauss(k, 20, seed=k + len(method))
+    w = quantize(W, 3, 16, method, layout="canonical")
+    assert (w.group_size, w.padded_in_features) == (16, -(-k // 32) * 32)
+    assert w.alpha.shape == (w.padded_in_features // 16, 1 if method == "rtn" else 3, 20)
+    np.testing.assert_allclose(np.asarray(w.dequantize(), np.float64), weight_float64(w),
+                               rtol=0, atol=1e-6)  # fmt: skip
+    assert np.asarray(unpack_signs(w.bits))[k:].sum() == 0
+    dense = np.asarray(w.dequantize())
+    for start in range(0, k, 16):
+        alone = quantize(W[start : start + 16], 3, 16, method, layout="canonical")
+        np.testing.assert_allclose(w.alpha[start // 16], alone.alpha[0], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(dense[start : start + 16], np.asarray(alone.dequantize()),
+                                   rtol=1e-6, atol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("alpha_dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("g", [16, 64])
+def test_rtn_uniform_scales_hold_the_per_plane_weight_exactly(alpha_dtype, g):
+    """The uniform form loses nothing against storing the q plane scales s * 2^(i-1): expanded
+    in the storage dtype the plane scales are exact (powers of two times the stored scale), and
+    the per-plane twin of the weight dequantizes bit for bit the same."""
+    W = _gauss(seed=21) * 0.05 + 0.01
+    w = quantize(W, 4, g, "rtn", alpha_dtype=alpha_dtype, layout="canonical")
+    assert w.uniform and w.alpha.dtype == jnp.dtype(alpha_dtype)
+    planes = w.plane_alpha()
+    assert planes.dtype == w.alpha.dtype and planes.shape == (K // g, 4, N)
+    np.testing.assert_array_equal(
+        np.asarray(planes, np.float64),
+        np.asarray(w.alpha, np.float64) * 2.0 ** np.arange(4)[:, None],
+    )
+    twin = dataclasses.replace(w, alpha=planes)
+    assert not twin.uniform
+    np.testing.assert_array_equal(np.asarray(twin.dequantize()), np.asarray(w.dequantize()))
+    np.testing.assert_array_equal(weight_float64(twin), weight_float64(w))
+    # 4 sign bits + one scale and one offset per group: 4 + 2 * 16 / g for 16-bit scales
+    bits = 8 * jnp.dtype(alpha_dtype).itemsize
+    assert w.bits_per_weight() == 4 + 2 * bits / g
+    assert twin.bits_per_weight() == 4 + 5 * bits / g
+
+
+def test_uniform_scale_saturates_with_headroom_for_every_plane():
+    """float16 scales of weights beyond float16's range saturate so that the largest plane
+    scale alpha * 2^(q-1) is still finite."""
+    W = _gauss(seed=22) * 1e6
+    w = quantize(W, 4, G, "rtn", alpha_dtype=jnp.float16)
+    assert np.isfinite(np.asarray(w.plane_alpha(), np.float32)).all()
+    assert np.isfinite(np.asarray(w.dequantize())).all()
+    assert float(np.max(np.abs(np.asarray(w.alpha, np.float32)))) <= 65504 / 8
+
+
+def test_rtn_uses_the_uniform_conversion_of_integer_codes():
+    """RTN's weight is the one `from_uniform_codes` builds from its codes, step and minimum (the
+    same conversion rule), up to float32 rounding of the step."""
+    from lutgemm_jax.uniform import from_uniform_codes
+
+    W = _gauss(100, 12, seed=23)
+    w = quantize(W, 3, 16, "rtn", layout="canonical")
+    codes, scale, lo, t = _rtn_reference(np.float64(W), 3, 16)
+    near_tie = np.abs(t - np.floor(t) - 0.5) < 1e-4
+    real = -(-100 // 16)  # the reference's eighth group holds only padding (NaN scale)
+    ref = from_uniform_codes(
+        codes.astype(np.int32), scale[:real], lo[:real], num_bits=3, group_size=16
+    )
+    assert ref.alpha.shape == w.alpha.shape and ref.uniform
+    np.testing.assert_allclose(w.alpha, ref.alpha, rtol=2e-6)
+    np.testing.assert_allclose(w.offset, ref.offset, rtol=2e-6, atol=2e-6)
+    rows = ~near_tie.any(axis=1)
+    got, want = (np.asarray(v.dequantize())[rows] for v in (w, ref))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

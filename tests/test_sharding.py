@@ -18,6 +18,13 @@ from lutgemm_jax.testing import random_weight, reference, rel_err
 
 K, N, Q, G = 512, 96, 3, 64  # 8 groups along K; N and the groups split over 2, 4 and 8 devices
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+# (g, uniform scales): g = 16 has 32 groups in 16 sign words along K, split in whole words.
+FORMATS = {
+    "g64": (G, False),
+    "g16": (16, False),
+    "g64-uniform": (G, True),
+    "g16-uniform": (16, True),
+}
 
 
 def _weight_sharding(mesh, k_axis, n_axis, w):
@@ -26,7 +33,7 @@ def _weight_sharding(mesh, k_axis, n_axis, w):
     return jax.tree.map(
         lambda a, name: jax.device_put(a, NamedSharding(mesh, spec[name])),
         w,
-        lj.BCQWeight("bits", "alpha", "offset", K, N, Q, G),
+        dataclasses.replace(w, bits="bits", alpha="alpha", offset="offset"),
     )
 
 
@@ -38,9 +45,10 @@ PLACEMENTS = {
 }
 
 
-def _setup(devices, placement, seed=0):
+def _setup(devices, placement, seed=0, form="g64"):
     rng = np.random.default_rng(seed)
-    w, w64 = random_weight(rng, K, N, Q, G, True)
+    g, uniform = FORMATS[form]
+    w, w64 = random_weight(rng, K, N, Q, g, True, uniform=uniform)
     x = jnp.asarray(rng.normal(size=(8, K)), jnp.float32)
     mesh = jax.make_mesh((devices,), ("x",), devices=jax.devices()[:devices])
     x_spec, k_axis, n_axis, out_spec = PLACEMENTS[placement]
@@ -53,10 +61,11 @@ def _collectives(hlo: str) -> dict[str, int]:
     return {c: len(re.findall(rf"= \S+ {c}(-start)?\(", hlo)) for c in COLLECTIVES}
 
 
+@pytest.mark.parametrize("form", list(FORMATS))
 @pytest.mark.parametrize("devices", [2, 4, 8])
 @pytest.mark.parametrize("placement", list(PLACEMENTS))
-def test_sharded_matches_single_device(devices, placement):
-    mesh, x, w, w64, xs, ws, out_sharding = _setup(devices, placement)
+def test_sharded_matches_single_device(devices, placement, form):
+    mesh, x, w, w64, xs, ws, out_sharding = _setup(devices, placement, form=form)
     f = jax.jit(lj.lut_gemm, out_shardings=out_sharding)
     y = f(xs, ws)
     assert rel_err(y, reference(x, w64)) <= 1e-5
@@ -68,9 +77,10 @@ def test_sharded_matches_single_device(devices, placement):
     assert found == expected, found
 
 
+@pytest.mark.parametrize("form", list(FORMATS))
 @pytest.mark.parametrize("placement", list(PLACEMENTS))
-def test_sharded_grad_matches_single_device(placement):
-    mesh, x, w, _, xs, ws, _ = _setup(4, placement, seed=1)
+def test_sharded_grad_matches_single_device(placement, form):
+    mesh, x, w, _, xs, ws, _ = _setup(4, placement, seed=1, form=form)
     c = jnp.asarray(np.random.default_rng(2).normal(size=(8, N)), jnp.float32)
 
     def loss(x, w):
@@ -133,12 +143,13 @@ def test_row_parallel_reduction_is_a_plain_add_under_explicit_set_mesh():
     assert rel_err(y, reference(x, w64)) <= 1e-5
 
 
+@pytest.mark.parametrize("form", ["g64", "g16-uniform"])
 @pytest.mark.parametrize("has_offset", [True, False])
 @pytest.mark.parametrize("placement", list(PLACEMENTS))
-def test_explicit_mesh_scale_gradient(placement, has_offset):
+def test_explicit_mesh_scale_gradient(placement, has_offset, form):
     # jit grad w.r.t. alpha alone (offset held constant, or absent: an empty array built inside
     # lut_gemm) on an explicit mesh: alpha's type and the single-device values.
-    mesh, x, w, _, xs, ws, _ = _setup(4, placement, seed=7)
+    mesh, x, w, _, xs, ws, _ = _setup(4, placement, seed=7, form=form)
     if not has_offset:
         w, ws = (dataclasses.replace(v, offset=None) for v in (w, ws))
 
@@ -181,12 +192,43 @@ def test_row_parallel_rejects_split_groups():
         jax.jit(lj.lut_gemm)(xs, ws)
 
 
+@pytest.mark.parametrize("k,devices", [(96, 2), (320, 4)])
+def test_row_parallel_rejects_split_sign_words_of_group_size_16(k, devices):
+    """g = 16: K splits into whole sign words (pairs of groups). K = 96 has 6 groups in 3 words:
+    the scales split evenly over 2 devices, but that is 1.5 words each."""
+    rng = np.random.default_rng(14)
+    w, _ = random_weight(rng, k, 16, 2, 16, True, uniform=True)
+    mesh = _mesh(devices)
+    ws = dataclasses.replace(
+        w,
+        alpha=jax.device_put(w.alpha, NamedSharding(mesh, P("x"))),
+        offset=jax.device_put(w.offset, NamedSharding(mesh, P("x"))),
+    )
+    with pytest.raises(Exception, match=r"would split a quantization group or sign word.*words"):
+        jax.jit(lj.lut_gemm)(jnp.ones((2, k)), ws)
+
+
+@pytest.mark.parametrize("k,words", [(80, 3), (48, 2)])
+def test_group_size_16_with_padded_k_shards_along_n_only(k, words):
+    """K not a multiple of 32 (with K = 48, g = 16 the last group is all padding): N splits,
+    K cannot (x's K is not a whole number of sign words), even over as many devices as words."""
+    rng = np.random.default_rng(15)
+    w, w64 = random_weight(rng, k, 64, 3, 16, True, uniform=True)
+    x = jnp.asarray(rng.normal(size=(4, k)), jnp.float32)
+    mesh = _mesh(4)
+    f = jax.jit(lj.lut_gemm, out_shardings=NamedSharding(mesh, P(None, "x")))
+    assert rel_err(f(x, _place(w, mesh, None, "x")), reference(x, w64)) <= 1e-5
+    with pytest.raises(Exception, match="needs K to be a whole number of groups and of 32-bit"):
+        jax.jit(lj.lut_gemm)(x, _place(w, _mesh(words), "x", None))
+
+
+@pytest.mark.parametrize("form", list(FORMATS))
 @pytest.mark.parametrize("placement", ["column", "row"])
-def test_shard_map_forward_and_grad(placement):
-    mesh, x, w, w64, xs, ws, _ = _setup(4, placement, seed=5)
+def test_shard_map_forward_and_grad(placement, form):
+    mesh, x, w, w64, xs, ws, _ = _setup(4, placement, seed=5, form=form)
     x_spec, k_axis, n_axis, out_spec = PLACEMENTS[placement]
-    w_specs = lj.BCQWeight(
-        P(k_axis, None, n_axis), P(k_axis, None, n_axis), P(k_axis, n_axis), K, N, Q, G
+    w_specs = dataclasses.replace(
+        w, bits=P(k_axis, None, n_axis), alpha=P(k_axis, None, n_axis), offset=P(k_axis, n_axis)
     )
 
     @partial(jax.shard_map, mesh=mesh, in_specs=(x_spec, w_specs), out_specs=out_spec)
@@ -201,12 +243,17 @@ def test_shard_map_forward_and_grad(placement):
     assert rel_err(got, want) <= 1e-5
 
 
-@pytest.mark.parametrize("k,g", [(512, 32), (200, None), (100, 128), (100, 32)])
+@pytest.mark.parametrize(
+    "k,g,uniform",
+    [(512, 32, False), (200, None, False), (100, 128, False), (100, 32, False), (32, 16, False),
+     (20, 16, True), (100, 16, True), (200, None, True)],
+)  # fmt: skip
 @pytest.mark.parametrize("placement", ["column", "data"])
-def test_sharded_one_word_and_single_group_weights(k, g, placement):
-    """g = 32 (one word per group) and a single group along K (per-column, or K <= g)."""
+def test_sharded_one_word_and_single_group_weights(k, g, uniform, placement):
+    """g = 32 (one word per group), a single group along K (per-column, or K <= g), and a
+    single word of two 16-row groups (K <= 32, g = 16)."""
     rng = np.random.default_rng(7)
-    w, w64 = random_weight(rng, k, N, Q, g, True)
+    w, w64 = random_weight(rng, k, N, Q, g, True, uniform=uniform)
     x = jnp.asarray(rng.normal(size=(8, k)), jnp.float32)
     mesh = jax.make_mesh((4,), ("x",), devices=jax.devices()[:4])
     x_spec, _, n_axis, out_spec = PLACEMENTS[placement]
@@ -218,9 +265,10 @@ def test_sharded_one_word_and_single_group_weights(k, g, placement):
     assert rel_err(y, reference(x, w64)) <= 1e-5
 
 
-def test_row_parallel_with_one_word_groups():
+@pytest.mark.parametrize("g", [32, 16])
+def test_row_parallel_with_one_word_groups(g):
     rng = np.random.default_rng(8)
-    w, w64 = random_weight(rng, 256, N, Q, 32, True)  # 8 groups of one word each
+    w, w64 = random_weight(rng, 256, N, Q, g, True)  # 8 words: one group each, or two of 16
     x = jnp.asarray(rng.normal(size=(8, 256)), jnp.float32)
     mesh = jax.make_mesh((4,), ("x",), devices=jax.devices()[:4])
     xs = jax.device_put(x, NamedSharding(mesh, P(None, "x")))

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -30,12 +31,13 @@ def test_packed_specs_map_k_and_n_axes():
     assert "offset" not in packed_specs(P(None, "model"), has_offset=False)
 
 
-def test_lut_dense_with_partitioning_boxes_each_packed_array():
+@pytest.mark.parametrize("g", [64, 16])
+def test_lut_dense_with_partitioning_boxes_each_packed_array(g):
     layer = lj.linen.LutDense(
         N,
         kernel_init=nn.with_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp")),
         bits=2,
-        group_size=64,
+        group_size=g,
         has_offset=True,
         init_method="rtn",
     )
@@ -46,6 +48,7 @@ def test_lut_dense_with_partitioning_boxes_each_packed_array():
     assert kernel.bits.names == ("embed", None, "mlp")
     assert kernel.alpha.names == ("embed", None, "mlp")
     assert kernel.offset.names == ("embed", "mlp")
+    assert kernel.alpha.value.shape == (K // g, 1, N)  # rtn: uniform scales, boxed alike
     specs = nn.get_partition_spec(params)["kernel"]
     assert specs.bits == P("embed", None, "mlp") and specs.offset == P("embed", "mlp")
     y = layer.apply({"params": params}, x, mutable=False)
@@ -71,14 +74,15 @@ def test_quantize_params_keeps_partitioning_boxes():
     )
 
 
-def test_linen_converter_keeps_device_sharding():
+@pytest.mark.parametrize("method,g", [("greedy", 64), ("rtn", 16)])
+def test_linen_converter_keeps_device_sharding(method, g):
     mesh = _mesh()
     model = nn.Dense(N)
     params = model.init(jax.random.key(2), jnp.ones((1, K)))["params"]
     sharded = dict(
         params, kernel=jax.device_put(params["kernel"], NamedSharding(mesh, P(None, "model")))
     )
-    qparams = lj.linen.quantize_params(sharded, bits=3, group_size=64, method="greedy")
+    qparams = lj.linen.quantize_params(sharded, bits=3, group_size=g, method=method)
     kernel = qparams["kernel"]
     assert kernel.bits.sharding.is_equivalent_to(NamedSharding(mesh, P(None, None, "model")), 3)
     assert kernel.alpha.sharding.is_equivalent_to(NamedSharding(mesh, P(None, None, "model")), 3)
@@ -91,13 +95,15 @@ def test_linen_converter_keeps_device_sharding():
     np.testing.assert_allclose(y, x @ lj.dequantize(kernel) + params["bias"], rtol=1e-5, atol=1e-5)
 
 
-def test_nnx_converter_keeps_device_sharding():
+@pytest.mark.parametrize("method,g", [("greedy", 64), ("rtn", 16)])
+def test_nnx_converter_keeps_device_sharding(method, g):
+    """Row-parallel: K over 4 devices; g = 16 gets 2 of its 8 sign words (4 groups) each."""
     mesh = _mesh()
     linear = nnx.Linear(K, N, rngs=nnx.Rngs(0))
     linear.kernel.set_value(
         jax.device_put(linear.kernel.get_value(), NamedSharding(mesh, P("model", None)))
     )
-    layer = lj.nnx.LutLinear.from_linear(linear, bits=2, group_size=64, method="greedy")
+    layer = lj.nnx.LutLinear.from_linear(linear, bits=2, group_size=g, method=method)
     packed = layer.kernel.get_value()
     assert packed.bits.sharding.is_equivalent_to(NamedSharding(mesh, P("model", None, None)), 3)
     assert packed.alpha.sharding.is_equivalent_to(NamedSharding(mesh, P("model", None, None)), 3)

@@ -25,14 +25,15 @@ def _init(names):
     return nnx.with_partitioning(nnx.initializers.lecun_normal(), names)
 
 
-def _layer(names, *, bits=2, seed=0, **kwargs):
-    """A LutLinear [K, N] with an offset whose dense kernel is annotated with ``names``."""
+def _layer(names, *, bits=2, seed=0, group_size=G, **kwargs):
+    """A LutLinear [K, N] with uniform scales (rtn) and an offset whose dense kernel is annotated
+    with ``names``."""
     return LutLinear(
         K,
         N,
         kernel_init=_init(names),
         bits=bits,
-        group_size=G,
+        group_size=group_size,
         has_offset=True,
         init_method="rtn",
         rngs=nnx.Rngs(seed),
@@ -159,16 +160,17 @@ def test_kernel_metadata_argument_and_unannotated_layer():
     assert packed.bits == P(None, None, None) and packed.offset == P(None, None)
 
 
+@pytest.mark.parametrize("g", [G, 16])  # g = 16: 8 sign words of two groups along K
 @pytest.mark.parametrize("size", [2, 4])
 @pytest.mark.parametrize("layout", ["column", "row"])
-def test_sharded_init_recipe(layout, size):
+def test_sharded_init_recipe(layout, size, g):
     """The nnx recipe: nnx.jit + get_partition_spec + with_sharding_constraint + nnx.update."""
     names = LAYOUTS[layout]
 
     @nnx.jit
     def create():
         with nnx.use_eager_sharding(False):  # the recipe shards; no eager sharding
-            m = _layer(names, bits=3, seed=1)
+            m = _layer(names, bits=3, seed=1, group_size=g)
         state = nnx.state(m)
         pspecs = nnx.get_partition_spec(state)
         state = jax.lax.with_sharding_constraint(state, pspecs)
@@ -179,6 +181,7 @@ def test_sharded_init_recipe(layout, size):
     x = _x()
     with jax.set_mesh(mesh):
         model = create()
+        assert model.kernel.get_value().alpha.shape == (K // g, 1, N)
         _assert_packed_sharding(model.kernel.get_value(), names, size)
         hlo = nnx.jit(lambda m, x: m(x)).lower(model, x).compile().as_text()
     _assert_same_output_as_unsharded(model, x, mesh)
@@ -186,14 +189,15 @@ def test_sharded_init_recipe(layout, size):
     assert ("all-reduce" in hlo) == (layout == "row")  # row-parallel: one psum
 
 
+@pytest.mark.parametrize("g", [G, 16])
 @pytest.mark.parametrize("layout", ["column", "row"])
-def test_eager_sharding_under_set_mesh(layout):
+def test_eager_sharding_under_set_mesh(layout, g):
     """flax >= 0.12 eager sharding: creating the layer under jax.set_mesh places it (the default
     jax.make_mesh axes, explicit in this JAX)."""
     names = LAYOUTS[layout]
     mesh = jax.make_mesh((4,), ("model",), devices=jax.devices()[:4])
     with jax.set_mesh(mesh):
-        model = _layer(names, seed=2, lora_rank=2)
+        model = _layer(names, seed=2, lora_rank=2, group_size=g)
         _assert_packed_sharding(model.kernel.get_value(), names, 4)
         k, n = names
         assert _spec(model.lora_a.get_value()) == (k, None)

@@ -33,7 +33,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lutgemm_jax.format import BCQWeight
+from lutgemm_jax.format import WORD_BITS, BCQWeight
 from lutgemm_jax.sharding import packed_specs
 
 _DEVICE_HINT = (
@@ -98,12 +98,15 @@ def _check_divisible(path: str, kernel, spec: P, tp_size: int) -> None:
     k_sharded = spec[0] is not None
     if isinstance(kernel, BCQWeight):
         if k_sharded:
-            groups = kernel.num_groups
-            if kernel.in_features % kernel.group_size or groups % tp_size:
+            # K splits into whole groups and whole sign words (pairs of groups for g = 16).
+            g = kernel.group_size
+            units = kernel.padded_in_features // max(g, WORD_BITS)
+            if kernel.in_features != kernel.padded_in_features or units % tp_size:
                 raise ValueError(
                     f"{path}: row-parallel over tp={tp_size} needs the quantization groups along "
-                    f"K to split evenly, but K = {kernel.in_features} has {groups} groups of "
-                    f"g = {kernel.group_size}; choose a group size with (K / g) % {tp_size} == 0"
+                    f"K to split evenly, but K = {kernel.in_features} has {kernel.num_groups} "
+                    f"groups of g = {g}; choose a group size with (K / max(g, 32)) % {tp_size} "
+                    "== 0"
                 )
             return
         size = kernel.out_features
