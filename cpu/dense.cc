@@ -66,11 +66,12 @@ void RunDense(const Prep& p, const DenseKernels& dk, const float* xp, int64_t c_
     for (int64_t k0 = 0; k0 < k; k0 += kKB) {
       const int64_t kc = std::min<int64_t>(kKB, k - k0);
       dk.tile(p, k0, kc, c0, nc, wt);
-      // Micro-panels outer: one panel (kc x kNR floats, 16 KiB) stays in L1 while every row
-      // block of x (kc x kMR floats each, from L2) streams past it.
-      for (int64_t cs = 0; cs < nc; cs += kNR) {
-        for (int64_t m0 = 0; m0 < m; m0 += kMR) {
-          const int mr = static_cast<int>(std::min<int64_t>(kMR, m - m0));
+      // Micro-panels outer: one or two panels (kc x kNR floats, 16 KiB each) stay in L1 while
+      // every row block of x (kc x micro_rows floats, from L2) streams past them. The tile's
+      // columns past nc are zero and facc holds kNB columns, so a call may run past nc.
+      for (int64_t cs = 0; cs < nc; cs += dk.micro_cols) {
+        for (int64_t m0 = 0; m0 < m; m0 += dk.micro_rows) {
+          const int mr = static_cast<int>(std::min<int64_t>(dk.micro_rows, m - m0));
           dk.micro[mr - 1](xp + PanelIndex(blocks, k0, m0), wt + TileIndex(0, cs), kc,
                            facc.data() + m0 * kNB + cs, kNB);
         }
@@ -84,7 +85,8 @@ void RunDense(const Prep& p, const DenseKernels& dk, const float* xp, int64_t c_
 }  // namespace
 
 void RunDensePath(const Prep& p, Isa isa, int64_t max_tasks, const ParallelFor& parallel_for) {
-  const DenseKernels dk = isa == Isa::kAvx2 ? DenseKernelsAvx2(p) : DenseKernelsGeneric();
+  DenseKernels dk = isa == Isa::kAvx2 ? DenseKernelsAvx2(p) : DenseKernelsGeneric();
+  if (isa == Isa::kAvx2 && DenseAvx512Usable()) SetMicroAvx512(dk);
   const int64_t m = p.op.m, k = p.shape.k, n = p.shape.n;
   const int64_t blocks = (m + kMR - 1) / kMR, ktiles = (k + kKB - 1) / kKB;
   std::unique_ptr<float[]> xp(new float[ktiles * blocks * kKB * kMR]);
