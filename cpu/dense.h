@@ -15,6 +15,10 @@ constexpr int kMR = 6;    // rows of x per micro-kernel call (6 x 2 accumulators
 constexpr int kNB = 64;   // columns per dequantized tile
 constexpr int kKB = 256;  // rows of K per tile (tile = 64 KiB of float32, one micro-panel 16 KiB)
 constexpr int kAvx512Rows = 2 * kMR;  // rows of x per AVX-512 micro-kernel call (dense_avx512.cc)
+// Rows of x per pass over a tile: their packed x panels of one K tile (kMC x kKB floats, 192 KiB)
+// and the tile (64 KiB) fit a 512 KiB L2 together, so every micro-panel reads x from L2 rather
+// than re-streaming all M rows from L3 (a multiple of kAvx512Rows and of kMR).
+constexpr int kMC = 192;
 
 // A dequantized tile is stored as kNB / kNR micro-panels, each [kKB][kNR] contiguous, so that the
 // micro-kernel walks one panel sequentially and the panel (16 KiB) maps onto every L1 set evenly
@@ -55,8 +59,9 @@ DenseKernels DenseKernelsGeneric();
 DenseKernels DenseKernelsAvx2(const Prep& p);
 // Whether the AVX-512F micro-kernel can run (CPUID) and is not turned off by LUTGEMM_CPU_ISA=avx2.
 bool DenseAvx512Usable();
-// Replaces dk's micro-kernels by the 12 x 32 AVX-512F ones (dense_avx512.cc).
-void SetMicroAvx512(DenseKernels& dk);
+// Replaces dk's kernels by the AVX-512F ones for p's alpha dtype and q: the 16-column
+// dequantization and the 12 x 32 micro-kernel (dense_avx512.cc).
+void SetKernelsAvx512(const Prep& p, DenseKernels& dk);
 
 // Computes y for every row of x (p.op) on the dense path.
 void RunDensePath(const Prep& p, Isa isa, int64_t max_tasks, const ParallelFor& parallel_for);
