@@ -83,16 +83,19 @@ L2 and a packed FMA GEMM (the large-batch path)."""
 _NEVER = 1 << 62
 CPU_CROSSOVER: dict[str, int | tuple[int, ...]] = {
     "exact": (8, 3, 2, 2, 2, 2, 2, 2),
-    "fast": (_NEVER,) * 4 + (64, 48, 48, 48),
+    "fast": (_NEVER, _NEVER, 96, 32, 24, 16, 16, 12),
 }
 """Per mode (an int, or a tuple indexed by q - 1): the number of rows M (product of x's leading
 dims) from which `lut_gemm` takes the CPU kernel's ``"dense"`` path instead of lookup tables.
 Static at lowering. Measured on 4096 x 4096, g = 128 with ``python -m lutgemm_jax.bench
---backends lut_kernel dense`` (BENCHMARKS.md, "Crossover measurements"): the exact LUT still wins
-at M = 4 for q = 1 and loses at M = 8, wins at M = 2 and loses from M = 3 for q = 2, ties or loses
-at M = 2 for q = 3 and loses from M = 2 for q = 4 and 8 (q = 5-7 interpolated); the fast LUT beats
-the dense path at every M <= 256 for q <= 4, ties it at M = 64 for q = 5 (loses at 128), and
-loses from M = 48 for q = 6 and 8 (q = 7 interpolated)."""
+--backends lut_kernel dense`` (exact: BENCHMARKS.md, "Crossover measurements"): the exact LUT
+still wins at M = 4 for q = 1 and loses at M = 8, wins at M = 2 and loses from M = 3 for q = 2,
+ties or loses at M = 2 for q = 3 and loses from M = 2 for q = 4 and 8 (q = 5-7 interpolated).
+Fast mode, against the dense path with its AVX-512 kernels: the fast LUT wins at every
+M <= 2048 for q = 1 and 2 (by 1.3x at q = 2, M = 2048); for q = 3 it wins at M = 64 and loses
+from M = 96; q = 4 ties at M = 24 and loses at 32; q = 5 wins at 16 and loses at 32; q = 8 loses
+by 2x at M = 16 (q = 6, 7 and q = 8's step interpolated). On CPUs without AVX-512 the dense
+path's FMAs run half as wide, so there the fast-mode crossovers lie about twice as high."""
 
 
 def cpu_path(mode: str, num_bits: int, rows: int) -> str:
