@@ -1,11 +1,14 @@
 // Driver of the dense path (dense.h).
 //
-// BLIS-style blocking with the weight dequantized on the fly. x is packed once per call (PackX).
-// Each task owns a range of output columns and, per tile of kNB columns x kKB rows of K:
+// BLIS-style blocking with the weight dequantized on the fly. x is packed once per call (PackX,
+// split over the tasks by row blocks). Each task owns a range of output columns and, per tile of
+// kNB columns x kKB rows of K:
 //   dequantize the tile into kNB / kNR packed micro-panels (64 KiB, L2), then
-//   for each micro-panel (kKB x 16 floats, kept in L1):
-//     for each block of kMR = 6 rows of x (its packed kKB x 6 panel streams from L2):
-//       6 x 16 register-blocked FMA micro-kernel, accumulating into the task's [m, kNB] buffer.
+//   for each chunk of kMC rows of x (their packed panels of this K tile stay in L2):
+//     for each group of micro_cols / kNR micro-panels (kKB x 16 floats each, kept in L1):
+//       for each block of micro_rows rows of x (its packed panels stream from L2):
+//         micro_rows x micro_cols register-blocked FMA micro-kernel (6 x 16 on AVX2 and
+//         portable, 12 x 32 on AVX-512), accumulating into the task's [m, kNB] buffer.
 // Every weight element is dequantized once per call and reused by all m rows, so at m >= 64 the
 // dequantization is a few percent of the FMAs. Columns never straddle tasks, and each output's
 // sum runs over k in the same order whatever the split (deterministic for any thread count).

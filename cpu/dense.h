@@ -1,6 +1,7 @@
 // The dense path (large batches): y = x @ W_hat with W_hat dequantized one small tile at a time
 // (never a full [K, N] copy) and multiplied with a register-blocked FMA micro-kernel, float32
-// throughout. dense.cc drives it; dense_generic.cc and dense_avx2.cc hold the twin kernels.
+// throughout. dense.cc drives it; dense_generic.cc, dense_avx2.cc and dense_avx512.cc hold the
+// kernels (the AVX-512F ones where the CPU has them, else AVX2, else portable).
 #ifndef LUTGEMM_CPU_DENSE_H_
 #define LUTGEMM_CPU_DENSE_H_
 
