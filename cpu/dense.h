@@ -43,7 +43,7 @@ using TileFn = void (*)(const Prep&, int64_t, int64_t, int64_t, int64_t, float*)
 // c[r * ldc + j] += sum_{k < kc} x[r, k] * W[k, j] for r < MR (micro[MR - 1]), j < micro_cols:
 // micro_rows / kMR consecutive packed x panels (x[r, k] = xp[(r / kMR) * kKB * kMR + k * kMR +
 // r % kMR]) against micro_cols / kNR consecutive micro-panels (W[k, j] = wt[(j / kNR) * kKB * kNR +
-// k * kNR + j % kNR]). Each output adds its k terms in order, one FMA each, onto c's value.
+// k * kNR + j % kNR]). Each output adds its k terms in order onto c's value.
 using MicroFn = void (*)(const float*, const float*, int64_t, float*, int64_t);
 
 struct DenseKernels {
