@@ -601,3 +601,19 @@ def test_cpu_path_follows_the_crossover(monkeypatch):
     assert [lowering.cpu_path("exact", 2, m) for m in (2, 3)] == ["lut", "dense"]
     monkeypatch.setitem(lowering.CPU_CROSSOVER, "fast", 1 << 62)
     assert lowering.cpu_path("fast", 8, 1 << 20) == "lut"
+    # A dict per group size: the entry of the smallest bound >= g applies.
+    monkeypatch.setitem(lowering.CPU_CROSSOVER, "fast", {16: 5, 64: (7,) * 8, 1 << 62: 9})
+    for g, crossover in [(16, 5), (32, 7), (64, 7), (128, 9), (4096, 9)]:
+        paths = [lowering.cpu_path("fast", 3, m, g) for m in (crossover - 1, crossover)]
+        assert paths == ["lut", "dense"], g
+
+
+def test_op_crossover_depends_on_the_group_size(monkeypatch):
+    # The op passes the weight's group size to cpu_path: same M and q, g = 16 dense, g = 128 LUT.
+    monkeypatch.setitem(lowering.CPU_CROSSOVER, "fast", {16: 2, 1 << 62: 1 << 62})
+    x = jnp.ones((3, 256), jnp.float32)
+    f = jax.jit(lambda x, w: lj.lut_gemm(x, w, mode="fast"))
+    for g, path in [(16, 1), (128, 0)]:
+        w, _ = random_weight(np.random.default_rng(g), 256, 40, 3, g)
+        call = next(ln for ln in f.lower(x, w).as_text().splitlines() if "@lutgemm_cpu(" in ln)
+        assert f"path = {path} : i64" in call
