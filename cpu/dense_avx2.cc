@@ -107,6 +107,8 @@ DenseKernels DenseKernelsAvx2(const Prep& p) {
        DequantTileAvx2<DType::kF16, 5>, DequantTileAvx2<DType::kF16, 6>,
        DequantTileAvx2<DType::kF16, 7>, DequantTileAvx2<DType::kF16, 8>}};
   return {kTiles[p.op.alpha_type][p.shape.q - 1],
+          kMR,
+          kNR,
           {MicroAvx2<1>, MicroAvx2<2>, MicroAvx2<3>, MicroAvx2<4>, MicroAvx2<5>, MicroAvx2<6>}};
 }
 

@@ -58,6 +58,8 @@ void DequantTileGeneric(const Prep& p, int64_t k0, int64_t kc, int64_t c0, int64
 
 DenseKernels DenseKernelsGeneric() {
   return {DequantTileGeneric,
+          kMR,
+          kNR,
           {MicroGeneric<1>, MicroGeneric<2>, MicroGeneric<3>, MicroGeneric<4>, MicroGeneric<5>,
            MicroGeneric<6>}};
 }

@@ -7,7 +7,8 @@
 // calling thread and the library's own workers (worker_pool.h), as many threads in all as XLA's
 // intra-op pool (ffi::ThreadPool) has, up to 256.
 // Environment (read per call, for tests and benchmarks):
-//   LUTGEMM_CPU_ISA=portable|avx2   force the code path (default: best the CPU supports)
+//   LUTGEMM_CPU_ISA=portable|avx2   force the code path (default: best the CPU supports; avx2
+//                                   also keeps the dense path's micro-kernel off AVX-512)
 //   LUTGEMM_CPU_THREADS=<n>         use at most n threads (default: the pool's size)
 //   LUTGEMM_CPU_SPIN_US=<us>        how long idle workers spin before sleeping (worker_pool.h)
 //   LUTGEMM_CPU_POISON=1            fill y with NaN bytes (0xff) before computing, so tests can
@@ -21,6 +22,7 @@
 #include <new>
 #include <string>
 
+#include "dense.h"
 #include "lut_gemm_cpu.h"
 #include "read_bandwidth.h"
 #include "worker_pool.h"
@@ -128,6 +130,9 @@ NB_MODULE(_lutgemm_cpu, m) {
       "selected_isa",
       []() { return lutgemm::cpu::SelectIsa() == lutgemm::cpu::Isa::kAvx2 ? "avx2" : "portable"; },
       "The code path the next call will take (honours LUTGEMM_CPU_ISA).");
+  m.def("dense_avx512", &lutgemm::cpu::DenseAvx512Usable,
+        "Whether the dense path's micro-kernel runs on AVX-512F (CPUID; LUTGEMM_CPU_ISA=avx2 "
+        "keeps it on AVX2).");
   m.def("kernel_threads", &lutgemm::cpu::KernelThreads,
         "Threads the kernel uses with XLA's default pool (honours LUTGEMM_CPU_THREADS).");
   m.def(

@@ -40,9 +40,11 @@ call from Python, and per call inside one jitted loop (the custom call's cost wi
 
 * ``decode``:   batch 1, q = 2, 3, 4, g = 128, `ISSUE_SHAPES`, fast mode, cpu layout, ``lut``;
 * ``batch``:    as ``decode`` at q = 3 for M = 1 .. 8;
-* ``prefill``:  q = 3, M = 128, 512, 2048: ``lut`` against ``jnp`` (the library's dequantize +
-                XLA's float32 dot, one jitted function) and ``xla`` (XLA's dot alone on the
-                weight already dequantized: the strictest form of that baseline);
+* ``prefill``:  q = 2, 3, 4, `PREFILL_SHAPES`, M = 128, 512, 2048: ``lut`` against ``jnp`` (the
+                library's dequantize + XLA's float32 dot, one jitted function) and ``xla`` (XLA's
+                dot alone on a dense float32 weight: the strictest form of that baseline, with
+                no dequantization at all); add ``--g 32 --uniform`` or ``--g 16 --uniform``
+                for GGUF-imported weights and ``--alpha-dtype float16`` for float16 scales;
 * ``overhead``: the 1 x 64 @ 64 x 64 dispatch table only.
 
 ``benchmarks/plot_bandwidth.py`` draws GB/s vs shape with the floor from the ``--json`` output.
@@ -71,6 +73,8 @@ from lutgemm_jax.testing import random_packed_weight, reference, rel_err, weight
 ALL_BACKENDS = ("lut", "lut_kernel", "dense", "xla", "xla_bytes", "numpy", "jnp")
 ISSUE_SHAPES = ((4096, 4096), (4096, 16384), (16384, 4096), (2048, 5632), (5632, 2048))
 """K x N shapes of issue 20's decode targets (attention / MLP shapes of 1-7B decoders)."""
+PREFILL_SHAPES = ((4096, 4096), (2048, 5632), (5632, 2048))
+"""K x N shapes of issue 20's prefill target (the MLP shapes at 2048 x 5632 are TinyLlama's)."""
 MAX_SETS = 256
 """Most weight copies rotated: tiny shapes stay cache-resident rather than cost thousands."""
 READ_STEP_BYTES = 128
@@ -164,11 +168,15 @@ def run(args) -> tuple[list[dict], dict]:
     dense_cache: dict = {}
     for k, n, q, m in configs:
         g = args.g if args.g > 0 else -(-k // 32) * 32
-        w0 = random_packed_weight(rng, k, n, q, g, args.offset, args.alpha_dtype)
+        w0 = random_packed_weight(
+            rng, k, n, q, g, args.offset, args.alpha_dtype, uniform=args.uniform
+        )
         wbytes = w0.nbytes()
         sets = _sets(wbytes, rotate)
         ws = [w0] + [
-            random_packed_weight(rng, k, n, q, g, args.offset, args.alpha_dtype)
+            random_packed_weight(
+                rng, k, n, q, g, args.offset, args.alpha_dtype, uniform=args.uniform
+            )
             for _ in range(sets - 1)
         ]
         x = jnp.asarray(rng.normal(size=(m, k)), jnp.float32)
@@ -230,6 +238,8 @@ def run(args) -> tuple[list[dict], dict]:
                     )
                     if args.alpha_dtype != "float32":
                         row["alpha"] = args.alpha_dtype
+                    if args.uniform:
+                        row["uniform"] = True
                     for b, (tb, tb_min) in base.items():
                         row[f"ms_{b}"] = tb * 1e3
                         row[f"x_vs_{b}"] = tb / t
@@ -384,6 +394,7 @@ COLUMNS = [
     ("mode", "{}"),
     ("layout", "{}"),
     ("alpha", "{}"),
+    ("uniform", "{}"),
     ("bits_per_weight", "{:.2f}"),
     ("rotated_MiB", "{:.0f}"),
     ("backend", "{}"),
@@ -457,7 +468,13 @@ _DECODE = dict(shapes=list(ISSUE_SHAPES), g=128, modes=["fast"], layouts=["cpu"]
 SUITES: dict[str, dict] = {
     "decode": dict(_DECODE, q=[2, 3, 4], batch=[1]),
     "batch": dict(_DECODE, q=[3], batch=list(range(1, 9))),
-    "prefill": dict(_DECODE, q=[3], batch=[128, 512, 2048], backends=["lut", "jnp", "xla"]),
+    "prefill": dict(
+        _DECODE,
+        shapes=list(PREFILL_SHAPES),
+        q=[2, 3, 4],
+        batch=[128, 512, 2048],
+        backends=["lut", "jnp", "xla"],
+    ),
     "overhead": dict(shapes=[], modes=["fast"], overhead=True),
 }
 """Option presets of issue 20's tables (``--suite``; see the module docstring)."""
@@ -508,6 +525,11 @@ def _parser() -> argparse.ArgumentParser:
         default="float32",
         choices=("float32", "bfloat16", "float16"),
         help="dtype of alpha (and offset); float16 is LUT-GEMM's own format",
+    )
+    p.add_argument(
+        "--uniform",
+        action="store_true",
+        help="one scale per group (alpha [G, 1, N], plane i scaled by 2^i), as GGUF imports make",
     )
     p.add_argument(
         "--rotate-mib",

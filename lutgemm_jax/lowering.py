@@ -82,23 +82,39 @@ lookup tables over the sign bits, ``"dense"`` W_hat dequantized one 256 x 64 til
 L2 and a packed FMA GEMM (the large-batch path)."""
 
 _NEVER = 1 << 62
-CPU_CROSSOVER: dict[str, int | tuple[int, ...]] = {
+Crossover = int | tuple[int, ...]
+CPU_CROSSOVER: dict[str, Crossover | dict[int, Crossover]] = {
     "exact": (8, 3, 2, 2, 2, 2, 2, 2),
-    "fast": (_NEVER,) * 4 + (64, 48, 48, 48),
+    "fast": {
+        16: (48, 24, 24, 16, 12, 12, 8, 8),
+        32: (96, 48, 32, 24, 16, 16, 12, 12),
+        _NEVER: (_NEVER, _NEVER, 96, 32, 24, 16, 16, 12),
+    },
 }
-"""Per mode (an int, or a tuple indexed by q - 1): the number of rows M (product of x's leading
-dims) from which `lut_gemm` takes the CPU kernel's ``"dense"`` path instead of lookup tables.
-Static at lowering. Measured on 4096 x 4096, g = 128 with ``python -m lutgemm_jax.bench
---backends lut_kernel dense`` (BENCHMARKS.md, "Crossover measurements"): the exact LUT still wins
-at M = 4 for q = 1 and loses at M = 8, wins at M = 2 and loses from M = 3 for q = 2, ties or loses
-at M = 2 for q = 3 and loses from M = 2 for q = 4 and 8 (q = 5-7 interpolated); the fast LUT beats
-the dense path at every M <= 256 for q <= 4, ties it at M = 64 for q = 5 (loses at 128), and
-loses from M = 48 for q = 6 and 8 (q = 7 interpolated)."""
+"""Per mode: the number of rows M (product of x's leading dims) from which `lut_gemm` takes the
+CPU kernel's ``"dense"`` path instead of lookup tables, as an int, a tuple indexed by q - 1, or
+a dict from the largest group size g an entry covers to either (the first key >= g applies).
+Static at lowering. Measured with ``python -m lutgemm_jax.bench --backends lut_kernel dense`` on
+4096 x 4096. Exact mode (g = 128; BENCHMARKS.md, "Crossover measurements"): the exact LUT still
+wins at M = 4 for q = 1 and loses at M = 8, wins at M = 2 and loses from M = 3 for q = 2, ties or
+loses at M = 2 for q = 3 and loses from M = 2 for q = 4 and 8 (q = 5-7 interpolated).
+Fast mode, against the dense path with its AVX-512 kernels. g = 128: the fast LUT wins at every
+M <= 2048 for q = 1 and 2 (by 1.3x at q = 2, M = 2048); for q = 3 it wins at M = 64 and loses
+from M = 96; q = 4 ties at M = 24 and loses at 32; q = 5 wins at 16 and loses at 32; q = 8 loses
+by 2x at M = 16 (q = 6, 7 and q = 8's step interpolated). Smaller groups cost the LUT a table
+scale and alpha segment per group, the dense path nothing more (uniform float16 scales, as GGUF
+imports make): g = 32: the LUT wins at M = 32 and loses at 64 for q = 2, ties at 32 for q = 3,
+ties at 16 for q = 4; g = 16: wins at 16 and loses at 32 for q = 2 and 3, loses at 16 for q = 4
+(q = 1 and q >= 5 extrapolated: half and about the q = 4 crossover). On CPUs without AVX-512 the
+dense path's FMAs run half as wide, so there the fast-mode crossovers lie about twice as high."""
 
 
-def cpu_path(mode: str, num_bits: int, rows: int) -> str:
-    """The CPU kernel path (`CPU_PATHS`) that `lut_gemm` takes for ``rows`` rows of x."""
+def cpu_path(mode: str, num_bits: int, rows: int, group_size: int = 128) -> str:
+    """The CPU kernel path (`CPU_PATHS`) that `lut_gemm` takes for ``rows`` rows of x and a
+    weight with ``num_bits`` planes and groups of ``group_size`` rows."""
     c = CPU_CROSSOVER[mode]
+    if isinstance(c, dict):
+        c = c[min(bound for bound in c if bound >= group_size)]
     crossover = c if isinstance(c, int) else c[num_bits - 1]
     return "dense" if rows >= crossover else "lut"
 
@@ -114,7 +130,8 @@ def _cpu_attributes(params, mode: str, path: str) -> dict[str, np.int64]:
 
 def _cpu_lowering(ctx, x, bits, alpha, offset, **params):
     mode = params.get("mode", DEFAULT_MODE)
-    path = cpu_path(mode, params["num_bits"], _rows(ctx.avals_in[0].shape))
+    rows = _rows(ctx.avals_in[0].shape)
+    path = cpu_path(mode, params["num_bits"], rows, params["group_size"])
     return jax.ffi.ffi_lowering(_native.CPU_TARGET)(
         ctx, x, bits, alpha, offset, **_cpu_attributes(params, mode, path)
     )

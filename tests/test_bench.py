@@ -96,6 +96,19 @@ def test_bench_alpha_dtype(tmp_path, capsys):
     assert "| layout | bits_per_weight |" in capsys.readouterr().out
 
 
+def test_bench_uniform_weights(tmp_path, capsys):
+    # --uniform: one scale per group (alpha [G, 1, N]), so 1 alpha per group in the weight bytes
+    # and a uniform column in the table.
+    out = tmp_path / "rows.json"
+    argv = SMALL + ["--shapes", "256x96", "--backends", "lut", "--g", "32", "--uniform"]
+    bench.main(argv + ["--json", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    groups, q = 256 // 32, 3
+    assert row["uniform"] is True and row["g"] == 32
+    assert row["weight_MB"] * 1e6 == pytest.approx(256 // 32 * q * 96 * 4 + groups * 96 * 4)
+    assert "| uniform |" in capsys.readouterr().out
+
+
 def test_bench_rotates_cold_sets(tmp_path):
     # --rotate-mib: enough copies of the weight for >= that many MiB, at most MAX_SETS copies.
     out = tmp_path / "rows.json"
@@ -170,6 +183,8 @@ def test_suites_preset_issue20_tables():
     assert bench.parse_args(["--suite", "batch"]).batch == list(range(1, 9))
     p = bench.parse_args(["--suite", "prefill"])
     assert p.batch == [128, 512, 2048] and p.backends == ["lut", "jnp", "xla"]
+    assert p.shapes == list(bench.PREFILL_SHAPES) and p.q == [2, 3, 4] and not p.uniform
+    assert bench.parse_args(["--suite", "prefill", "--g", "32", "--uniform"]).uniform
     # Explicit options override the preset; no preset keeps the plain defaults.
     assert bench.parse_args(["--suite", "decode", "--q", "3"]).q == [3]
     assert bench.parse_args([]).shapes == [(4096, 4096)]

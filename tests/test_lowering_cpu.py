@@ -52,6 +52,8 @@ MODES = ("exact", "fast")
 KERNELS = {"exact": ("exact", "lut"), "fast": ("fast", "lut"), "dense": ("exact", "dense")}
 ALL_PATHS = tuple(KERNELS)
 ISAS = ("portable", "avx2") if _lutgemm_cpu.avx2_supported() else ("portable",)
+# The dense path's micro-kernel: AVX-512F where the CPU has it, unless LUTGEMM_CPU_ISA=avx2.
+DENSE_ISAS = ISAS + (("avx512",) if _lutgemm_cpu.dense_avx512() else ())
 OUT_TOL = {jnp.float32: 0.0, jnp.bfloat16: 2.0**-8, jnp.float16: 2.0**-10}
 EXACT_TOL = 1e-5
 
@@ -270,6 +272,39 @@ def test_deterministic_across_thread_counts(isa, layout, mode, fmt, monkeypatch)
         outs.append(np.asarray(_kernel_jit(x, w, mode, layout)))
     for y in outs[1:]:
         np.testing.assert_array_equal(y, outs[0])
+
+
+@pytest.mark.parametrize("rows", [9, 12, 13, 25, 130])
+def test_dense_path_row_blocks_and_micro_kernels(rows, monkeypatch):
+    # The dense path's micro-kernels take 6 rows of x and 16 columns per call (portable, AVX2) or
+    # 12 rows and 32 columns (AVX-512): M here is a multiple of neither or of one only, K spans
+    # three 256-row tiles with a ragged last one, and N = 100 ends in a 36-column tile whose
+    # second 32-column call runs past N (N = 20: one call, past N too). Every ISA against
+    # float64 at 1 and 3 threads; AVX2 and AVX-512 add each output's K products in the same
+    # order with the same FMAs, so they are bitwise equal.
+    monkeypatch.setenv("LUTGEMM_CPU_POISON", "1")
+    cases = [
+        (2, 128, "bcq", jnp.float32, 100),
+        (3, 32, "uniform", jnp.float16, 20),
+        (4, None, "g16-uniform", jnp.bfloat16, 100),
+        (3, None, "bcq", jnp.float16, 100),
+    ]
+    for q, g, fmt, alpha_dtype, n in cases:
+        x, w, w64 = _case(
+            rows * 10 + q, 600, n, q, g, True, (rows,), alpha_dtype=alpha_dtype, fmt=fmt
+        )
+        ys = {}
+        for isa_name in DENSE_ISAS:
+            monkeypatch.setenv("LUTGEMM_CPU_ISA", isa_name)
+            for threads in ("1", "3"):
+                monkeypatch.setenv("LUTGEMM_CPU_THREADS", threads)
+                y = np.asarray(_kernel_jit(x, w, "dense", "cpu"))
+                check(y, x, w, w64, "dense")
+                if isa_name in ys:
+                    np.testing.assert_array_equal(y, ys[isa_name])
+                ys[isa_name] = y
+        if "avx512" in ys:
+            np.testing.assert_array_equal(ys["avx512"], ys["avx2"])
 
 
 @pytest.mark.parametrize("mode", ["exact", "fast"])
@@ -566,3 +601,19 @@ def test_cpu_path_follows_the_crossover(monkeypatch):
     assert [lowering.cpu_path("exact", 2, m) for m in (2, 3)] == ["lut", "dense"]
     monkeypatch.setitem(lowering.CPU_CROSSOVER, "fast", 1 << 62)
     assert lowering.cpu_path("fast", 8, 1 << 20) == "lut"
+    # A dict per group size: the entry of the smallest bound >= g applies.
+    monkeypatch.setitem(lowering.CPU_CROSSOVER, "fast", {16: 5, 64: (7,) * 8, 1 << 62: 9})
+    for g, crossover in [(16, 5), (32, 7), (64, 7), (128, 9), (4096, 9)]:
+        paths = [lowering.cpu_path("fast", 3, m, g) for m in (crossover - 1, crossover)]
+        assert paths == ["lut", "dense"], g
+
+
+def test_op_crossover_depends_on_the_group_size(monkeypatch):
+    # The op passes the weight's group size to cpu_path: same M and q, g = 16 dense, g = 128 LUT.
+    monkeypatch.setitem(lowering.CPU_CROSSOVER, "fast", {16: 2, 1 << 62: 1 << 62})
+    x = jnp.ones((3, 256), jnp.float32)
+    f = jax.jit(lambda x, w: lj.lut_gemm(x, w, mode="fast"))
+    for g, path in [(16, 1), (128, 0)]:
+        w, _ = random_weight(np.random.default_rng(g), 256, 40, 3, g)
+        call = next(ln for ln in f.lower(x, w).as_text().splitlines() if "@lutgemm_cpu(" in ln)
+        assert f"path = {path} : i64" in call
