@@ -11,8 +11,8 @@
 //   partials are added in slice order afterwards.
 // Within a task (RunColumns), per block of up to 4 rows of x:
 //   for each scale block of S activations (S | g, S <= 128; one word for g = 16):
-//     the offset terms of the groups starting there, then
 //     for each block of W columns (W = 32 fast / 16 exact on AVX2, 1 generic):
+//       the offset terms of the groups starting in the block, then
 //       for each alpha segment and plane: sum the lookups of its words -> per-column plane sums
 //                                         tot += plane_sum * alpha (uniform: see lut_avx2.cc)
 //       facc[row, col] += tot (* table scale in fast mode)
@@ -79,8 +79,7 @@ constexpr int64_t kChunksPerTask = 4;
 // into partial[m, n].
 void RunColumns(const Prep& p, const LutKernels& kr, int64_t c_begin, int64_t c_end,
                 int64_t sb_begin, int64_t sb_end, float* partial) {
-  const int64_t n = p.shape.n, q = p.shape.q, m = p.op.m, g = p.shape.group_size;
-  const bool has_offset = p.op.offset != nullptr;
+  const int64_t n = p.shape.n, q = p.shape.q, m = p.op.m;
   // Column tile: all of the range for <= 4 rows (one pass over the weight); otherwise a tile whose
   // sign words over the scale blocks run here (K * q / 8 bytes per column without split-K) fill
   // about kL2TileBytes, so every row block re-reads them from L2 instead of DRAM.
@@ -98,16 +97,6 @@ void RunColumns(const Prep& p, const LutKernels& kr, int64_t c_begin, int64_t c_
       const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, m - r0));
       std::fill(facc.begin(), facc.begin() + rows * ld, 0.f);
       for (int64_t sb = sb_begin; sb < sb_end; ++sb) {
-        // The offset terms of the groups that start in this block (two per block for g = 16).
-        for (int64_t grp = (sb * p.block_size + g - 1) / g;
-             has_offset && grp * g < (sb + 1) * p.block_size && GroupHasRows(p, grp); ++grp) {
-          for (int r = 0; r < rows; ++r) {
-            const float gs = p.group_sums[(r0 + r) * p.num_groups + grp];
-            float* f = facc.data() + r * ld;
-            for (int64_t c = t0; c < t1; ++c)
-              f[c - t0] += ToF32(p.op.offset, p.op.alpha_type, OffsetIndex(p.shape, grp, c)) * gs;
-          }
-        }
         for (int64_t c = t0; c < vec_end; c += kr.width)
           kr.vec[rows - 1](p, r0, sb, c, facc.data() + (c - t0), ld);
         for (int64_t c = vec_end; c < t1; ++c)

@@ -96,6 +96,16 @@ inline int64_t SegmentGroup(const Prep& p, int64_t sb, int seg) {
   return HalfWordGroups(p) ? 2 * sb + seg : sb * p.block_size / p.shape.group_size;
 }
 
+// The groups whose first row lies in scale block sb and holds real rows, [*first, *last): their
+// offset terms offset[grp, col] * sum(x over grp) are added by the lookup kernel of that block
+// (one group for g >= S, none when S < g and the block is not a group's first; two for g = 16).
+inline void OffsetGroups(const Prep& p, int64_t sb, int64_t* first, int64_t* last) {
+  const int64_t g = p.shape.group_size;
+  *first = (sb * p.block_size + g - 1) / g;
+  *last = *first;
+  while (*last * g < (sb + 1) * p.block_size && GroupHasRows(p, *last)) ++*last;
+}
+
 // Runs fn(i) for every i in [0, count): in order on the calling thread when there is one item or
 // one task, else through parallel_for. Every item writes its own outputs, so the result does not
 // depend on which thread runs which item.

@@ -1,7 +1,9 @@
 // Lookup kernels (T-MAC's "table lookup" stage): one call computes, for a block of up to 4 rows
 // of x, one scale block of K and `width` columns, the sum over that block of
 //   sum_i alpha_i[group, col] * sum_{chunks c in the block} T_c[nibble of plane i's sign word]
-// (times the block's table scale in fast mode) and adds it to facc[r * ld + (col - col0)].
+// (times the block's table scale in fast mode) and adds it to facc[r * ld + (col - col0)], after
+// adding the offset terms offset[grp, col] * sum(x[r] over grp) of the groups starting in the
+// block (OffsetGroups), each as its own float32 product and sum.
 // The driver (driver.cc) walks scale blocks and column blocks and owns facc.
 #ifndef LUTGEMM_CPU_LUT_H_
 #define LUTGEMM_CPU_LUT_H_
