@@ -400,14 +400,21 @@ LutKernels Avx2KernelsForDType(bool fast, Layout layout, bool half, bool uniform
 
 LutKernels LutKernelsAvx2(bool fast, const Prep& p) {
   const bool half = HalfWordGroups(p), uniform = p.shape.uniform;
+  LutKernels kernels;
   switch (p.op.alpha_type) {
     case DType::kF32:
-      return Avx2KernelsForDType<DType::kF32>(fast, p.op.layout, half, uniform);
+      kernels = Avx2KernelsForDType<DType::kF32>(fast, p.op.layout, half, uniform);
+      break;
     case DType::kBF16:
-      return Avx2KernelsForDType<DType::kBF16>(fast, p.op.layout, half, uniform);
+      kernels = Avx2KernelsForDType<DType::kBF16>(fast, p.op.layout, half, uniform);
+      break;
     default:
-      return Avx2KernelsForDType<DType::kF16>(fast, p.op.layout, half, uniform);
+      kernels = Avx2KernelsForDType<DType::kF16>(fast, p.op.layout, half, uniform);
+      break;
   }
+  if (fast && p.op.layout == Layout::kCpu && Avx512Lookups())
+    return LutKernelsAvx512Fast(p, kernels);
+  return kernels;
 }
 
 }  // namespace lutgemm::cpu
