@@ -68,11 +68,16 @@ namespace {
 // smallest x86 server cores this targets (512 KiB on Zen 3; Intel's 1-2 MiB L2 holds it too).
 constexpr int64_t kL2TileBytes = 512 * 1024;
 
-// Column chunks of the lookup path: at least kMinChunkColumns columns where N allows (>= 4 KiB
-// of each sign-word row per scale block, so that hardware prefetch streams run long), about
-// kChunksPerTask per task for load balance, but at least one chunk per task.
-constexpr int64_t kMinChunkColumns = 1024;
-constexpr int64_t kChunksPerTask = 4;
+// Column chunks of the lookup path: at least kMinChunkColumns columns where N allows, about
+// kChunksPerTask per task for load balance, but at least one chunk per task. Per scale block a
+// chunk streams q * S/32 sign-word rows and the alpha rows side by side; each such pass over a
+// chunk pays for its start (the hardware prefetcher's training, the first kPrefetchBlocks
+// column blocks that no software prefetch covered) and its end (software prefetches past the
+// chunk, evicted before the next chunk reads them). 4096 columns (16 KiB of each sign-word row)
+// make those a small part of the pass; two chunks per task still let a thread that finishes
+// early take over work.
+constexpr int64_t kMinChunkColumns = 4096;
+constexpr int64_t kChunksPerTask = 2;
 
 // Computes columns [c_begin, c_end) of every row over scale blocks [sb_begin, sb_end) of K.
 // c_begin is a multiple of 32. The result goes to y (in x's dtype) or, for a K slice, as float32
