@@ -77,7 +77,7 @@ __attribute__((target("avx2"))) int64_t ReadOnlyChunk(const uint32_t* bits, cons
 void ReadOnly(const uint32_t* bits, const float* alpha, const lutgemm::BcqShape& s,
               int64_t threads, const cpu::ParallelFor& parallel_for) {
   const int64_t n = s.n;
-  int64_t chunk = std::max<int64_t>(1024, (n + threads * 4 - 1) / (threads * 4));
+  int64_t chunk = std::max<int64_t>(4096, (n + threads * 2 - 1) / (threads * 2));
   chunk = std::min<int64_t>(chunk, (n + threads - 1) / threads);
   chunk = std::max<int64_t>(32, (chunk + 31) / 32 * 32);
   std::atomic<int64_t> sink{0};
