@@ -9,7 +9,7 @@
 // * K slices (split-K, tall-skinny weights, KSlices): every task owns a range of whole scale
 //   blocks, builds those blocks' tables and writes float32 partial sums of all columns; the
 //   partials are added in slice order afterwards.
-// Within a task (RunColumns), per block of up to 4 rows of x:
+// Within a task (RunColumns), per block of up to kr.rows rows of x (4; 8 with AVX-512):
 //   for each scale block of S activations (S | g, S <= 128; one word for g = 16):
 //     for each block of W columns (W = 32 fast / 16 exact on AVX2, 1 generic):
 //       the offset terms of the groups starting in the block, then
@@ -17,8 +17,8 @@
 //                                         tot += plane_sum * alpha (uniform: see lut_avx2.cc)
 //       facc[row, col] += tot (* table scale in fast mode)
 // so each (word, plane) row of sign words streams sequentially over the task's columns and every
-// weight byte is read once per block of 4 rows. For more than 4 rows, columns are tiled so that a
-// tile of the weight stays in L2 across row blocks.
+// weight byte is read once per block of rows. For more rows than a block, columns are tiled so
+// that a tile of the weight stays in L2 across row blocks.
 // Every output is computed by one task in a fixed order, and the split depends on the shape and
 // the task count bound only through whole columns or fixed K slices: results are bitwise equal
 // for any number of threads.
@@ -85,21 +85,21 @@ constexpr int64_t kChunksPerTask = 2;
 void RunColumns(const Prep& p, const LutKernels& kr, int64_t c_begin, int64_t c_end,
                 int64_t sb_begin, int64_t sb_end, float* partial) {
   const int64_t n = p.shape.n, q = p.shape.q, m = p.op.m;
-  // Column tile: all of the range for <= 4 rows (one pass over the weight); otherwise a tile whose
-  // sign words over the scale blocks run here (K * q / 8 bytes per column without split-K) fill
-  // about kL2TileBytes, so every row block re-reads them from L2 instead of DRAM.
+  // Column tile: all of the range for one block of rows (one pass over the weight); otherwise a
+  // tile whose sign words over the scale blocks run here (K * q / 8 bytes per column without
+  // split-K) fill about kL2TileBytes, so every row block re-reads them from L2 instead of DRAM.
   int64_t tile = c_end - c_begin;
-  if (m > kMaxRows) {
+  if (m > kr.rows) {
     const int64_t bytes_per_col = (sb_end - sb_begin) * p.block_size * q / 8;
     tile = kL2TileBytes / bytes_per_col / kLayoutBlock * kLayoutBlock;
     tile = std::max<int64_t>(kLayoutBlock, tile);
   }
-  std::vector<float> facc(static_cast<size_t>(kMaxRows) * std::min(tile, c_end - c_begin));
+  std::vector<float> facc(static_cast<size_t>(kr.rows) * std::min(tile, c_end - c_begin));
   for (int64_t t0 = c_begin; t0 < c_end; t0 += tile) {
     const int64_t t1 = std::min(t0 + tile, c_end), ld = t1 - t0;
     const int64_t vec_end = t0 + (t1 - t0) / kr.width * kr.width;
-    for (int64_t r0 = 0; r0 < m; r0 += kMaxRows) {
-      const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, m - r0));
+    for (int64_t r0 = 0; r0 < m; r0 += kr.rows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kr.rows, m - r0));
       std::fill(facc.begin(), facc.begin() + rows * ld, 0.f);
       for (int64_t sb = sb_begin; sb < sb_end; ++sb) {
         for (int64_t c = t0; c < vec_end; c += kr.width)

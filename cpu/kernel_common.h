@@ -21,7 +21,7 @@ namespace lutgemm::cpu {
 constexpr int kMu = 4;                           // activations per lookup table
 constexpr int kEntries = 1 << kMu;               // 16 entries per table
 constexpr int kChunksPerWord = kWordBits / kMu;  // 8 nibbles (tables) per sign word
-constexpr int kMaxRows = 4;                      // rows of x per pass over the weight
+constexpr int kMaxRows = 8;                      // most rows of x per pass over the weight
 
 // Activations per scale block: the largest of 128/96/64/32 dividing g, so that a block lies in
 // one group; g = 16: one word (32), whose two halves are separate groups (alpha segments below).

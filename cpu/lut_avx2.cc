@@ -374,8 +374,8 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
 template <DType AT, Layout L, bool kHalf, bool kUniform>
 LutKernels Avx2KernelsFor(bool fast) {
   LutKernels kernels =
-      fast ? LutKernels{32, LUTGEMM_ROWS(FastAvx2, , AT, L, kHalf, kUniform), {}}
-           : LutKernels{16, LUTGEMM_ROWS(ExactAvx2, , AT, L, kHalf, kUniform), {}};
+      fast ? LutKernels{32, 4, LUTGEMM_ROWS(FastAvx2, , AT, L, kHalf, kUniform), {}}
+           : LutKernels{16, 4, LUTGEMM_ROWS(ExactAvx2, , AT, L, kHalf, kUniform), {}};
   const LutKernels generic = LutKernelsGeneric(fast);
   for (int r = 0; r < kMaxRows; ++r) kernels.tail[r] = generic.vec[r];
   return kernels;

@@ -216,7 +216,7 @@ LUTGEMM_AVX512 void FastAvx512(const Prep& p, int64_t r0, int64_t sb, int64_t co
 
 template <DType AT, bool kHalf, bool kUniform>
 LutKernels Avx512KernelsFor(const LutKernels& avx2) {
-  LutKernels kernels{32, LUTGEMM_ROWS(FastAvx512, , AT, kHalf, kUniform), {}};
+  LutKernels kernels{32, kMaxRows, LUTGEMM_ROWS8(FastAvx512, , AT, kHalf, kUniform), {}};
   for (int r = 0; r < kMaxRows; ++r) kernels.tail[r] = avx2.tail[r];
   return kernels;
 }

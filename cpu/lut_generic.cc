@@ -102,8 +102,8 @@ void FastGeneric(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc
 }  // namespace
 
 LutKernels LutKernelsGeneric(bool fast) {
-  if (fast) return {1, LUTGEMM_ROWS(FastGeneric), LUTGEMM_ROWS(FastGeneric)};
-  return {1, LUTGEMM_ROWS(ExactGeneric), LUTGEMM_ROWS(ExactGeneric)};
+  if (fast) return {1, 4, LUTGEMM_ROWS8(FastGeneric), LUTGEMM_ROWS8(FastGeneric)};
+  return {1, 4, LUTGEMM_ROWS8(ExactGeneric), LUTGEMM_ROWS8(ExactGeneric)};
 }
 
 }  // namespace lutgemm::cpu
