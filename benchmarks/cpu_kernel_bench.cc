@@ -5,7 +5,7 @@
 //   g++ -O3 -std=c++17 -Icpu -Iinclude -o /tmp/cpu_kernel_bench
 //       benchmarks/cpu_kernel_bench.cc $(ls cpu/*.cc | grep -v ffi_cpu) -lpthread
 //   /tmp/cpu_kernel_bench K N q [kernel=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1]
-//                         [alpha=0] [g=128] [uniform=0]
+//                         [alpha=0] [g=128] [uniform=0] [offset=0]
 //
 // kernel: 0 exact LUT, 1 fast LUT, 2 dense path, 3 read only: every sign word and alpha loaded in
 //   the fast kernel's order (scale block, 32-column block, plane, word; the same column chunks
@@ -18,8 +18,9 @@
 // alpha: 0 float32, 1 bfloat16, 2 float16 scales.
 // g: group size (16 or a multiple of 32); uniform: 1 for one scale per group (alpha [G, 1, N]).
 //   The read-only pass (kernel 3) takes g = 128 with per-plane scales only.
+// offset: 1 for an offset term (offset [G, N] in alpha's dtype, as GGUF/GPTQ/AWQ imports have).
 // Threads: the caller and the op's worker pool (cpu/worker_pool.h; LUTGEMM_CPU_SPIN_US applies).
-// float32 x, no offset. Prints the fastest and the median call and the packed weight bytes (bits +
+// float32 x. Prints the fastest and the median call and the packed weight bytes (bits +
 // alpha) over the median.
 #include <algorithm>
 #include <atomic>
@@ -76,7 +77,7 @@ __attribute__((target("avx2"))) int64_t ReadOnlyChunk(const uint32_t* bits, cons
 void ReadOnly(const uint32_t* bits, const float* alpha, const lutgemm::BcqShape& s,
               int64_t threads, const cpu::ParallelFor& parallel_for) {
   const int64_t n = s.n;
-  int64_t chunk = std::max<int64_t>(1024, (n + threads * 4 - 1) / (threads * 4));
+  int64_t chunk = std::max<int64_t>(4096, (n + threads * 2 - 1) / (threads * 2));
   chunk = std::min<int64_t>(chunk, (n + threads - 1) / threads);
   chunk = std::max<int64_t>(32, (chunk + 31) / 32 * 32);
   std::atomic<int64_t> sink{0};
@@ -92,7 +93,7 @@ int main(int argc, char** argv) {
   if (argc < 4) {
     std::fprintf(stderr,
                  "usage: %s K N q [kernel=1] [M=1] [threads=1] [sets=1] [reps=200] [layout=1] "
-                 "[alpha=0] [g=128] [uniform=0]\n",
+                 "[alpha=0] [g=128] [uniform=0] [offset=0]\n",
                  argv[0]);
     return 2;
   }
@@ -102,15 +103,20 @@ int main(int argc, char** argv) {
   const int64_t reps = Arg(argc, argv, 8, 200), layout = Arg(argc, argv, 9, 1);
   const int64_t alpha_kind = Arg(argc, argv, 10, 0);
   const int64_t g = Arg(argc, argv, 11, 128), uniform_scales = Arg(argc, argv, 12, 0);
+  const int64_t with_offset = Arg(argc, argv, 13, 0);
   const lutgemm::BcqShape shape{k, n, q, g, false, uniform_scales == 1};
   if (k <= 0 || n <= 0 || m <= 0 || threads <= 0 || sets <= 0 || reps <= 0 || kernel < 0 ||
       kernel > 3 || layout < 0 || layout > 1 || alpha_kind < 0 || alpha_kind > 2 ||
       (kernel == 3 && (alpha_kind != 0 || g != 128 || uniform_scales != 0)) ||
-      uniform_scales < 0 || uniform_scales > 1 || lutgemm::CheckShape(shape) != nullptr) {
+      uniform_scales < 0 || uniform_scales > 1 || with_offset < 0 || with_offset > 1 ||
+      (kernel == 3 && with_offset != 0) || lutgemm::CheckShape(shape) != nullptr) {
     std::fprintf(stderr, "bad arguments\n");
     return 2;
   }
-  const int64_t words = shape.num_words() * q * n, alphas = shape.num_groups() * shape.alpha_planes() * n;
+  const int64_t words = shape.num_words() * q * n;
+  // Scales, and the offset rows [G, N] after them in the same buffer.
+  const int64_t scales = shape.num_groups() * shape.alpha_planes() * n;
+  const int64_t alphas = scales + with_offset * shape.num_groups() * n;
 
   std::mt19937 rng(0);
   std::uniform_real_distribution<float> uniform(-1.f, 1.f);
@@ -143,6 +149,9 @@ int main(int argc, char** argv) {
     op.bits = bits[r % sets].data();
     op.alpha = alpha_kind == 0 ? static_cast<const void*>(alpha[r % sets].data())
                                : static_cast<const void*>(alpha16[r % sets].data());
+    op.offset = with_offset == 0 ? nullptr
+                : alpha_kind == 0 ? static_cast<const void*>(alpha[r % sets].data() + scales)
+                                  : static_cast<const void*>(alpha16[r % sets].data() + scales);
     const auto t0 = std::chrono::steady_clock::now();
     if (kernel == 3)
       ReadOnly(op.bits, static_cast<const float*>(op.alpha), shape, threads, parallel_for);
@@ -159,14 +168,14 @@ int main(int argc, char** argv) {
   const double bytes =
       static_cast<double>(words) * 4 + static_cast<double>(alphas) * (alpha_kind == 0 ? 4 : 2);
   std::printf("K=%lld N=%lld q=%lld kernel=%lld M=%lld threads=%lld sets=%lld layout=%lld "
-              "alpha=%s g=%lld uniform=%lld isa=%s: "
+              "alpha=%s g=%lld uniform=%lld offset=%lld isa=%s: "
               "min %.3f ms, median %.3f ms, %.2f GB/s (weight bytes / median)\n",
               static_cast<long long>(k), static_cast<long long>(n), static_cast<long long>(q),
               static_cast<long long>(kernel), static_cast<long long>(m),
               static_cast<long long>(threads), static_cast<long long>(sets),
               static_cast<long long>(layout),
               alpha_kind == 0 ? "f32" : alpha_kind == 1 ? "bf16" : "f16", static_cast<long long>(g),
-              static_cast<long long>(uniform_scales), isa == cpu::Isa::kAvx2 ? "avx2" : "portable", ms.front(), median,
+              static_cast<long long>(uniform_scales), static_cast<long long>(with_offset), isa == cpu::Isa::kAvx2 ? "avx2" : "portable", ms.front(), median,
               bytes / median / 1e6);
   return 0;
 }

@@ -1,9 +1,11 @@
-// Run-time ISA detection (CPUID) and the LUTGEMM_CPU_ISA override. The kernels' AVX2 twins are
-// compiled with per-function target attributes, so the library loads on any x86-64 and uses them
-// only where this says the CPU has AVX2 + FMA + F16C.
+// Run-time ISA detection (CPUID) and the LUTGEMM_CPU_ISA / LUTGEMM_CPU_AVX512 overrides. The
+// kernels' AVX2 twins (and the AVX-512 lookup kernel) are compiled with per-function target
+// attributes, so the library loads on any x86-64 and uses them only where this says the CPU has
+// AVX2 + FMA + F16C (and AVX-512 F/BW/VL/VBMI).
 #include <cstdlib>
 #include <string>
 
+#include "lut.h"
 #include "lut_gemm_cpu.h"
 
 namespace lutgemm::cpu {
@@ -24,6 +26,21 @@ Isa SelectIsa() {
   const char* env = std::getenv("LUTGEMM_CPU_ISA");
   if (env != nullptr && std::string(env) == "portable") return Isa::kPortable;
   return avx2 ? Isa::kAvx2 : Isa::kPortable;
+}
+
+bool Avx512Lookups() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool supported = [] {
+    __builtin_cpu_init();
+    return IsaSupported(Isa::kAvx2) && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512vbmi");
+  }();
+  const char* env = std::getenv("LUTGEMM_CPU_AVX512");
+  return supported && !(env != nullptr && std::string(env) == "0");
+#else
+  return false;
+#endif
 }
 
 }  // namespace lutgemm::cpu

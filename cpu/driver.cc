@@ -9,16 +9,16 @@
 // * K slices (split-K, tall-skinny weights, KSlices): every task owns a range of whole scale
 //   blocks, builds those blocks' tables and writes float32 partial sums of all columns; the
 //   partials are added in slice order afterwards.
-// Within a task (RunColumns), per block of up to 4 rows of x:
+// Within a task (RunColumns), per block of up to kr.rows rows of x (4; 8 with AVX-512):
 //   for each scale block of S activations (S | g, S <= 128; one word for g = 16):
-//     the offset terms of the groups starting there, then
 //     for each block of W columns (W = 32 fast / 16 exact on AVX2, 1 generic):
+//       the offset terms of the groups starting in the block, then
 //       for each alpha segment and plane: sum the lookups of its words -> per-column plane sums
 //                                         tot += plane_sum * alpha (uniform: see lut_avx2.cc)
 //       facc[row, col] += tot (* table scale in fast mode)
 // so each (word, plane) row of sign words streams sequentially over the task's columns and every
-// weight byte is read once per block of 4 rows. For more than 4 rows, columns are tiled so that a
-// tile of the weight stays in L2 across row blocks.
+// weight byte is read once per block of rows. For more rows than a block, columns are tiled so
+// that a tile of the weight stays in L2 across row blocks.
 // Every output is computed by one task in a fixed order, and the split depends on the shape and
 // the task count bound only through whole columns or fixed K slices: results are bitwise equal
 // for any number of threads.
@@ -68,46 +68,40 @@ namespace {
 // smallest x86 server cores this targets (512 KiB on Zen 3; Intel's 1-2 MiB L2 holds it too).
 constexpr int64_t kL2TileBytes = 512 * 1024;
 
-// Column chunks of the lookup path: at least kMinChunkColumns columns where N allows (>= 4 KiB
-// of each sign-word row per scale block, so that hardware prefetch streams run long), about
-// kChunksPerTask per task for load balance, but at least one chunk per task.
-constexpr int64_t kMinChunkColumns = 1024;
-constexpr int64_t kChunksPerTask = 4;
+// Column chunks of the lookup path: at least kMinChunkColumns columns where N allows, about
+// kChunksPerTask per task for load balance, but at least one chunk per task. Per scale block a
+// chunk streams q * S/32 sign-word rows and the alpha rows side by side; each such pass over a
+// chunk pays for its start (the hardware prefetcher's training, the first kPrefetchBlocks
+// column blocks that no software prefetch covered) and its end (software prefetches past the
+// chunk, evicted before the next chunk reads them). 4096 columns (16 KiB of each sign-word row)
+// make those a small part of the pass; two chunks per task still let a thread that finishes
+// early take over work.
+constexpr int64_t kMinChunkColumns = 4096;
+constexpr int64_t kChunksPerTask = 2;
 
 // Computes columns [c_begin, c_end) of every row over scale blocks [sb_begin, sb_end) of K.
 // c_begin is a multiple of 32. The result goes to y (in x's dtype) or, for a K slice, as float32
 // into partial[m, n].
 void RunColumns(const Prep& p, const LutKernels& kr, int64_t c_begin, int64_t c_end,
                 int64_t sb_begin, int64_t sb_end, float* partial) {
-  const int64_t n = p.shape.n, q = p.shape.q, m = p.op.m, g = p.shape.group_size;
-  const bool has_offset = p.op.offset != nullptr;
-  // Column tile: all of the range for <= 4 rows (one pass over the weight); otherwise a tile whose
-  // sign words over the scale blocks run here (K * q / 8 bytes per column without split-K) fill
-  // about kL2TileBytes, so every row block re-reads them from L2 instead of DRAM.
+  const int64_t n = p.shape.n, q = p.shape.q, m = p.op.m;
+  // Column tile: all of the range for one block of rows (one pass over the weight); otherwise a
+  // tile whose sign words over the scale blocks run here (K * q / 8 bytes per column without
+  // split-K) fill about kL2TileBytes, so every row block re-reads them from L2 instead of DRAM.
   int64_t tile = c_end - c_begin;
-  if (m > kMaxRows) {
+  if (m > kr.rows) {
     const int64_t bytes_per_col = (sb_end - sb_begin) * p.block_size * q / 8;
     tile = kL2TileBytes / bytes_per_col / kLayoutBlock * kLayoutBlock;
     tile = std::max<int64_t>(kLayoutBlock, tile);
   }
-  std::vector<float> facc(static_cast<size_t>(kMaxRows) * std::min(tile, c_end - c_begin));
+  std::vector<float> facc(static_cast<size_t>(kr.rows) * std::min(tile, c_end - c_begin));
   for (int64_t t0 = c_begin; t0 < c_end; t0 += tile) {
     const int64_t t1 = std::min(t0 + tile, c_end), ld = t1 - t0;
     const int64_t vec_end = t0 + (t1 - t0) / kr.width * kr.width;
-    for (int64_t r0 = 0; r0 < m; r0 += kMaxRows) {
-      const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, m - r0));
+    for (int64_t r0 = 0; r0 < m; r0 += kr.rows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kr.rows, m - r0));
       std::fill(facc.begin(), facc.begin() + rows * ld, 0.f);
       for (int64_t sb = sb_begin; sb < sb_end; ++sb) {
-        // The offset terms of the groups that start in this block (two per block for g = 16).
-        for (int64_t grp = (sb * p.block_size + g - 1) / g;
-             has_offset && grp * g < (sb + 1) * p.block_size && GroupHasRows(p, grp); ++grp) {
-          for (int r = 0; r < rows; ++r) {
-            const float gs = p.group_sums[(r0 + r) * p.num_groups + grp];
-            float* f = facc.data() + r * ld;
-            for (int64_t c = t0; c < t1; ++c)
-              f[c - t0] += ToF32(p.op.offset, p.op.alpha_type, OffsetIndex(p.shape, grp, c)) * gs;
-          }
-        }
         for (int64_t c = t0; c < vec_end; c += kr.width)
           kr.vec[rows - 1](p, r0, sb, c, facc.data() + (c - t0), ld);
         for (int64_t c = vec_end; c < t1; ++c)

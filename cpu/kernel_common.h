@@ -21,7 +21,7 @@ namespace lutgemm::cpu {
 constexpr int kMu = 4;                           // activations per lookup table
 constexpr int kEntries = 1 << kMu;               // 16 entries per table
 constexpr int kChunksPerWord = kWordBits / kMu;  // 8 nibbles (tables) per sign word
-constexpr int kMaxRows = 4;                      // rows of x per pass over the weight
+constexpr int kMaxRows = 8;                      // most rows of x per pass over the weight
 
 // Activations per scale block: the largest of 128/96/64/32 dividing g, so that a block lies in
 // one group; g = 16: one word (32), whose two halves are separate groups (alpha segments below).
@@ -94,6 +94,16 @@ inline bool GroupHasRows(const Prep& p, int64_t grp) {
 }
 inline int64_t SegmentGroup(const Prep& p, int64_t sb, int seg) {
   return HalfWordGroups(p) ? 2 * sb + seg : sb * p.block_size / p.shape.group_size;
+}
+
+// The groups whose first row lies in scale block sb and holds real rows, [*first, *last): their
+// offset terms offset[grp, col] * sum(x over grp) are added by the lookup kernel of that block
+// (one group for g >= S, none when S < g and the block is not a group's first; two for g = 16).
+inline void OffsetGroups(const Prep& p, int64_t sb, int64_t* first, int64_t* last) {
+  const int64_t g = p.shape.group_size;
+  *first = (sb * p.block_size + g - 1) / g;
+  *last = *first;
+  while (*last * g < (sb + 1) * p.block_size && GroupHasRows(p, *last)) ++*last;
 }
 
 // Runs fn(i) for every i in [0, count): in order on the calling thread when there is one item or

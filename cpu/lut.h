@@ -1,7 +1,9 @@
-// Lookup kernels (T-MAC's "table lookup" stage): one call computes, for a block of up to 4 rows
-// of x, one scale block of K and `width` columns, the sum over that block of
+// Lookup kernels (T-MAC's "table lookup" stage): one call computes, for a block of up to 4
+// (AVX-512: 8) rows of x, one scale block of K and `width` columns, the sum over that block of
 //   sum_i alpha_i[group, col] * sum_{chunks c in the block} T_c[nibble of plane i's sign word]
-// (times the block's table scale in fast mode) and adds it to facc[r * ld + (col - col0)].
+// (times the block's table scale in fast mode) and adds it to facc[r * ld + (col - col0)], after
+// adding the offset terms offset[grp, col] * sum(x[r] over grp) of the groups starting in the
+// block (OffsetGroups), each as its own float32 product and sum.
 // The driver (driver.cc) walks scale blocks and column blocks and owns facc.
 #ifndef LUTGEMM_CPU_LUT_H_
 #define LUTGEMM_CPU_LUT_H_
@@ -17,22 +19,37 @@ namespace lutgemm::cpu {
 using BlockFn = void (*)(const Prep&, int64_t, int64_t, int64_t, float*, int64_t);
 
 // The kernels of one call: vec[R - 1] computes `width` columns for R rows; tail[R - 1] one column
-// (the last N % width columns).
+// (the last N % width columns); R <= rows, the rows of x per pass over the weight (4, or 8 for
+// the AVX-512 kernel, whose 32 registers hold the sums of 8 rows).
 struct LutKernels {
   int width;
+  int rows;
   BlockFn vec[kMaxRows];
   BlockFn tail[kMaxRows];
 };
 
-// The kernel table for R = 1..4 rows of one kernel template F (with template arguments after R).
+// The kernel table for R = 1..4 (1..8) rows of one kernel template F (with template arguments
+// after R).
 #define LUTGEMM_ROWS(F, ...) \
   { F<1 __VA_ARGS__>, F<2 __VA_ARGS__>, F<3 __VA_ARGS__>, F<4 __VA_ARGS__> }
+#define LUTGEMM_ROWS8(F, ...)                                                                   \
+  {                                                                                             \
+    F<1 __VA_ARGS__>, F<2 __VA_ARGS__>, F<3 __VA_ARGS__>, F<4 __VA_ARGS__>, F<5 __VA_ARGS__>, \
+        F<6 __VA_ARGS__>, F<7 __VA_ARGS__>, F<8 __VA_ARGS__>                                  \
+  }
 
-// Portable kernels, one column per call (width 1).
+// Portable kernels, one column per call (width 1), 4 rows per pass (tails for up to 8).
 LutKernels LutKernelsGeneric(bool fast);
 // AVX2 kernels specialised for p's alpha dtype, layout, group size 16 and uniform scales (width
 // 32 fast, 16 exact; the generic kernels for the tail).
+// Fast mode, kCpu layout, on a CPU with AVX-512 BW + VBMI (Avx512Lookups): the vector kernels
+// of lut_avx512.cc, equal bit for bit to the AVX2 ones.
 LutKernels LutKernelsAvx2(bool fast, const Prep& p);
+// lut_avx512.cc's vector kernels for p, with avx2's tail kernels.
+LutKernels LutKernelsAvx512Fast(const Prep& p, const LutKernels& avx2);
+// Whether the AVX2 path may use lut_avx512.cc: the CPU has AVX-512 F/BW/VL/VBMI and
+// LUTGEMM_CPU_AVX512 is not "0" (which keeps the AVX2 kernels, e.g. to test them on such a CPU).
+bool Avx512Lookups();
 
 }  // namespace lutgemm::cpu
 

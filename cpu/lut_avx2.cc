@@ -110,22 +110,6 @@ LUTGEMM_AVX2 inline void ExactSegmentAvx2(const Prep& p, int64_t r0, int64_t kw0
   }
 }
 
-template <int R, DType AT, Layout L, bool kHalf, bool kUniform>
-LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc,
-                            int64_t ld) {
-  const int64_t kw0 = sb * p.words_per_block;
-  if constexpr (kHalf) {  // g = 16: one word per scale block, two groups
-    ExactSegmentAvx2<R, AT, L, kUniform, 0, 4>(p, r0, kw0, 1, SegmentGroup(p, sb, 0), col, facc,
-                                               ld);
-    if (GroupHasRows(p, SegmentGroup(p, sb, 1)))
-      ExactSegmentAvx2<R, AT, L, kUniform, 4, 8>(p, r0, kw0, 1, SegmentGroup(p, sb, 1), col, facc,
-                                                 ld);
-  } else {
-    ExactSegmentAvx2<R, AT, L, kUniform, 0, kChunksPerWord>(p, r0, kw0, p.words_per_block,
-                                                            SegmentGroup(p, sb, 0), col, facc, ld);
-  }
-}
-
 // Software prefetch in the fast kernel. Per scale block a task reads q * S/32 rows of sign words
 // and q rows of alpha (15 streams for q = 3, g = 128), each only 128 bytes per 32-column block:
 // more concurrent streams than the hardware prefetcher keeps ahead of, so on cold weights (a
@@ -139,6 +123,36 @@ inline void PrefetchAhead(const void* at, int64_t bytes) {
   __builtin_prefetch(
       reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(at) + kPrefetchBlocks * 32 * bytes),
       0, 3);
+}
+
+// The offset terms of the groups starting in scale block sb (OffsetGroups) for the kVec * 8
+// columns from col: facc[r] += offset[grp, cols] * sum(x[r] over grp), 8 offsets widened per
+// load (as alpha), so 16-bit offsets cost what float32 ones do. The offset rows are one more
+// stream per group, prefetched like the alpha rows on the first pass over the weight.
+template <int R, DType AT, int kVec>
+LUTGEMM_AVX2 inline void AddOffsetsAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col,
+                                        float* facc, int64_t ld) {
+  int64_t g0, g1;
+  OffsetGroups(p, sb, &g0, &g1);
+  const int64_t n = p.shape.n;
+  const bool prefetch = r0 == 0 && col + 32 * (kPrefetchBlocks + 1) <= n - n % kLayoutBlock;
+  constexpr int64_t kBytes = AT == DType::kF32 ? 4 : 2;
+  for (int64_t grp = g0; grp < g1; ++grp) {
+    const int64_t oi = OffsetIndex(p.shape, grp, col);
+    if (prefetch) PrefetchAhead(static_cast<const char*>(p.op.offset) + oi * kBytes, kBytes);
+    __m256 off[kVec];
+    #pragma GCC unroll 4
+    for (int v = 0; v < kVec; ++v) off[v] = LoadAlpha8<AT>(p.op.offset, oi + 8 * v);
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256 gs = _mm256_set1_ps(p.group_sums[(r0 + r) * p.num_groups + grp]);
+      float* f = facc + r * ld;
+      #pragma GCC unroll 4
+      for (int v = 0; v < kVec; ++v)
+        _mm256_storeu_ps(f + 8 * v,
+                         _mm256_add_ps(_mm256_loadu_ps(f + 8 * v), _mm256_mul_ps(off[v], gs)));
+    }
+  }
 }
 
 // The int16 plane sums of 32 columns (FastSegmentAvx2's two accumulators) widened to int32 in
@@ -320,9 +334,27 @@ LUTGEMM_AVX2 inline void FastSegmentAvx2(const Prep& p, int64_t r0, int64_t sb, 
 }
 
 template <int R, DType AT, Layout L, bool kHalf, bool kUniform>
+LUTGEMM_AVX2 void ExactAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc,
+                            int64_t ld) {
+  const int64_t kw0 = sb * p.words_per_block;
+  if (p.op.offset != nullptr) AddOffsetsAvx2<R, AT, 2>(p, r0, sb, col, facc, ld);
+  if constexpr (kHalf) {  // g = 16: one word per scale block, two groups
+    ExactSegmentAvx2<R, AT, L, kUniform, 0, 4>(p, r0, kw0, 1, SegmentGroup(p, sb, 0), col, facc,
+                                               ld);
+    if (GroupHasRows(p, SegmentGroup(p, sb, 1)))
+      ExactSegmentAvx2<R, AT, L, kUniform, 4, 8>(p, r0, kw0, 1, SegmentGroup(p, sb, 1), col, facc,
+                                                 ld);
+  } else {
+    ExactSegmentAvx2<R, AT, L, kUniform, 0, kChunksPerWord>(p, r0, kw0, p.words_per_block,
+                                                            SegmentGroup(p, sb, 0), col, facc, ld);
+  }
+}
+
+template <int R, DType AT, Layout L, bool kHalf, bool kUniform>
 LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc,
                            int64_t ld) {
   const int64_t kw0 = sb * p.words_per_block;
+  if (p.op.offset != nullptr) AddOffsetsAvx2<R, AT, 4>(p, r0, sb, col, facc, ld);
   if constexpr (kHalf) {  // g = 16: one word per scale block, two groups
     FastSegmentAvx2<R, AT, L, kUniform, 0, 2>(p, r0, sb, kw0, 1, SegmentGroup(p, sb, 0), col,
                                               facc, ld);
@@ -342,8 +374,8 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
 template <DType AT, Layout L, bool kHalf, bool kUniform>
 LutKernels Avx2KernelsFor(bool fast) {
   LutKernels kernels =
-      fast ? LutKernels{32, LUTGEMM_ROWS(FastAvx2, , AT, L, kHalf, kUniform), {}}
-           : LutKernels{16, LUTGEMM_ROWS(ExactAvx2, , AT, L, kHalf, kUniform), {}};
+      fast ? LutKernels{32, 4, LUTGEMM_ROWS(FastAvx2, , AT, L, kHalf, kUniform), {}}
+           : LutKernels{16, 4, LUTGEMM_ROWS(ExactAvx2, , AT, L, kHalf, kUniform), {}};
   const LutKernels generic = LutKernelsGeneric(fast);
   for (int r = 0; r < kMaxRows; ++r) kernels.tail[r] = generic.vec[r];
   return kernels;
@@ -368,14 +400,21 @@ LutKernels Avx2KernelsForDType(bool fast, Layout layout, bool half, bool uniform
 
 LutKernels LutKernelsAvx2(bool fast, const Prep& p) {
   const bool half = HalfWordGroups(p), uniform = p.shape.uniform;
+  LutKernels kernels;
   switch (p.op.alpha_type) {
     case DType::kF32:
-      return Avx2KernelsForDType<DType::kF32>(fast, p.op.layout, half, uniform);
+      kernels = Avx2KernelsForDType<DType::kF32>(fast, p.op.layout, half, uniform);
+      break;
     case DType::kBF16:
-      return Avx2KernelsForDType<DType::kBF16>(fast, p.op.layout, half, uniform);
+      kernels = Avx2KernelsForDType<DType::kBF16>(fast, p.op.layout, half, uniform);
+      break;
     default:
-      return Avx2KernelsForDType<DType::kF16>(fast, p.op.layout, half, uniform);
+      kernels = Avx2KernelsForDType<DType::kF16>(fast, p.op.layout, half, uniform);
+      break;
   }
+  if (fast && p.op.layout == Layout::kCpu && Avx512Lookups())
+    return LutKernelsAvx512Fast(p, kernels);
+  return kernels;
 }
 
 }  // namespace lutgemm::cpu

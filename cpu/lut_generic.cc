@@ -38,6 +38,15 @@ void LutGeneric(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc,
   const typename T::Entry* tables = T::Of(p);
   const int64_t q = p.shape.q, kw0 = sb * p.words_per_block;
   const bool uniform = p.shape.uniform;
+  if (p.op.offset != nullptr) {
+    int64_t g0, g1;
+    OffsetGroups(p, sb, &g0, &g1);
+    for (int64_t grp = g0; grp < g1; ++grp) {
+      const float off = ToF32(p.op.offset, p.op.alpha_type, OffsetIndex(p.shape, grp, col));
+      #pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) facc[r * ld] += off * p.group_sums[(r0 + r) * p.num_groups + grp];
+    }
+  }
   const int segments = Segments(p), seg_nibbles = kChunksPerWord / segments;
   for (int seg = 0; seg < segments; ++seg) {
     const int nib0 = seg * seg_nibbles, nib1 = nib0 + seg_nibbles;
@@ -93,8 +102,8 @@ void FastGeneric(const Prep& p, int64_t r0, int64_t sb, int64_t col, float* facc
 }  // namespace
 
 LutKernels LutKernelsGeneric(bool fast) {
-  if (fast) return {1, LUTGEMM_ROWS(FastGeneric), LUTGEMM_ROWS(FastGeneric)};
-  return {1, LUTGEMM_ROWS(ExactGeneric), LUTGEMM_ROWS(ExactGeneric)};
+  if (fast) return {1, 4, LUTGEMM_ROWS8(FastGeneric), LUTGEMM_ROWS8(FastGeneric)};
+  return {1, 4, LUTGEMM_ROWS8(ExactGeneric), LUTGEMM_ROWS8(ExactGeneric)};
 }
 
 }  // namespace lutgemm::cpu
