@@ -103,7 +103,7 @@ def worker_lutgemm(req: dict, out: Path) -> dict:
     if not hasattr(models, "load_gguf"):
         raise SystemExit("this lutgemm_jax has no models.load_gguf (GGUF import)")
     t0 = time.perf_counter()
-    config, params, tokenizer = models.load_gguf(req["gguf"])
+    config, params, tokenizer = models.load_gguf(req["gguf"], scale_dtype=req["scale_dtype"])
     jax.block_until_ready(params)
     res: dict = {
         "load_s": time.perf_counter() - t0,
@@ -223,7 +223,8 @@ def compare(a: argparse.Namespace, path: Path, workdir: Path, make: dict | None)
     if len(cpus) < a.threads:
         raise SystemExit(f"--threads {a.threads}: only {len(cpus)} CPUs available")
     base = dict(gguf=str(path), cpus=cpus, prompt=a.prompt, warmup=a.warmup, tokens=a.tokens,
-                seed=a.seed, lut_steps=a.lut_steps, prompt_ids=None)  # fmt: skip
+                seed=a.seed, lut_steps=a.lut_steps, prompt_ids=None,
+                scale_dtype=a.scale_dtype)  # fmt: skip
     llama_runs, lut_runs = [], []
     meta_llama = meta_lut = None
     membw = None
@@ -329,6 +330,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--lut-steps", type=int, default=1,
                     help="decode steps per timed lutgemm_jax call (a jitted scan; default 1, "
                          "one call per token as llama.cpp's eval)")  # fmt: skip
+    ap.add_argument("--scale-dtype", choices=("float32", "float16"), default="float32",
+                    help="lutgemm_jax's storage of the imported scales: float32 (exact) or "
+                         "float16 (compact; see docs/gguf.md for its error)")  # fmt: skip
     ap.add_argument("--prompt", default="The capital of France is")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--llama-python", default=sys.executable,

@@ -1,4 +1,4 @@
-// Run-time ISA detection (CPUID) and the LUTGEMM_CPU_ISA / LUTGEMM_CPU_AVX512 overrides. The
+// Run-time ISA detection (CPUID) and the LUTGEMM_CPU_ISA override (portable | avx2 | avx512). The
 // kernels' AVX2 twins (and the AVX-512 lookup kernel) are compiled with per-function target
 // attributes, so the library loads on any x86-64 and uses them only where this says the CPU has
 // AVX2 + FMA + F16C (and AVX-512 F/BW/VL/VBMI).
@@ -28,7 +28,13 @@ Isa SelectIsa() {
   return avx2 ? Isa::kAvx2 : Isa::kPortable;
 }
 
-bool Avx512Lookups() {
+bool Avx512Allowed() {
+  // LUTGEMM_CPU_ISA=avx2 (or portable) keeps the AVX2 kernels, e.g. to test them on such a CPU.
+  const char* env = std::getenv("LUTGEMM_CPU_ISA");
+  return env == nullptr || (std::string(env) != "avx2" && std::string(env) != "portable");
+}
+
+bool Avx512LookupsSupported() {
 #if defined(__x86_64__) || defined(__i386__)
   static const bool supported = [] {
     __builtin_cpu_init();
@@ -36,11 +42,12 @@ bool Avx512Lookups() {
            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
            __builtin_cpu_supports("avx512vbmi");
   }();
-  const char* env = std::getenv("LUTGEMM_CPU_AVX512");
-  return supported && !(env != nullptr && std::string(env) == "0");
+  return supported;
 #else
   return false;
 #endif
 }
+
+bool Avx512Lookups() { return Avx512LookupsSupported() && Avx512Allowed(); }
 
 }  // namespace lutgemm::cpu

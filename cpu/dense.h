@@ -60,6 +60,7 @@ DenseKernels DenseKernelsGeneric();
 DenseKernels DenseKernelsAvx2(const Prep& p);
 // Whether the AVX-512F micro-kernel can run (CPUID) and is not turned off by LUTGEMM_CPU_ISA=avx2.
 bool DenseAvx512Usable();
+bool DenseAvx512Supported();  // CPUID only, ignoring LUTGEMM_CPU_ISA
 // Replaces dk's kernels by the AVX-512F ones for p's alpha dtype and q: the 16-column
 // dequantization and the 12 x 32 micro-kernel (dense_avx512.cc).
 void SetKernelsAvx512(const Prep& p, DenseKernels& dk);

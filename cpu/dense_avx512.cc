@@ -19,11 +19,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
 #include "avx2_loads.h"
 #include "dense.h"
+#include "lut.h"
 
 #define LUTGEMM_AVX512 __attribute__((target("avx2,fma,f16c,avx512f")))
 
@@ -115,19 +114,20 @@ LUTGEMM_AVX512 void MicroAvx512(const float* xp, const float* wt, int64_t kc, fl
 
 }  // namespace
 
-bool DenseAvx512Usable() {
+bool DenseAvx512Supported() {
 #if defined(__x86_64__)
   // CPUID and the OS's saving of the zmm state (libgcc checks XCR0), read once.
   static const bool supported = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") != 0;
   }();
-  const char* env = std::getenv("LUTGEMM_CPU_ISA");
-  return supported && (env == nullptr || std::string(env) != "avx2");
+  return supported;
 #else
   return false;
 #endif
 }
+
+bool DenseAvx512Usable() { return DenseAvx512Supported() && Avx512Allowed(); }
 
 void SetKernelsAvx512(const Prep& p, DenseKernels& dk) {
   static constexpr TileFn kTiles[3][kMaxBits] = {

@@ -7,8 +7,9 @@
 // calling thread and the library's own workers (worker_pool.h), as many threads in all as XLA's
 // intra-op pool (ffi::ThreadPool) has, up to 256.
 // Environment (read per call, for tests and benchmarks):
-//   LUTGEMM_CPU_ISA=portable|avx2   force the code path (default: best the CPU supports; avx2
-//                                   also keeps the dense path's micro-kernel off AVX-512)
+//   LUTGEMM_CPU_ISA=portable|avx2|avx512
+//                                   force the code path (default and avx512: the best the CPU
+//                                   supports; avx2 keeps the lookup and dense kernels off AVX-512)
 //   LUTGEMM_CPU_THREADS=<n>         use at most n threads (default: the pool's size)
 //   LUTGEMM_CPU_SPIN_US=<us>        how long idle workers spin before sleeping (worker_pool.h)
 //   LUTGEMM_CPU_POISON=1            fill y with NaN bytes (0xff) before computing, so tests can
@@ -23,6 +24,7 @@
 #include <string>
 
 #include "dense.h"
+#include "lut.h"
 #include "lut_gemm_cpu.h"
 #include "read_bandwidth.h"
 #include "worker_pool.h"
@@ -127,8 +129,21 @@ NB_MODULE(_lutgemm_cpu, m) {
   m.def("avx2_supported", []() { return lutgemm::cpu::IsaSupported(lutgemm::cpu::Isa::kAvx2); },
         "Whether this CPU has AVX2 + FMA + F16C (the fast code path).");
   m.def(
+      "avx512_supported",
+      []() {
+        // What the CPU offers, whatever LUTGEMM_CPU_ISA chooses.
+        return lutgemm::cpu::IsaSupported(lutgemm::cpu::Isa::kAvx2) &&
+               (lutgemm::cpu::Avx512LookupsSupported() || lutgemm::cpu::DenseAvx512Supported());
+      },
+      "Whether this CPU runs some kernels on AVX-512 (the 'avx512' value of LUTGEMM_CPU_ISA).");
+  m.def(
       "selected_isa",
-      []() { return lutgemm::cpu::SelectIsa() == lutgemm::cpu::Isa::kAvx2 ? "avx2" : "portable"; },
+      []() -> const char* {
+        using lutgemm::cpu::Isa;
+        if (lutgemm::cpu::SelectIsa() != Isa::kAvx2) return "portable";
+        const bool avx512 = lutgemm::cpu::Avx512Lookups() || lutgemm::cpu::DenseAvx512Usable();
+        return avx512 ? "avx512" : "avx2";
+      },
       "The code path the next call will take (honours LUTGEMM_CPU_ISA).");
   m.def("dense_avx512", &lutgemm::cpu::DenseAvx512Usable,
         "Whether the dense path's micro-kernel runs on AVX-512F (CPUID; LUTGEMM_CPU_ISA=avx2 "

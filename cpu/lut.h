@@ -48,8 +48,13 @@ LutKernels LutKernelsAvx2(bool fast, const Prep& p);
 // lut_avx512.cc's vector kernels for p, with avx2's tail kernels.
 LutKernels LutKernelsAvx512Fast(const Prep& p, const LutKernels& avx2);
 // Whether the AVX2 path may use lut_avx512.cc: the CPU has AVX-512 F/BW/VL/VBMI and
-// LUTGEMM_CPU_AVX512 is not "0" (which keeps the AVX2 kernels, e.g. to test them on such a CPU).
+// LUTGEMM_CPU_ISA is not "avx2" or "portable" (avx2 keeps the AVX2 kernels, e.g. to test them on
+// such a CPU).
 bool Avx512Lookups();
+// The CPU half of Avx512Lookups (CPUID only), and the LUTGEMM_CPU_ISA half (shared with the
+// dense path's AVX-512 micro-kernel).
+bool Avx512LookupsSupported();
+bool Avx512Allowed();
 
 }  // namespace lutgemm::cpu
 
