@@ -6,9 +6,9 @@
 // that: one buffer, filled once (first touch spread over the same threads), read whole per pass
 // by the calling thread plus the worker pool (worker_pool.h) with the kernel's thread count,
 // each thread claiming 1 MiB chunks in order, as the kernel's tasks are claimed. The loads are
-// 32-byte AVX2 loads (or 64-bit scalar loads on the portable path, chosen at run time like the
-// kernel's ISA) summed into four independent accumulators per thread; the sums are returned, so
-// no load can be elided. With a buffer several times the last-level cache (the bench uses
+// separate 32-byte AVX2 loads (or the compiler's vectorization of 64-bit loads on the portable
+// path, chosen at run time like the kernel's ISA) summed into four independent accumulators per
+// thread; the sums are returned, so no load can be elided. With a buffer several times the last-level cache (the bench uses
 // >= 256 MiB), every pass streams from DRAM.
 #ifndef LUTGEMM_CPU_READ_BANDWIDTH_H_
 #define LUTGEMM_CPU_READ_BANDWIDTH_H_
