@@ -48,6 +48,8 @@ from lutgemm_jax.models.hf_checkpoint import (
     HFCheckpointError,
     MissingTensorError,
     NameMap,
+    _get,
+    _set,
 )
 from lutgemm_jax.models.hf_config import config_path
 from lutgemm_jax.models.uniform_linear import to_bcq
@@ -255,18 +257,6 @@ def _progress(items, scheme: Scheme):
 
     items = list(items)
     return tqdm(items, desc=f"importing {scheme.method.upper()} Linears", disable=None)
-
-
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
-
-
-def _get(tree: Mapping, path: tuple[str, ...]):
-    for p in path:
-        tree = tree[p]
-    return tree
 
 
 __all__ = [
