@@ -1,7 +1,7 @@
 // Run-time ISA detection (CPUID) and the LUTGEMM_CPU_ISA override (portable | avx2 | avx512). The
 // kernels' AVX2 twins (and the AVX-512 lookup kernel) are compiled with per-function target
 // attributes, so the library loads on any x86-64 and uses them only where this says the CPU has
-// AVX2 + FMA + F16C (and AVX-512 F/BW/VL/VBMI).
+// AVX2 + FMA + F16C (and AVX-512 F/BW/VL/VBMI/VNNI).
 #include <cstdlib>
 #include <string>
 
@@ -40,7 +40,7 @@ bool Avx512LookupsSupported() {
     __builtin_cpu_init();
     return IsaSupported(Isa::kAvx2) && __builtin_cpu_supports("avx512f") &&
            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512vbmi");
+           __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni");
   }();
   return supported;
 #else

@@ -42,12 +42,12 @@ struct LutKernels {
 LutKernels LutKernelsGeneric(bool fast);
 // AVX2 kernels specialised for p's alpha dtype, layout, group size 16 and uniform scales (width
 // 32 fast, 16 exact; the generic kernels for the tail).
-// Fast mode, kCpu layout, on a CPU with AVX-512 BW + VBMI (Avx512Lookups): the vector kernels
-// of lut_avx512.cc, equal bit for bit to the AVX2 ones.
+// Fast mode on a CPU with AVX-512 BW + VBMI + VNNI (Avx512Lookups): the vector kernels of
+// lut_avx512.cc, equal bit for bit to the AVX2 ones.
 LutKernels LutKernelsAvx2(bool fast, const Prep& p);
 // lut_avx512.cc's vector kernels for p, with avx2's tail kernels.
 LutKernels LutKernelsAvx512Fast(const Prep& p, const LutKernels& avx2);
-// Whether the AVX2 path may use lut_avx512.cc: the CPU has AVX-512 F/BW/VL/VBMI and
+// Whether the AVX2 path may use lut_avx512.cc: the CPU has AVX-512 F/BW/VL/VBMI/VNNI and
 // LUTGEMM_CPU_ISA is not "avx2" or "portable" (avx2 keeps the AVX2 kernels, e.g. to test them on
 // such a CPU).
 bool Avx512Lookups();

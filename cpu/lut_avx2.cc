@@ -412,7 +412,7 @@ LutKernels LutKernelsAvx2(bool fast, const Prep& p) {
       kernels = Avx2KernelsForDType<DType::kF16>(fast, p.op.layout, half, uniform);
       break;
   }
-  if (fast && p.op.layout == Layout::kCpu && Avx512Lookups())
+  if (fast && Avx512Lookups())
     return LutKernelsAvx512Fast(p, kernels);
   return kernels;
 }

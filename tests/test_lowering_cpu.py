@@ -308,6 +308,28 @@ def test_dense_path_row_blocks_and_micro_kernels(rows, monkeypatch):
             np.testing.assert_array_equal(ys["avx512"], ys["avx2"])
 
 
+@pytest.mark.skipif("avx512" not in ISAS, reason="needs a CPU with AVX-512 VBMI + VNNI")
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("g", [32, 64, 96, 128, 256])
+def test_fast_lookups_avx512_equal_avx2_bitwise(g, fmt, layout, monkeypatch):
+    # The AVX-512 fast kernel (vpermb + vpdpbusd, int32 sums) and the AVX2 one (vpshufb +
+    # vpmaddubsw, int16 sums widened) compute the same exact integer plane sums and then the same
+    # float32 products and sums, so their outputs are equal bit for bit: for every row count of
+    # a pass (1-8 rows, and a second pass), the scale-block sizes 32/64/96/128 (g = 96, 256:
+    # 3 and 4 words per block), 16-row groups, uniform scales, an offset, the 32-column blocks
+    # and the single-column tail (N = 75), and 16-bit scales.
+    for rows, q, alpha_dtype in [(1, 3, jnp.float16), (2, 2, jnp.float32), (3, 4, jnp.bfloat16),
+                                 (5, 1, jnp.float16), (8, 3, jnp.float32), (11, 4, jnp.float16)]:
+        x, w, _ = _case(rows * 31 + q + g, 2 * g + 96, 75, q, g, True, (rows,),
+                        alpha_dtype=alpha_dtype, fmt=fmt)
+        ys = {}
+        for isa_name in ("avx2", "avx512"):
+            monkeypatch.setenv("LUTGEMM_CPU_ISA", isa_name)
+            ys[isa_name] = np.asarray(_kernel_jit(x, w, "fast", layout))
+        assert np.isfinite(ys["avx2"]).all()
+        np.testing.assert_array_equal(ys["avx512"], ys["avx2"])
+
+
 @pytest.mark.parametrize("mode", ["exact", "fast"])
 def test_tall_skinny_split_k(isa, layout, mode, monkeypatch):
     # N < 128 (fewer than 4 whole blocks of 32 columns) with >= 256 KB of sign words: K is cut into
