@@ -3,12 +3,12 @@
 // splits the work into tasks for the worker pool.
 //
 // Tasks of the lookup path:
-// * column chunks (the default): every task owns whole 32-column blocks of y (no two tasks share
-//   a 128-byte line of y or of a sign-word row) and runs all of K for them, reading the tables of
-//   every row (built once, before the tasks) and streaming its columns' sign words;
-// * K slices (split-K, tall-skinny weights, KSlices): every task owns a range of whole scale
-//   blocks, builds those blocks' tables and writes float32 partial sums of all columns; the
-//   partials are added in slice order afterwards.
+// * column chunks: every task owns whole 32-column blocks of y (no two tasks share a 128-byte
+//   line of y or of a sign-word row) and runs all of K for them, reading the tables of every row
+//   (built once, before the tasks) and streaming its columns' sign words;
+// * K slices (split-K, KSlices and PassSlices): every task owns a range of whole scale blocks
+//   (and a column chunk of them where there are more tasks than slices), and writes float32
+//   partial sums; the partials are added in slice order afterwards.
 // Within a task (RunColumns), per block of up to kr.rows rows of x (4; 8 with AVX-512):
 //   for each scale block of S activations (S | g, S <= 128; one word for g = 16):
 //     for each block of W columns (W = 32 fast / 16 exact on AVX2, 1 generic):
@@ -138,6 +138,30 @@ int64_t KSlices(const Prep& p) {
   return std::max<int64_t>(1, std::min({kKSlices, p.num_blocks, bytes / kMinSliceBytes}));
 }
 
+// Split-K for one pass over the weight (M <= kr.rows: decode) of a narrow weight. Column chunks
+// alone make every task stream, per scale block, q * S/32 pieces of N / tasks * 4 bytes, one per
+// (word, plane) row: with N <= 4096 and two tasks, 8 KiB or less, two pages, after which the
+// streams restart on the next block's rows. Two K slices give each task whole rows (with two
+// tasks: one contiguous half of the sign words each), which streams faster (BENCHMARKS.md has
+// the A/B); on wider weights the pieces are long already and the split did not pay. More slices
+// measured no better, and each costs M * N float32 partials. As for
+// KSlices, the count depends on the shape only (not on the number of tasks), so results stay
+// bitwise identical for any number of threads.
+constexpr int64_t kPassSlices = 2;
+constexpr int64_t kPassSplitMaxN = 4096;
+constexpr int64_t kMinPassSliceBytes = 256 * 1024;  // below this a pass is a few microseconds
+
+int64_t PassSlices(const Prep& p, const LutKernels& kr) {
+  if (p.op.m > kr.rows || p.shape.n > kPassSplitMaxN) return 1;
+  const int64_t bytes = p.padded_k / 8 * p.shape.q * p.shape.n;
+  return std::max<int64_t>(1, std::min({kPassSlices, p.num_blocks, bytes / kMinPassSliceBytes}));
+}
+
+// The first scale block of K slice s of `slices`.
+int64_t SliceBegin(const Prep& p, int64_t s, int64_t slices) {
+  return s * p.num_blocks / slices;
+}
+
 // Every row's tables for scale blocks [b0, b1), and the offset term's sums of x over the groups
 // that start in those blocks (in double). float32 x is read in place for the blocks that lie
 // inside K; other dtypes, and the block reaching past K, go through a float32 copy zero-padded
@@ -176,6 +200,15 @@ void SumSlices(float* partial, int64_t slices, int64_t count, const Operands& op
   StoreRow(partial, op.x_type, op.y, 0, count);
 }
 
+// Columns per chunk when `tasks` tasks share the columns: at least kMinChunkColumns where N
+// allows, about kChunksPerTask per task for load balance, at least one per task, whole blocks.
+int64_t ChunkColumns(int64_t n, int64_t tasks) {
+  int64_t chunk = std::max<int64_t>(kMinChunkColumns,
+                                    (n + tasks * kChunksPerTask - 1) / (tasks * kChunksPerTask));
+  chunk = std::min<int64_t>(chunk, (n + tasks - 1) / tasks);
+  return std::max<int64_t>(kLayoutBlock, (chunk + kLayoutBlock - 1) / kLayoutBlock * kLayoutBlock);
+}
+
 }  // namespace
 
 void LutGemm(const Operands& op, Mode mode, Path path, Isa isa, int64_t max_tasks,
@@ -198,11 +231,12 @@ void LutGemm(const Operands& op, Mode mode, Path path, Isa isa, int64_t max_task
   p.group_sums.resize(m * p.num_groups);
   const LutKernels kr = isa == Isa::kAvx2 ? LutKernelsAvx2(fast, p) : LutKernelsGeneric(fast);
 
-  // Split-K: work item s builds the tables of K slice s and computes all columns over it.
+  // Tall-skinny split-K: work item s builds the tables of K slice s and computes all columns over
+  // it.
   if (const int64_t slices = KSlices(p); slices > 1) {
     std::vector<float> partial(slices * m * n);
     RunTasks(slices, tasks, parallel_for, [&](int64_t s) {
-      const int64_t b0 = s * p.num_blocks / slices, b1 = (s + 1) * p.num_blocks / slices;
+      const int64_t b0 = SliceBegin(p, s, slices), b1 = SliceBegin(p, s + 1, slices);
       PrepareBlocks(p, isa, fast, b0, b1);
       RunColumns(p, kr, 0, n, b0, b1, partial.data() + s * m * n);
     });
@@ -210,11 +244,30 @@ void LutGemm(const Operands& op, Mode mode, Path path, Isa isa, int64_t max_task
     return;
   }
 
+  // One pass over the weight: K slices x column chunks. With one chunk per slice (as many tasks
+  // as slices, or fewer) each item builds its slice's tables itself; otherwise the tables are
+  // built first, a slice per task. The partials (at most 8 x 4096 per slice) are summed on the
+  // calling thread: a parallel step would cost more in waking the workers.
+  if (const int64_t slices = PassSlices(p, kr); slices > 1) {
+    const int64_t chunk = ChunkColumns(n, (tasks + slices - 1) / slices);
+    const int64_t nchunk = (n + chunk - 1) / chunk;
+    auto prepare = [&](int64_t s) {
+      PrepareBlocks(p, isa, fast, SliceBegin(p, s, slices), SliceBegin(p, s + 1, slices));
+    };
+    if (nchunk > 1) RunTasks(slices, tasks, parallel_for, prepare);
+    std::vector<float> partial(slices * m * n);
+    RunTasks(slices * nchunk, tasks, parallel_for, [&](int64_t i) {
+      const int64_t s = i / nchunk, c = i % nchunk;
+      if (nchunk == 1) prepare(s);
+      RunColumns(p, kr, c * chunk, std::min(n, (c + 1) * chunk), SliceBegin(p, s, slices),
+                 SliceBegin(p, s + 1, slices), partial.data() + s * m * n);
+    });
+    SumSlices(partial.data(), slices, m * n, op);
+    return;
+  }
+
   PrepareBlocks(p, isa, fast, 0, p.num_blocks);
-  int64_t chunk = std::max<int64_t>(kMinChunkColumns,
-                                    (n + tasks * kChunksPerTask - 1) / (tasks * kChunksPerTask));
-  chunk = std::min<int64_t>(chunk, (n + tasks - 1) / tasks);
-  chunk = std::max<int64_t>(kLayoutBlock, (chunk + kLayoutBlock - 1) / kLayoutBlock * kLayoutBlock);
+  const int64_t chunk = ChunkColumns(n, tasks);
   const int64_t nchunk = (n + chunk - 1) / chunk;
   RunTasks(nchunk, tasks, parallel_for, [&](int64_t i) {
     RunColumns(p, kr, i * chunk, std::min(n, (i + 1) * chunk), 0, p.num_blocks, nullptr);

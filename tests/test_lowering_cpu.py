@@ -360,6 +360,35 @@ def test_tall_skinny_split_k(isa, layout, mode, monkeypatch):
             np.testing.assert_array_equal(y, outs[0])
 
 
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_one_pass_split_k(isa, layout, mode, monkeypatch):
+    # One pass over a narrow weight (M <= the rows of a pass: 4, 8 on AVX-512; N <= 4096) with
+    # >= 512 KiB of sign words: K is cut into 2 slices of whole scale blocks (PassSlices), and
+    # with more tasks than slices each slice's columns into chunks, its tables built first.
+    # Odd block counts (an unequal split), a ragged N (a single-column tail), K past the last
+    # block, bfloat16 x, g = 16 and uniform scales, a per-column group whose offset term spans
+    # both slices. Int8-exact activations hold both modes to float32 rounding (a lost or doubled
+    # slice cannot hide in the fast bound); bitwise equal for 1, 2, 3 and 5 threads (1 and 2: one
+    # chunk per slice; 3 and 5: two or three).
+    cases = [
+        (4000, 1100, 3, 128, (1,), jnp.float32, "bcq"),  # 32 blocks (K ragged), 1.6 MB
+        (3000, 4096, 2, 64, (3,), jnp.bfloat16, "uniform"),  # 47 blocks: 24 + 23
+        (1600, 2600, 4, 16, (2,), jnp.float32, "g16"),  # S = 32: 50 blocks
+        (2100, 1031, 3, None, (4,), jnp.float16, "bcq"),  # per column: S = 96, 22 blocks
+    ]
+    for k, n, q, g, batch, dtype, fmt in cases:
+        _, w, w64 = _case(k + n, k, n, q, g, True, batch=batch, fmt=fmt)
+        assert w.in_features * q * n // 8 >= 512 * 1024
+        x = _int8_exact_activations(np.random.default_rng(k), batch, k, w.group_size, dtype)
+        outs = []
+        for threads in ("1", "2", "3", "5"):
+            monkeypatch.setenv("LUTGEMM_CPU_THREADS", threads)
+            outs.append(np.asarray(_kernel_jit(x, w, mode, layout).astype(jnp.float32)))
+        check(outs[0], x, w, w64, "exact", dtype)
+        for y in outs[1:]:
+            np.testing.assert_array_equal(y, outs[0])
+
+
 def _int8_exact_activations(rng, batch, k, g, dtype=jnp.float32):
     """Integer activations whose fast-mode tables are exact: every chunk of 4 has sum |x| <= 124
     except the first chunk of each scale block, [127, 0, 0, 0], so each block's table step
