@@ -80,7 +80,8 @@ def worker_llama(req: dict, out: Path) -> dict:
                                     name=f"random-{mk['shape']}")  # fmt: skip
         res["write_s"] = time.perf_counter() - t0
         res["quantize_s"] = gguf_llama.quantize(src, path, mk["type"], threads)
-        src.unlink()
+        if not req.get("bcq_bits"):
+            src.unlink()  # else lutgemm_jax quantizes it with its own BCQ quantizer
     ids = req["prompt_ids"]
     if req.get("logits"):
         ids = res["ids"] = gguf_llama.llama_tokenize(path, req["prompt"])
@@ -103,11 +104,28 @@ def worker_lutgemm(req: dict, out: Path) -> dict:
     if not hasattr(models, "load_gguf"):
         raise SystemExit("this lutgemm_jax has no models.load_gguf (GGUF import)")
     t0 = time.perf_counter()
-    config, params, tokenizer = models.load_gguf(req["gguf"], scale_dtype=req["scale_dtype"])
+    if req.get("bcq_bits"):  # the F16 source, quantized here (greedy BCQ, float16 scales)
+        from lutgemm_jax import BCQConfig
+
+        bcq = BCQConfig(bits=req["bcq_bits"], group_size=req["bcq_group"], method="greedy",
+                        alpha_dtype=jnp.float16)  # fmt: skip
+        source = str(Path(req["gguf"]).with_name("source-f16.gguf"))
+        config, params, tokenizer = models.load_gguf(source, quantize_dense=bcq)
+    else:
+        config, params, tokenizer = models.load_gguf(req["gguf"], scale_dtype=req["scale_dtype"])
     jax.block_until_ready(params)
+    from lutgemm_jax import BCQWeight
+
+    def is_bcq(v):
+        return isinstance(v, BCQWeight)
+
+    layers = {k: v for k, v in params.items() if k.startswith("layers_")}
+    blocks = [w for w in jax.tree.leaves(layers, is_leaf=is_bcq) if is_bcq(w)]
     res: dict = {
         "load_s": time.perf_counter() - t0,
         "read_bytes": models.bytes_read_per_token(params),
+        "linear_bits_per_weight": sum(8 * w.nbytes() for w in blocks)
+        / max(1, sum(w.in_features * w.out_features * int(np.prod(w.batch_shape)) for w in blocks)),
     }
     model = models.from_config(config)
     ids = req["prompt_ids"]
@@ -224,7 +242,7 @@ def compare(a: argparse.Namespace, path: Path, workdir: Path, make: dict | None)
         raise SystemExit(f"--threads {a.threads}: only {len(cpus)} CPUs available")
     base = dict(gguf=str(path), cpus=cpus, prompt=a.prompt, warmup=a.warmup, tokens=a.tokens,
                 seed=a.seed, lut_steps=a.lut_steps, prompt_ids=None,
-                scale_dtype=a.scale_dtype)  # fmt: skip
+                scale_dtype=a.scale_dtype, bcq_bits=a.bcq, bcq_group=a.bcq_group)  # fmt: skip
     llama_runs, lut_runs = [], []
     meta_llama = meta_lut = None
     membw = None
@@ -262,6 +280,8 @@ def compare(a: argparse.Namespace, path: Path, workdir: Path, make: dict | None)
     logits = compare_logits(np.load(workdir / "llama.logits.npy"),
                             np.load(workdir / "lutgemm.logits.npy"))  # fmt: skip
     name = f"random {make['shape']} {make['type']}" if make else path.name
+    if a.bcq:
+        name += f" (lutgemm_jax: its own {a.bcq}-bit BCQ, g = {a.bcq_group}, of the F16 source)"
     return {
         "tool": "llamacpp_compare", "model": name,
         **{k: v for k, v in info.items() if k != "read_bytes"},
@@ -269,6 +289,7 @@ def compare(a: argparse.Namespace, path: Path, workdir: Path, make: dict | None)
         "prompt_ids": base["prompt_ids"], "warmup": a.warmup, "tokens": a.tokens, "runs": a.runs,
         "llama_cpp": llama, "lutgemm_jax": lut,
         "tokens_per_s_ratio": lut["tokens_per_s"] / llama["tokens_per_s"],
+        "lutgemm_linear_bits_per_weight": meta_lut["linear_bits_per_weight"],
         "logits": logits, "membw": membw, "read_floor_gbps": floor,
         "machine": platform.machine(), "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -299,6 +320,9 @@ def markdown(res: dict) -> str:
     lines += [
         "",
         f"- lutgemm_jax / llama.cpp tokens/s: {res['tokens_per_s_ratio']:.2f}x",
+        f"- Linear layers of the blocks, bits/weight: llama.cpp file "
+        f"{res['linear_bits_per_weight']:.3f}, "
+        f"lutgemm_jax {res['lutgemm_linear_bits_per_weight']:.3f}",
         f"- logits over {lg['positions']} prompt positions: max |diff| {lg['max_abs_diff']:.3g} "
         f"({lg['max_abs_diff_rel']:.2%} of max |logit| {lg['max_abs_logit']:.3g}); "
         f"top-1 agreement {lg['top1_agreement']:.0%}",
@@ -333,6 +357,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--scale-dtype", choices=("float32", "float16"), default="float32",
                     help="lutgemm_jax's storage of the imported scales: float32 (exact) or "
                          "float16 (compact; see docs/gguf.md for its error)")  # fmt: skip
+    ap.add_argument("--bcq", type=int, metavar="BITS",
+                    help="with --random: lutgemm_jax runs its own BCQ quantization (greedy, "
+                         "float16 scales) of the F16 source instead of importing the llama.cpp "
+                         "file, e.g. --bcq 3 against --type Q3_K_S")  # fmt: skip
+    ap.add_argument("--bcq-group", type=int, default=128, help="group size of --bcq")
     ap.add_argument("--prompt", default="The capital of France is")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--llama-python", default=sys.executable,
@@ -345,6 +374,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if a.random and not a.type:
         ap.error("--random needs --type")
+    if a.bcq is not None and (not a.random or not 1 <= a.bcq <= 8):
+        ap.error("--bcq BITS (1..8) applies to --random only")
     if a.gguf and a.type:
         ap.error("--type applies to --random only (a --gguf file is run as it is)")
     if a.gguf and not a.gguf.is_file():

@@ -260,6 +260,23 @@ def test_quantize_dense_weights_on_request(tmp_path):
             assert isinstance(w, BCQWeight) and (w.num_bits, w.group_size) == (4, 64)
 
 
+def test_quantize_dense_also_quantizes_a_head_tied_to_a_float_embedding(tmp_path):
+    # qwen2_bias ties the head to an F16 token_embd: without quantize_dense the head stays the
+    # tied float embedding; with it the head is its own BCQ copy (what the decode step reads),
+    # while the embedding lookup stays float.
+    write_case(tmp_path / "m.gguf", "qwen2_bias")
+    _, plain, _ = models.load_gguf(tmp_path / "m.gguf", progress=False, tokenizer=False)
+    assert "lm_head" not in plain
+    cfg = BCQConfig(bits=4, group_size=32, method="rtn")
+    _, params, _ = models.load_gguf(tmp_path / "m.gguf", progress=False, tokenizer=False,
+                                    quantize_dense=cfg)  # fmt: skip
+    head, embed = params["lm_head"]["kernel"], np.asarray(params["embed_tokens"]["embedding"])
+    assert isinstance(head, BCQWeight) and (head.num_bits, head.group_size) == (4, 32)
+    assert not isinstance(params["embed_tokens"]["embedding"], BCQWeight)
+    err = np.linalg.norm(np.asarray(dequantize(head)) - embed.T) / np.linalg.norm(embed)
+    assert err < 0.1  # 4-bit RTN of Gaussian rows: about 0.05
+
+
 def test_unsupported_type_is_an_error_unless_requantized(tmp_path):
     cfg, _ = CASES["qwen2_bias"]
     tensors = hf_tensors(cfg, seed=1)

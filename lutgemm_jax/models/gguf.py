@@ -12,7 +12,8 @@ Per tensor, by its own GGML type (files mix types: a "Q4_K_M" file holds Q4_K, Q
   are dequantized by ``gguf.quants.dequantize`` and quantized with this library's quantizer;
 * the token embedding (a lookup table) and the norms are dequantized to float; when the file
   ties the output head to a quantized ``token_embd``, ``lm_head/kernel`` is also that tensor's
-  BCQ form, so the head runs through LUT-GEMM as llama.cpp runs it on the quantized blocks.
+  BCQ form, so the head runs through LUT-GEMM as llama.cpp runs it on the quantized blocks
+  (likewise a float ``token_embd`` with ``quantize_dense``: the head is its quantized copy).
 
 Architectures ``llama`` (also Mistral, TinyLlama, SmolLM), ``qwen2`` and ``qwen3``. llama.cpp
 rotates adjacent pairs for ``llama`` and convert_hf_to_gguf permutes its q/k rows to match;
@@ -400,7 +401,8 @@ def load_gguf(
       layout: sign layout of the BCQ kernels: ``"auto"`` (the CPU layout on a CPU backend),
         ``"canonical"`` or ``"cpu"``.
       quantize_dense: None keeps F32/F16/BF16 Linear weights dense; a `BCQConfig` quantizes
-        them with `lutgemm_jax.quantize`.
+        them with `lutgemm_jax.quantize` (and a head tied to a float embedding gets its own
+        quantized ``lm_head/kernel``; the embedding lookup stays float).
       requantize: None makes Linear weights of types without an exact form (IQ*, TQ*, MXFP4,
         ...) an `UnsupportedTensorTypeError`; a `BCQConfig` dequantizes them with
         ``gguf.quants.dequantize`` and quantizes them with it (approximate).
@@ -466,7 +468,10 @@ def load_gguf(
         if (
             name == "token_embd.weight"
             and config.tie_word_embeddings
-            and t.tensor_type in gguf_quants.SUPPORTED_TYPES
+            and (
+                t.tensor_type in gguf_quants.SUPPORTED_TYPES
+                or (_type_name(t) in DENSE_TYPES and quantize_dense is not None)
+            )
         ):
             _set(params, ("lm_head", "kernel"), _kernel(t, t.data, opts))
         if bar is not None:
