@@ -9,6 +9,7 @@
 #define LUTGEMM_CPU_LUT_H_
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernel_common.h"
 
@@ -37,6 +38,35 @@ struct LutKernels {
     F<1 __VA_ARGS__>, F<2 __VA_ARGS__>, F<3 __VA_ARGS__>, F<4 __VA_ARGS__>, F<5 __VA_ARGS__>, \
         F<6 __VA_ARGS__>, F<7 __VA_ARGS__>, F<8 __VA_ARGS__>                                  \
   }
+
+// The kernel table of p's specialisation: calls make.template For<AT, L, kHalf, kUniform>() with
+// p's alpha dtype, sign layout, half-word groups (g = 16) and uniform scales as compile-time
+// arguments (the vector kernel files instantiate every combination).
+template <class Make>
+LutKernels ForSpecialisation(const Prep& p, const Make& make) {
+  auto with_flags = [&](auto at, auto layout) {
+    constexpr DType AT = decltype(at)::value;
+    constexpr Layout L = decltype(layout)::value;
+    if (HalfWordGroups(p))
+      return p.shape.uniform ? make.template For<AT, L, true, true>()
+                             : make.template For<AT, L, true, false>();
+    return p.shape.uniform ? make.template For<AT, L, false, true>()
+                           : make.template For<AT, L, false, false>();
+  };
+  auto with_layout = [&](auto at) {
+    if (p.op.layout == Layout::kCpu)
+      return with_flags(at, std::integral_constant<Layout, Layout::kCpu>{});
+    return with_flags(at, std::integral_constant<Layout, Layout::kCanonical>{});
+  };
+  switch (p.op.alpha_type) {
+    case DType::kF32:
+      return with_layout(std::integral_constant<DType, DType::kF32>{});
+    case DType::kBF16:
+      return with_layout(std::integral_constant<DType, DType::kBF16>{});
+    default:
+      return with_layout(std::integral_constant<DType, DType::kF16>{});
+  }
+}
 
 // Portable kernels, one column per call (width 1), 4 rows per pass (tails for up to 8).
 LutKernels LutKernelsGeneric(bool fast);

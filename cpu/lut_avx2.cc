@@ -370,50 +370,26 @@ LUTGEMM_AVX2 void FastAvx2(const Prep& p, int64_t r0, int64_t sb, int64_t col, f
 // Vector kernels are specialised per layout, alpha dtype, half-word groups (g = 16) and uniform
 // scales. Vector blocks of the fast kernel are whole kCpu blocks (columns < N32); exact-mode
 // blocks of 16 may lie in the canonical tail (LoadBytes8 handles it); the single-column tails
-// are the generic kernels, which read words through LoadWord.
-template <DType AT, Layout L, bool kHalf, bool kUniform>
-LutKernels Avx2KernelsFor(bool fast) {
-  LutKernels kernels =
-      fast ? LutKernels{32, 4, LUTGEMM_ROWS(FastAvx2, , AT, L, kHalf, kUniform), {}}
-           : LutKernels{16, 4, LUTGEMM_ROWS(ExactAvx2, , AT, L, kHalf, kUniform), {}};
-  const LutKernels generic = LutKernelsGeneric(fast);
-  for (int r = 0; r < kMaxRows; ++r) kernels.tail[r] = generic.vec[r];
-  return kernels;
-}
-
-template <DType AT, Layout L>
-LutKernels Avx2KernelsForLayout(bool fast, bool half, bool uniform) {
-  if (half)
-    return uniform ? Avx2KernelsFor<AT, L, true, true>(fast)
-                   : Avx2KernelsFor<AT, L, true, false>(fast);
-  return uniform ? Avx2KernelsFor<AT, L, false, true>(fast)
-                 : Avx2KernelsFor<AT, L, false, false>(fast);
-}
-
-template <DType AT>
-LutKernels Avx2KernelsForDType(bool fast, Layout layout, bool half, bool uniform) {
-  if (layout == Layout::kCpu) return Avx2KernelsForLayout<AT, Layout::kCpu>(fast, half, uniform);
-  return Avx2KernelsForLayout<AT, Layout::kCanonical>(fast, half, uniform);
-}
+// are the generic kernels, which read words through LoadWord. The AVX2 kernel table of one
+// specialisation (ForSpecialisation's `make`):
+struct Avx2Kernels {
+  bool fast;
+  template <DType AT, Layout L, bool kHalf, bool kUniform>
+  LutKernels For() const {
+    LutKernels kernels =
+        fast ? LutKernels{32, 4, LUTGEMM_ROWS(FastAvx2, , AT, L, kHalf, kUniform), {}}
+             : LutKernels{16, 4, LUTGEMM_ROWS(ExactAvx2, , AT, L, kHalf, kUniform), {}};
+    const LutKernels generic = LutKernelsGeneric(fast);
+    for (int r = 0; r < kMaxRows; ++r) kernels.tail[r] = generic.vec[r];
+    return kernels;
+  }
+};
 
 }  // namespace
 
 LutKernels LutKernelsAvx2(bool fast, const Prep& p) {
-  const bool half = HalfWordGroups(p), uniform = p.shape.uniform;
-  LutKernels kernels;
-  switch (p.op.alpha_type) {
-    case DType::kF32:
-      kernels = Avx2KernelsForDType<DType::kF32>(fast, p.op.layout, half, uniform);
-      break;
-    case DType::kBF16:
-      kernels = Avx2KernelsForDType<DType::kBF16>(fast, p.op.layout, half, uniform);
-      break;
-    default:
-      kernels = Avx2KernelsForDType<DType::kF16>(fast, p.op.layout, half, uniform);
-      break;
-  }
-  if (fast && Avx512Lookups())
-    return LutKernelsAvx512Fast(p, kernels);
+  const LutKernels kernels = ForSpecialisation(p, Avx2Kernels{fast});
+  if (fast && Avx512Lookups()) return LutKernelsAvx512Fast(p, kernels);
   return kernels;
 }
 

@@ -254,40 +254,22 @@ LUTGEMM_AVX512 void FastAvx512(const Prep& p, int64_t r0, int64_t sb, int64_t co
   }
 }
 
-template <DType AT, Layout L, bool kHalf, bool kUniform>
-LutKernels Avx512KernelsFor(const LutKernels& avx2) {
-  LutKernels kernels{32, kMaxRows, LUTGEMM_ROWS8(FastAvx512, , AT, L, kHalf, kUniform), {}};
-  for (int r = 0; r < kMaxRows; ++r) kernels.tail[r] = avx2.tail[r];
-  return kernels;
-}
-
-template <DType AT, Layout L>
-LutKernels Avx512KernelsForLayout(bool half, bool uniform, const LutKernels& avx2) {
-  if (half)
-    return uniform ? Avx512KernelsFor<AT, L, true, true>(avx2)
-                   : Avx512KernelsFor<AT, L, true, false>(avx2);
-  return uniform ? Avx512KernelsFor<AT, L, false, true>(avx2)
-                 : Avx512KernelsFor<AT, L, false, false>(avx2);
-}
-
-template <DType AT>
-LutKernels Avx512KernelsForDType(Layout layout, bool half, bool uniform, const LutKernels& avx2) {
-  if (layout == Layout::kCpu) return Avx512KernelsForLayout<AT, Layout::kCpu>(half, uniform, avx2);
-  return Avx512KernelsForLayout<AT, Layout::kCanonical>(half, uniform, avx2);
-}
+// The AVX-512 kernel table of one specialisation (ForSpecialisation's `make`), with the AVX2
+// table's single-column tails.
+struct Avx512Kernels {
+  const LutKernels& avx2;
+  template <DType AT, Layout L, bool kHalf, bool kUniform>
+  LutKernels For() const {
+    LutKernels kernels{32, kMaxRows, LUTGEMM_ROWS8(FastAvx512, , AT, L, kHalf, kUniform), {}};
+    for (int r = 0; r < kMaxRows; ++r) kernels.tail[r] = avx2.tail[r];
+    return kernels;
+  }
+};
 
 }  // namespace
 
 LutKernels LutKernelsAvx512Fast(const Prep& p, const LutKernels& avx2) {
-  const bool half = HalfWordGroups(p), uniform = p.shape.uniform;
-  switch (p.op.alpha_type) {
-    case DType::kF32:
-      return Avx512KernelsForDType<DType::kF32>(p.op.layout, half, uniform, avx2);
-    case DType::kBF16:
-      return Avx512KernelsForDType<DType::kBF16>(p.op.layout, half, uniform, avx2);
-    default:
-      return Avx512KernelsForDType<DType::kF16>(p.op.layout, half, uniform, avx2);
-  }
+  return ForSpecialisation(p, Avx512Kernels{avx2});
 }
 
 }  // namespace lutgemm::cpu
