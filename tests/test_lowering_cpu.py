@@ -318,10 +318,17 @@ def test_fast_lookups_avx512_equal_avx2_bitwise(g, fmt, layout, monkeypatch):
     # a pass (1-8 rows, and a second pass), the scale-block sizes 32/64/96/128 (g = 96, 256:
     # 3 and 4 words per block), 16-row groups, uniform scales, an offset, the 32-column blocks
     # and the single-column tail (N = 75), and 16-bit scales.
-    for rows, q, alpha_dtype in [(1, 3, jnp.float16), (2, 2, jnp.float32), (3, 4, jnp.bfloat16),
-                                 (5, 1, jnp.float16), (8, 3, jnp.float32), (11, 4, jnp.float16)]:
-        x, w, _ = _case(rows * 31 + q + g, 2 * g + 96, 75, q, g, True, (rows,),
-                        alpha_dtype=alpha_dtype, fmt=fmt)
+    for rows, q, alpha_dtype in [
+        (1, 3, jnp.float16),
+        (2, 2, jnp.float32),
+        (3, 4, jnp.bfloat16),
+        (5, 1, jnp.float16),
+        (8, 3, jnp.float32),
+        (11, 4, jnp.float16),
+    ]:
+        x, w, _ = _case(
+            rows * 31 + q + g, 2 * g + 96, 75, q, g, True, (rows,), alpha_dtype=alpha_dtype, fmt=fmt
+        )
         ys = {}
         for isa_name in ("avx2", "avx512"):
             monkeypatch.setenv("LUTGEMM_CPU_ISA", isa_name)
@@ -348,16 +355,7 @@ def test_tall_skinny_split_k(isa, layout, mode, monkeypatch):
         (40000, 33, 4, 16, (3,), jnp.float32, "g16-uniform"),  # 661 KB: 5 slices, S = 32
         (30000, 100, 3, 64, (2,), jnp.float16, "uniform"),  # 1.1 MB: 8 slices
     ]
-    for k, n, q, g, batch, dtype, fmt in cases:
-        _, w, w64 = _case(k + n, k, n, q, g, True, batch=batch, fmt=fmt)
-        x = _int8_exact_activations(np.random.default_rng(k), batch, k, w.group_size, dtype)
-        outs = []
-        for threads in ("1", "2", "3", "5"):
-            monkeypatch.setenv("LUTGEMM_CPU_THREADS", threads)
-            outs.append(np.asarray(_kernel_jit(x, w, mode, layout).astype(jnp.float32)))
-        check(outs[0], x, w, w64, "exact", dtype)
-        for y in outs[1:]:
-            np.testing.assert_array_equal(y, outs[0])
+    _check_split_cases(cases, mode, layout, monkeypatch)
 
 
 @pytest.mark.parametrize("mode", ["exact", "fast"])
@@ -376,9 +374,15 @@ def test_one_pass_split_k(isa, layout, mode, monkeypatch):
         (1600, 2600, 4, 16, (2,), jnp.float32, "g16"),  # S = 32: 50 blocks
         (2100, 1031, 3, None, (4,), jnp.float16, "bcq"),  # per column: S = 96, 22 blocks
     ]
+    assert all(k * q * n // 8 >= 512 * 1024 for k, n, q, *_ in cases)
+    _check_split_cases(cases, mode, layout, monkeypatch)
+
+
+def _check_split_cases(cases, mode, layout, monkeypatch):
+    """Each (K, N, q, g, batch, x dtype, format) case with int8-exact activations against
+    float64 at float32 rounding, and bitwise equal for 1, 2, 3 and 5 threads."""
     for k, n, q, g, batch, dtype, fmt in cases:
         _, w, w64 = _case(k + n, k, n, q, g, True, batch=batch, fmt=fmt)
-        assert w.in_features * q * n // 8 >= 512 * 1024
         x = _int8_exact_activations(np.random.default_rng(k), batch, k, w.group_size, dtype)
         outs = []
         for threads in ("1", "2", "3", "5"):
